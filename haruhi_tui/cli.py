@@ -1,0 +1,135 @@
+"""``haruhi``: the command line for everything but the chat app and the converter.
+
+Subcommands: ``data`` (build and check datasets), ``train`` (LoRA fine-tune), ``eval`` (BLEU/ROUGE),
+``models`` (find and download models). Heavy libraries are imported inside commands, so ``--help``
+is instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import HaruhiError, friendly_errors
+from .paths import default_characters_dir
+
+app = typer.Typer(
+    name="haruhi",
+    help="Character role-play on gpt-oss-20b: build datasets, fine-tune, evaluate. The chat app is `haruhi-tui`; "
+    "GGUF export is `haruhi-convert`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Build role-play datasets from ChatHaruhi character folders, and check datasets.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(stderr=True)
+
+
+def _parse_speakers(values: list[str]) -> dict[str, str]:
+    speakers: dict[str, str] = {}
+    for value in values:
+        folder, sep, name = value.partition("=")
+        if not sep or not folder or not name:
+            raise HaruhiError(f"--speaker takes FOLDER=NAME (e.g. Megumi=加藤), not {value!r}")
+        speakers[folder] = name
+    return speakers
+
+
+@data_app.command("build")
+@friendly_errors
+def data_build(
+    characters: Path = typer.Option(None, "--characters", "-c", help="Folder of ChatHaruhi character folders "
+                                    "(each: system_prompt.txt + texts/*.txt). Default: $HARUHI_CHARACTERS or the bundled development data."),
+    out: Path = typer.Option(Path("data"), "--out", "-o", help="Output folder for haruhi_train.json, haruhi_val.json, dataset_info.json, stats.json."),
+    seed: int = typer.Option(42, help="Seed of the per-character train/val split by scene (same seed, same files)."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of each character's scenes that go to validation."),
+    only: list[str] = typer.Option([], "--only", help="Build only these characters (folder or speaking name); repeatable."),
+    speaker: list[str] = typer.Option([], "--speaker", help="FOLDER=NAME where the speaking name cannot be detected (e.g. Megumi=加藤); repeatable."),
+    max_turns: int = typer.Option(16, "--max-turns", help="Most turns in one sample (longer scenes are split)."),
+    train_unit: str = typer.Option("scene", "--train-unit", help="'scene': one multi-turn sample per scene window (each line trained once); 'reply': one sample per reply."),
+    scene_budget: int = typer.Option(1200, "--scene-budget", help="Token budget of the retrieved classic scenes in each system prompt."),
+    max_scenes: int = typer.Option(4, "--max-scenes", help="Most classic scenes in a system prompt."),
+    history_budget: int = typer.Option(1500, "--history-budget", help="Token budget of the conversation history in a sample."),
+    extra: list[Path] = typer.Option([], "--extra", help="ShareGPT files to merge into the training split (e.g. chats exported from haruhi-tui); repeatable."),
+) -> None:
+    """Build haruhi_train / haruhi_val (ShareGPT) and LLaMA-Factory's dataset_info.json."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .characters import list_character_folders
+    from .dataset import BuildOptions, build, write
+    from .persona import PromptBudget
+
+    if train_unit not in ("scene", "reply"):
+        raise HaruhiError(f"--train-unit is 'scene' or 'reply', not {train_unit!r}")
+    root = characters or default_characters_dir()
+    total = len(list_character_folders(root)) if not only else len(only)
+    options = BuildOptions(
+        seed=seed, val_fraction=val_fraction, max_turns=max_turns, train_unit=train_unit,  # type: ignore[arg-type]
+        budget=PromptBudget(scenes=scene_budget, max_scenes=max_scenes, history=history_budget),
+    )
+    with Progress(TextColumn("[bold]building[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("", total=total)
+        result = build(root, options, only=only or None, speakers=_parse_speakers(speaker), extra=extra,
+                       progress=lambda ch: progress.update(task, advance=1, description=ch.name))
+    paths = write(result, out)
+    table = Table(title=f"haruhi dataset ({root})", show_footer=True)
+    columns = ["character", "name", "scenes", "skipped", "train scenes", "val scenes", "train samples", "val samples", "turns", "chars"]
+    totals = [sum(getattr(s, f) for s in result.stats) for f in
+              ("scenes", "skipped_scenes", "train_scenes", "val_scenes", "train_samples", "val_samples", "turns", "text_chars")]
+    for i, col in enumerate(columns):
+        footer = "total" if i == 0 else ("" if i == 1 else f"{totals[i - 2]:,}")
+        table.add_column(col, footer=footer, justify="left" if i < 2 else "right")
+    for s in result.stats:
+        table.add_row(s.folder, s.name, *(f"{v:,}" for v in (s.scenes, s.skipped_scenes, s.train_scenes, s.val_scenes,
+                                                              s.train_samples, s.val_samples, s.turns, s.text_chars)))
+    out_console = Console()
+    out_console.print(table)
+    for s in result.stats:
+        for warning in s.warnings:
+            console.print(f"[yellow]warning:[/] {warning}")
+    if result.extra_samples:
+        out_console.print(f"merged {result.extra_samples} extra samples into the training split")
+    out_console.print(f"train {len(result.train):,} samples, val {len(result.val):,} samples → "
+                      + ", ".join(str(p) for p in paths.values()))
+
+
+@data_app.command("check")
+@friendly_errors
+def data_check(
+    dataset: str = typer.Argument(..., help="A ShareGPT .json/.jsonl file, or DATASET_INFO_DIR:NAME (LLaMA-Factory)."),
+) -> None:
+    """Validate a dataset the trainer or evaluator would read; errors name the sample and the problem."""
+    from .sharegpt import resolve_dataset
+
+    samples = resolve_dataset(dataset)
+    turns = sum(len(s.messages) for s in samples)
+    with_system = sum(1 for s in samples if s.system)
+    Console().print(f"{dataset}: {len(samples):,} valid samples, {turns:,} turns, {with_system:,} with a system prompt")
+
+
+def _register_optional() -> None:
+    """Attach the training, evaluation and model commands (they live in their own packages)."""
+    from trainer.cli import register as register_trainer
+
+    register_trainer(app)
+    from .models_cli import register as register_models
+
+    register_models(app)
+
+
+_register_optional()
+
+
+def main() -> None:  # console entry point
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training (LoRA fine-tuning, Unsloth on CUDA, transformers + PEFT + TRL elsewhere) and evaluation."""
