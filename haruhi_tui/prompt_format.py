@@ -39,6 +39,17 @@ class Conversation:
         return cls(prompt.system, tuple(prompt.turns), prompt.character)
 
 
+def detect_style(architecture: str | None, chat_template: str | None) -> Style:
+    """Which style a model speaks: harmony for gpt-oss (or a template with harmony channels), its own
+    template if it has one, else the play script (a base model such as the bundled Gemma 3 270M)."""
+    arch = (architecture or "").lower().replace("_", "-")
+    if arch in ("gpt-oss", "gptoss") or (chat_template and "<|channel|>" in chat_template):
+        return "harmony"
+    if chat_template and chat_template.strip():
+        return "chat"
+    return "script"
+
+
 def message_content(turn: Turn) -> str:
     """What a turn's message holds: ``speaker:「text」`` for users, the bare line for the character."""
     return turn.as_line() if turn.role == "user" else turn.text

@@ -72,3 +72,14 @@ def test_formats_share_conventions(characters_dir):
     harmony_text = render_text(conv, "harmony", add_generation_prompt=True)
     assert harmony_text.endswith("<|start|>user<|message|>阿虚:「抱歉」<|end|><|start|>assistant")
     assert reply_text("才不是呢」\n阿虚:「…", "script") == "才不是呢"
+
+
+def test_detect_style():
+    from haruhi_tui.prompt_format import detect_style
+
+    assert detect_style("gpt-oss", None) == "harmony"
+    assert detect_style("gpt_oss", "{{ messages }}") == "harmony"
+    assert detect_style("llama", "{% for m in messages %}<|channel|>{% endfor %}") == "harmony"
+    assert detect_style("qwen2", "{% for m in messages %}{{ m.content }}{% endfor %}") == "chat"
+    assert detect_style("gemma3", None) == "script"
+    assert detect_style("gemma3", "  ") == "script"
