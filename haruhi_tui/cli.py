@@ -117,10 +117,12 @@ def data_check(
 def _register_optional() -> None:
     """Attach the training, evaluation and model commands (they live in their own packages)."""
     from trainer.cli import register as register_trainer
+    from trainer.eval_cli import register as register_eval
 
-    register_trainer(app)
     from .models_cli import register as register_models
 
+    register_trainer(app)
+    register_eval(app)
     register_models(app)
 
 

@@ -1,4 +1,4 @@
-"""The ``haruhi train`` and ``haruhi eval`` commands (registered on the main ``haruhi`` app)."""
+"""The ``haruhi train`` command (registered on the main ``haruhi`` app)."""
 
 from __future__ import annotations
 
@@ -6,4 +6,4 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    """Attach ``train`` and ``eval`` to the ``haruhi`` app."""
+    """Attach ``train`` to the ``haruhi`` app."""

@@ -1,0 +1,5 @@
+"""Entry point of ``haruhi-convert``."""
+
+
+def main() -> None:
+    raise SystemExit("haruhi-convert: being built")
