@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Iterable, Literal, Sequence
 
 # Special tokens of the o200k_harmony vocabulary: text and id, the one table everyone uses.
@@ -39,6 +40,10 @@ ReasoningEffort = Literal["low", "medium", "high"]
 DEFAULT_IDENTITY = "You are a role-play companion that stays in character."
 
 _SPECIAL = re.compile(r"<\|[a-z_0-9]+\|>")
+
+#: Our harmony chat template (jinja, for tokenizer_config.json and GGUF metadata). It renders exactly
+#: what :func:`render` renders, so HF ``apply_chat_template`` and llama.cpp agree with our prompts.
+CHAT_TEMPLATE: str = resources.files(__package__).joinpath("templates/harmony.jinja").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
