@@ -1,0 +1,575 @@
+"""One training run, the same for both engines: data -> batches -> transformers' Trainer -> adapter.
+
+The engine (:mod:`trainer.engines`) only loads the model and wraps it with LoRA. Everything else is
+here: prompts and label masks (:mod:`trainer.train_data`), the batch plan, the loss, per-step events,
+Ctrl-C/SIGTERM handling, checkpoints, resume and the final adapter.
+
+* Checkpoints are the Trainer's (``<output>/checkpoint-N``: adapter, optimizer, scheduler, RNG, state)
+  plus a marker written once the save is complete; resume takes the newest checkpoint with a marker,
+  so a kill -9 in the middle of a save falls back to the one before.
+* SIGINT/SIGTERM during training finish the step in flight, save a checkpoint and end the run with
+  status ``cancelled``; a second signal stops at once. Before training starts they stop at once.
+* In a distributed run every rank trains, only rank 0 writes events, checkpoints and the adapter, and a
+  stop request on any rank is shared with all of them at the end of the step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from haruhi_tui.errors import Cancelled, HaruhiError
+from haruhi_tui.events import EVENTS_FILE, EventLog
+from haruhi_tui.fsutil import read_json, write_json
+
+from . import train_config as tc
+from .engines import (LoadedModel, Placement, engine_for, load_tokenizer, model_type, resolve_base, resolve_device,
+                      resolve_engine)
+from .progress import TrainProgress
+from .train_data import (BatchPlan, Encoded, PlannedBatches, PromptRenderer, encode_samples, plan_batches,
+                         unwrap_batch)
+
+JOB = "train"
+CHECKPOINT_PREFIX = "checkpoint-"
+CHECKPOINT_MARKER = "haruhi_checkpoint.json"
+ADAPTER_DIR = "adapter"
+ADAPTER_INFO = "haruhi_adapter.json"
+
+
+# -- output folder ----------------------------------------------------------------------------------
+
+def checkpoints(output: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints (their marker written), oldest first."""
+    found = []
+    if output.is_dir():
+        for path in output.glob(CHECKPOINT_PREFIX + "*"):
+            suffix = path.name[len(CHECKPOINT_PREFIX):]
+            if suffix.isdigit() and (path / CHECKPOINT_MARKER).is_file():
+                found.append((int(suffix), path))
+    return sorted(found)
+
+
+def latest_checkpoint(output: Path) -> tuple[int, Path] | None:
+    found = checkpoints(output)
+    return found[-1] if found else None
+
+
+def check_output(config: tc.TrainConfig, resume: bool) -> None:
+    """Refuse to start a new run on top of an old one (it would mix two runs' checkpoints and events)."""
+    out = config.output_dir
+    if out.exists() and not out.is_dir():
+        raise HaruhiError(f"--output {out} is a file; choose a folder")
+    if resume or not out.is_dir():
+        return
+    traces = [p.name for p in (out / EVENTS_FILE, out / ADAPTER_DIR) if p.exists()]
+    traces += [p.name for p in out.glob(CHECKPOINT_PREFIX + "*")]
+    if traces:
+        raise HaruhiError(f"{out} already holds a training run ({', '.join(sorted(traces)[:3])}); pass --resume to "
+                          "continue it, or choose another --output")
+
+
+def resume_config(config_values: dict[str, Any], flag_values: dict[str, Any]) -> tc.TrainConfig:
+    """The config of a run being resumed: the saved one, with the given file/flag values on top; settings
+    that fix the data order or the model state must not change."""
+    output = Path(flag_values.get("output") or config_values.get("output") or tc.TrainConfig().output)
+    saved_path = output / tc.CONFIG_FILE
+    if not saved_path.is_file():
+        return tc.resolve(config_values, flag_values)
+    saved = tc.resolve(tc.load_toml(saved_path))
+    merged = tc.resolve(config_values, flag_values, base=saved)
+    changed = [k for k in tc.RESUME_LOCKED if getattr(merged, k) != getattr(saved, k)]
+    if changed:
+        key = changed[0]
+        raise HaruhiError(f"cannot resume {output} with a different {tc.flag_of(key)} ({getattr(saved, key)!r} -> "
+                          f"{getattr(merged, key)!r}); keep it, or start a new run in another --output")
+    return merged
+
+
+# -- signals ----------------------------------------------------------------------------------------
+
+class GracefulStop:
+    """SIGINT/SIGTERM: before training, stop at once; during training, ask the loop to save and stop at
+    the end of the step; a second signal (after a moment, so one Ctrl-C delivered twice counts once)
+    stops at once."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self.graceful = False
+        self._first = 0.0
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if not self.graceful:
+            self.requested = self.requested or name
+            raise KeyboardInterrupt
+        if self.requested is None:
+            self.requested, self._first = name, time.time()
+        elif time.time() - self._first > 2.0:
+            raise KeyboardInterrupt
+
+
+# -- the trainer ------------------------------------------------------------------------------------
+
+def _trainer_classes():
+    """transformers' Trainer pieces, imported when a run starts (keeps ``--help`` instant)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import Trainer, TrainerCallback
+
+    class HaruhiTrainer(Trainer):
+        """Counts tokens per step, and, for engines without a fused loss, computes logits only where a
+        label is (the lm head and the softmax over a 200k vocabulary are skipped for the prompt)."""
+
+        def __init__(self, *args: Any, token_counter: list[int], sparse_logits: bool, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.token_counter = token_counter
+            self.sparse_logits = sparse_logits
+            self._keep: Any = None
+            if sparse_logits:
+                self.model.get_output_embeddings().register_forward_pre_hook(self._select_rows)
+
+        def _select_rows(self, module: Any, args: tuple) -> tuple | None:
+            if self._keep is None:
+                return None
+            return (args[0][self._keep].unsqueeze(0), *args[1:])
+
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            counts = inputs.pop("haruhi_tokens", None)
+            if counts is not None:
+                for k, value in enumerate(counts.tolist()):
+                    self.token_counter[k] += int(value)
+            return super().training_step(model, inputs, num_items_in_batch)
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            if not self.sparse_logits or "labels" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
+            keep = targets != -100
+            self._keep = keep
+            try:
+                outputs = model(**inputs)
+            finally:
+                self._keep = None
+            logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
+            loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+            if num_items_in_batch is not None:
+                loss = loss / num_items_in_batch
+                if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
+                    loss = loss * self.accelerator.num_processes
+            else:
+                loss = loss / keep.sum().clamp(min=1)
+            return (loss, outputs) if return_outputs else loss
+
+    class RunCallback(TrainerCallback):
+        """Per-step bookkeeping on every rank (token counts, the shared stop flag) and, on rank 0, the
+        events and the progress view."""
+
+        def __init__(self, run: "Run") -> None:
+            self.run = run
+            self.pending: tuple[int, int, int] = (0, 0, 0)
+            self.step_time = 0.0
+            self.last = time.time()
+            self.times: list[float] = []
+            self.reals: list[int] = []
+            self.cancelled = False
+
+        def throughput(self) -> float | None:
+            """Real tokens per second over this session's steps, the first (warm-up) step left out."""
+            times, reals = (self.times[1:], self.reals[1:]) if len(self.times) > 1 else (self.times, self.reals)
+            return round(sum(reals) / sum(times), 1) if times and sum(times) > 0 else None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.run.stop.graceful = True
+            self.run.first_step = state.global_step
+            self.last = time.time()
+            if self.run.placement.is_main and state.max_steps != self.run.total_steps:
+                self.run.log(f"the trainer plans {state.max_steps} steps, the run planned {self.run.total_steps}")
+                self.run.total_steps = state.max_steps
+            self.run.sink_start(state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            counter = self.run.token_counter
+            values = [counter[0], counter[1], counter[2], 1 if self.run.stop.requested else 0]
+            counter[:] = [0, 0, 0]
+            if self.run.placement.distributed:
+                import torch.distributed as dist
+
+                tensor = torch.tensor(values, dtype=torch.long, device=self.run.placement.torch_device)
+                dist.all_reduce(tensor)
+                values = tensor.tolist()
+            now = time.time()
+            self.step_time, self.last = now - self.last, now
+            self.times.append(self.step_time)
+            self.reals.append(values[1])
+            self.pending = (values[0], values[1], values[2])
+            self.run.tokens_total += values[1]
+            self.run.padded_total += values[0]
+            if values[3] and not self.cancelled:
+                self.cancelled = True
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs or not self.run.placement.is_main:
+                return
+            padded, real, _ = self.pending
+            recent = self.times[1:][-50:] or self.times[-1:]
+            per_step = sum(recent) / len(recent) if recent else 0.0
+            remaining = max(0, state.max_steps - state.global_step)
+            record = {
+                "step": state.global_step,
+                "total": state.max_steps,
+                "epoch": round(float(state.epoch or 0.0), 4),
+                "loss": _number(logs.get("loss")),
+                "learning_rate": _number(logs.get("learning_rate")),
+                "grad_norm": _number(logs.get("grad_norm")),
+                "tokens_per_second": round(real / self.step_time, 1) if self.step_time > 0 else None,
+                "real_token_share": round(real / padded, 4) if padded else None,
+                "elapsed": round(self.run.elapsed(), 1),
+                "eta": round(per_step * remaining, 1),
+                "gpu_memory_gb": _gpu_memory(),
+            }
+            self.run.last_loss = record["loss"]
+            self.run.events.emit("step", **record)
+            if self.run.sink:
+                self.run.sink.step(record)
+            if self.run.on_step:
+                self.run.on_step(record)
+
+        def on_save(self, args, state, control, **kwargs):
+            if not self.run.placement.is_main:
+                return
+            path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
+            if path.is_dir():
+                write_json(path / CHECKPOINT_MARKER, {"step": state.global_step, "elapsed": round(self.run.elapsed(), 1),
+                                                      "tokens": self.run.tokens_total, "padded": self.run.padded_total,
+                                                      "time": round(time.time(), 3)})
+                self.run.last_checkpoint = path
+                self.run.events.emit("checkpoint", step=state.global_step, path=str(path))
+
+    return HaruhiTrainer, RunCallback
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _gpu_memory() -> float | None:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return None
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """The state of one run that the callbacks and the final bookkeeping share."""
+
+    config: tc.TrainConfig
+    placement: Placement
+    events: EventLog
+    stop: GracefulStop
+    sink: TrainProgress | None = None
+    on_step: Callable[[dict[str, Any]], None] | None = None
+    total_steps: int = 0
+    first_step: int = 0
+    started: float = field(default_factory=time.time)
+    elapsed_before: float = 0.0
+    tokens_total: int = 0
+    padded_total: int = 0
+    last_loss: float | None = None
+    last_checkpoint: Path | None = None
+    token_counter: list[int] = field(default_factory=lambda: [0, 0, 0])
+
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.time() - self.started
+
+    def log(self, message: str, level: str = "info") -> None:
+        if self.placement.is_main:
+            self.events.emit("log", level=level, message=message)
+            if self.sink:
+                self.sink.note(message)
+
+    def sink_start(self, done: int) -> None:
+        if self.sink and self.placement.is_main:
+            self.sink.start(self.total_steps, done)
+
+
+@dataclass
+class RunResult:
+    status: str
+    steps: int
+    metrics: dict[str, Any]
+    outputs: dict[str, str]
+
+
+def steps_for(plan_batches_count: int, config: tc.TrainConfig, world_size: int) -> int:
+    """Optimizer steps of the run, as the Trainer counts them (batches are sharded evenly over ranks)."""
+    per_rank = math.ceil(plan_batches_count / world_size)
+    per_epoch = max(1, math.ceil(per_rank / config.grad_accum))
+    return config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * per_epoch)
+
+
+def prepare_data(config: tc.TrainConfig, tokenizer: Any, style: str, packing: str,
+                 samples: Sequence | None = None) -> tuple[list[Encoded], Any, BatchPlan]:
+    from haruhi_tui.sharegpt import resolve_dataset
+
+    if samples is None:
+        samples = resolve_dataset(config.dataset)
+    if config.max_samples:
+        samples = samples[:config.max_samples]
+    renderer = PromptRenderer(tokenizer, style, use_template=config.template != "haruhi",  # type: ignore[arg-type]
+                              reasoning_effort=config.reasoning_effort)
+    sequences, stats = encode_samples(samples, renderer, config.max_length)
+    plan = plan_batches(sequences, packing, config.batch_size, config.max_length, config.seed)
+    return sequences, stats, plan
+
+
+def _training_arguments(config: tc.TrainConfig, placement: Placement, total_steps: int, dtype_name: str):
+    from transformers import TrainingArguments
+
+    optimizer = config.optimizer
+    if optimizer == "auto":
+        optimizer = "adamw_torch_fused" if placement.device == "cuda" else "adamw_torch"
+    return TrainingArguments(
+        output_dir=str(config.output_dir),
+        per_device_train_batch_size=1,  # every dataset item is a planned batch
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_steps(total_steps),
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=optimizer,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps if config.max_steps > 0 else -1,
+        logging_strategy="steps",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.keep_checkpoints or None,
+        seed=config.seed,
+        data_seed=config.seed,
+        bf16=placement.device == "cuda" and dtype_name == "bfloat16",
+        fp16=placement.device == "cuda" and dtype_name == "float16",
+        use_cpu=placement.device == "cpu",
+        ddp_backend=("nccl" if placement.device == "cuda" else "gloo") if placement.distributed else None,
+        ddp_find_unused_parameters=False if config.engine != "unsloth" else None,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=placement.device == "cuda",
+        remove_unused_columns=False,
+        report_to="none",
+        disable_tqdm=True,
+        save_only_model=False,
+        logging_nan_inf_filter=False,
+    )
+
+
+def save_adapter(loaded: LoadedModel, tokenizer: Any, config: tc.TrainConfig, base_spec: str, base_dir: Path,
+                 style: str, run: Run) -> Path:
+    """The final adapter in PEFT format (adapter_config.json + adapter_model.safetensors) with the
+    tokenizer, written beside ``<output>/adapter`` and renamed into place."""
+    out = config.output_dir
+    final, tmp, old = out / ADAPTER_DIR, out / f".{ADAPTER_DIR}.tmp", out / f".{ADAPTER_DIR}.old"
+    for stale in (tmp, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    model = loaded.model
+    base_name = base_spec if not Path(base_spec).expanduser().exists() else str(base_dir.resolve())
+    for peft_config in getattr(model, "peft_config", {}).values():
+        peft_config.base_model_name_or_path = base_name
+    model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    tc.save(config, tmp / tc.CONFIG_FILE)
+    write_json(tmp / ADAPTER_INFO, {"base": base_name, "style": style, "template": config.template,
+                                    "reasoning_effort": config.reasoning_effort, "engine": loaded.engine,
+                                    "steps": run.total_steps, "final_loss": run.last_loss})
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def run_training(config: tc.TrainConfig, *, resume: bool = False, sink: TrainProgress | None = None,
+                 samples: Sequence | None = None, on_step: Callable[[dict[str, Any]], None] | None = None,
+                 job_pid: int | None = None) -> RunResult:
+    """Train as configured; returns how it ended. Raises :class:`HaruhiError` (after an ``error`` and an
+    ``end`` event) for anything a user must fix, and :class:`Cancelled` when stopped by a signal."""
+    device = resolve_device(config)
+    placement = Placement.from_env(device)
+    events = EventLog(config.output_dir, JOB, enabled=placement.is_main)
+    with GracefulStop() as stop:
+        run = Run(config, placement, events, stop, sink=sink if placement.is_main else None, on_step=on_step)
+        try:
+            return _run(run, resume, samples, job_pid)
+        except Cancelled:
+            raise
+        except KeyboardInterrupt:
+            run.events.end("cancelled", metrics=_metrics(run), outputs=_outputs(run))
+            raise Cancelled("training cancelled before it started; nothing was saved") from None
+        except HaruhiError as exc:
+            _fail(run, str(exc), "input")
+            raise
+        except Exception as exc:
+            message = _explain(exc, config)
+            if message is None:
+                _fail(run, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}", "crash")
+                raise
+            _fail(run, message, "resources")
+            raise HaruhiError(message) from None
+        finally:
+            if run.sink:
+                run.sink.close()
+
+
+def _fail(run: Run, message: str, kind: str) -> None:
+    if run.placement.is_main:
+        run.events.error(message, kind=kind)
+        run.events.end("failed", metrics=_metrics(run), outputs=_outputs(run))
+    elif run.placement.distributed:  # other ranks leave their reason too: the launcher reports it
+        EventLog(run.config.output_dir, JOB).error(f"rank {run.placement.rank}: {message}", kind=kind)
+
+
+def _explain(exc: Exception, config: tc.TrainConfig) -> str | None:
+    """A one-line message for resource errors (out of memory), None for real bugs."""
+    text = str(exc)
+    name = type(exc).__name__
+    advice = (f"lower --batch-size (now {config.batch_size}; raise --grad-accum to keep the step size) or "
+              f"--max-length (now {config.max_length})")
+    if name == "OutOfMemoryError" or "CUDA out of memory" in text:
+        return f"out of GPU memory: {advice}, or use --load-in-4bit"
+    if isinstance(exc, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in text:
+        return f"out of memory: {advice}"
+    return None
+
+
+def _metrics(run: Run) -> dict[str, Any]:
+    elapsed = run.elapsed()
+    return {"steps": run.total_steps, "loss": run.last_loss, "elapsed": round(elapsed, 1),
+            "tokens": run.tokens_total,
+            "real_token_share": round(run.tokens_total / run.padded_total, 4) if run.padded_total else None,
+            "gpu_memory_gb": _gpu_memory()}
+
+
+def _outputs(run: Run) -> dict[str, str]:
+    outputs = {"events": str(run.config.output_dir / EVENTS_FILE)}
+    if run.last_checkpoint:
+        outputs["checkpoint"] = str(run.last_checkpoint)
+    return outputs
+
+
+def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None) -> RunResult:
+    from haruhi_tui.prompt_format import detect_style
+
+    config, placement = run.config, run.placement
+    engine_name = resolve_engine(config, placement.device)
+    if engine_name == "unsloth":
+        import unsloth  # noqa: F401  (Unsloth patches transformers; it must come first)
+
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = latest_checkpoint(out) if resume else None
+    if placement.is_main:
+        tc.save(config, out / tc.CONFIG_FILE)
+    if checkpoint:
+        marker = read_json(checkpoint[1] / CHECKPOINT_MARKER, "checkpoint marker")
+        run.elapsed_before = float(marker.get("elapsed", 0.0))
+        run.tokens_total = int(marker.get("tokens", 0))
+        run.padded_total = int(marker.get("padded", 0))
+        run.last_checkpoint = checkpoint[1]
+
+    base_dir = resolve_base(config.base)
+    mtype = model_type(base_dir)
+    if config.lora_dropout and "mlp" in config.lora_targets and mtype == "gpt_oss":
+        raise HaruhiError("--lora-dropout must be 0 when the MoE experts are LoRA targets (PEFT cannot apply dropout "
+                          "to 3-D expert weights); set it to 0 or leave 'mlp' out of --lora-targets")
+    tokenizer = load_tokenizer(base_dir)
+    style = detect_style(mtype, getattr(tokenizer, "chat_template", None))
+    if config.template == "model" and style == "harmony" and not tokenizer.chat_template:
+        raise HaruhiError("--template model, but the checkpoint has no chat template; use --template haruhi")
+    engine_packs_safely = not (engine_name == "unsloth" and mtype == "gpt_oss"
+                               and os.environ.get("UNSLOTH_ENABLE_FLEX_ATTENTION", "1") != "0")
+    packing = config.packing if config.packing != "auto" else ("packed" if engine_packs_safely else "grouped")
+    if packing == "packed" and not engine_packs_safely:
+        raise HaruhiError("--packing packed with Unsloth on gpt-oss would let samples attend to each other (its "
+                          "flex attention ignores sample boundaries); use --packing grouped, or --engine hf")
+    sequences, stats, plan = prepare_data(config, tokenizer, style, packing, samples)
+    run.total_steps = steps_for(len(plan.batches), config, placement.world_size)
+    resolved = {"engine": engine_name, "device": placement.device, "packing": packing, "style": style,
+                "base_dir": str(base_dir), "model_type": mtype, "world_size": placement.world_size}
+    run.events.emit("start", config={**config.to_dict(), "resolved": resolved}, total=run.total_steps, unit="step",
+                    pid=job_pid or int(os.environ.get("HARUHI_JOB_PID", 0) or os.getpid()),
+                    resumed_from=checkpoint[0] if checkpoint else None)
+    run.log(f"data: {stats.samples:,} samples -> {stats.sequences:,} sequences ({stats.split_samples} split, "
+            f"{stats.truncated} shortened, {stats.dropped} dropped), {stats.tokens:,} tokens of which "
+            f"{stats.trainable_tokens:,} carry the loss; {plan.mode} into {len(plan.batches):,} batches, "
+            f"{plan.real_token_share:.1%} real tokens")
+    if resume and not checkpoint:
+        run.log("no complete checkpoint to resume from: starting at step 0", "warning")
+
+    engine = engine_for(engine_name)
+    loaded = engine.load(config, base_dir, placement)
+    run.log(f"model: {loaded.info.get('model_type')} on {placement.device} x{placement.world_size} with {engine_name} "
+            f"({loaded.info.get('dtype')}, {loaded.info.get('attention')}), "
+            f"{loaded.info.get('trainable_parameters', 0):,} trainable parameters, loaded in "
+            f"{loaded.info.get('load_seconds')} s")
+    run.events.emit("log", level="info", message="details", engine=loaded.info, data=stats.as_dict(),
+                    plan=plan.summary())
+
+    HaruhiTrainer, RunCallback = _trainer_classes()
+    args = _training_arguments(config, placement, run.total_steps, loaded.info.get("dtype", ""))
+    callback = RunCallback(run)
+    trainer = HaruhiTrainer(model=loaded.model, args=args, train_dataset=PlannedBatches(sequences, plan, tokenizer.pad_token_id),
+                            data_collator=unwrap_batch, processing_class=tokenizer, callbacks=[callback],
+                            token_counter=run.token_counter, sparse_logits=loaded.sparse_logits)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    run.started = time.time()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint[1]) if checkpoint else None)
+    steps = trainer.state.global_step
+    metrics = _metrics(run)
+    metrics.update({"steps": steps, "train_loss": _number(output.training_loss)})
+    metrics["tokens_per_second"] = callback.throughput()
+    if callback.cancelled:
+        if placement.is_main:
+            run.events.end("cancelled", metrics=metrics, outputs=_outputs(run))
+        where = f"checkpoint saved in {run.last_checkpoint}" if run.last_checkpoint else "no checkpoint was saved"
+        raise Cancelled(f"training cancelled ({run.stop.requested}) at step {steps}; {where}; continue with "
+                        f"haruhi train --resume --output {config.output}")
+    outputs = _outputs(run)
+    if placement.is_main:
+        adapter = save_adapter(loaded, tokenizer, config, config.base, base_dir, style, run)
+        outputs["adapter"] = str(adapter)
+        run.events.end("completed", metrics=metrics, outputs=outputs)
+    return RunResult("completed", steps, metrics, outputs)
