@@ -50,3 +50,29 @@ def tiny_gpt_oss_mxfp4(tmp_path_factory) -> Path:
     from tiny_models import build_tiny_gpt_oss
 
     return build_tiny_gpt_oss(tmp_path_factory.mktemp("tiny_gpt_oss_mxfp4"), seed=0, mxfp4=True)
+
+
+#: Bump when haruhi_tui.models.gguf_to_hf changes what it writes: the cached checkpoint is keyed by it.
+GEMMA_HF_VERSION = "1"
+
+
+@pytest.fixture(scope="session")
+def gemma_hf() -> Path:
+    """The bundled Gemma 3 270M GGUF dequantized to an HF checkpoint (float32, tokenizer adds BOS like llama.cpp).
+
+    Built once (about a minute) into ~/.cache/haruhi-tests/ (or $HARUHI_TEST_CACHE) and reused across runs.
+    Read-only: copy it before changing anything in it."""
+    import os
+
+    from haruhi_tui.models import default_gguf, gguf_to_hf
+
+    cache = Path(os.environ.get("HARUHI_TEST_CACHE") or Path.home() / ".cache" / "haruhi-tests")
+    target = cache / f"gemma-3-270m-hf-{GEMMA_HF_VERSION}"
+    expected = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+    if not all((target / name).is_file() for name in expected):
+        try:
+            gguf_to_hf(default_gguf(), target, overwrite=True)
+        except OSError:
+            if not all((target / name).is_file() for name in expected):  # lost a race with another builder
+                raise
+    return target
