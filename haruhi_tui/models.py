@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
+from urllib.parse import urlsplit
 
 from .errors import HaruhiError
 from .paths import models_dir
@@ -666,6 +667,8 @@ def _fetch(remote: _RemoteFile, target: Path, token: str | None, progress: Progr
             stale.unlink(missing_ok=True)
     headers = build_hf_headers(token=token)
     headers["Accept-Encoding"] = "identity"
+    if urlsplit(remote.url).hostname != urlsplit(_endpoint()).hostname:
+        headers.pop("authorization", None)  # a signed CDN URL: never send the hub token elsewhere
     label = remote.filename
     last_time, last_bytes = 0.0, -1
     step = (grand_total or 0) // 200  # report every half percent, or every quarter second

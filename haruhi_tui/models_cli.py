@@ -58,8 +58,9 @@ def list_command(
         return
     table = Table(title="local models")
     for column, justify in (("name", "left"), ("architecture", "left"), ("params", "right"), ("quant", "left"),
-                            ("style", "left"), ("size", "right"), ("path", "left")):
+                            ("style", "left"), ("size", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table.add_column("path", overflow="fold")
     from .models import human_bytes
 
     for m in models:
