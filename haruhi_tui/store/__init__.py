@@ -1,0 +1,16 @@
+"""Sessions storage: SQLite with WAL, a schema version table and ordered upgrades."""
+
+from .schema import SCHEMA_VERSION, UPGRADES, current_version, upgrade
+from .sessions import MEMORY, STATUSES, Chat, Message, Store, StoreError
+
+__all__ = [
+    "MEMORY", "SCHEMA_VERSION", "STATUSES", "UPGRADES", "Chat", "Message", "Store", "StoreError",
+    "current_version", "upgrade", "default_db_path",
+]
+
+
+def default_db_path():
+    """``<data dir>/sessions.db``."""
+    from ..paths import data_dir
+
+    return data_dir() / "sessions.db"
