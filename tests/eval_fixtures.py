@@ -1,0 +1,28 @@
+"""Fixtures for the evaluation tests: a small real haruhi_val (three characters, short prompts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+EVAL_CHARACTERS = ["Luna", "jiumozhi", "haruhi"]
+
+
+@pytest.fixture(scope="session")
+def small_val_path(characters_dir, tmp_path_factory) -> Path:
+    """haruhi_val.json of three real characters, built with small prompt budgets so CPU runs stay quick."""
+    from haruhi_tui.dataset import BuildOptions, build, write
+    from haruhi_tui.persona import PromptBudget
+
+    result = build(characters_dir, BuildOptions(max_turns=4, budget=PromptBudget(scenes=150, max_scenes=1)),
+                   only=EVAL_CHARACTERS)
+    paths = write(result, tmp_path_factory.mktemp("eval_data"))
+    return paths["haruhi_val"]
+
+
+@pytest.fixture(scope="session")
+def small_val(small_val_path):
+    from haruhi_tui.sharegpt import load_sharegpt
+
+    return load_sharegpt(small_val_path)
