@@ -1,0 +1,338 @@
+"""A chat with one character, without any UI: the app, the tests and the benchmark all drive this.
+
+:class:`ChatSession` owns the branch of the message tree on screen, builds every prompt through
+:class:`~haruhi_tui.persona.PersonaBuilder` (with the model's real token counter and the chat's sticky
+scenes, so the system block stays a stable prefix and llama.cpp reuses its KV cache), streams the reply
+from an :class:`~haruhi_tui.llm.Engine`, and writes everything to the :class:`~haruhi_tui.store.Store`
+as it happens: the user's message before generation starts, the reply while it streams (throttled,
+``incomplete`` until it ends), then ``complete`` or ``stopped``.
+
+If the database refuses a write (locked, disk full), the chat goes on in memory and the write is retried
+at the next save; nothing said is dropped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable
+
+from . import harmony
+from .characters import Character
+from .harmony import Delta
+from .llm import Engine, GenerationStats, ModelError, Sampling
+from .persona import PersonaBuilder, PersonaPrompt, PromptBudget, Turn
+from .prompt_format import Conversation
+from .store import Chat, Message, Store, StoreError
+
+DeltaCallback = Callable[[Message, Delta], None]
+ErrorCallback = Callable[[str], None]
+TEMPLATE_OVERHEAD = 200  # tokens a chat template or harmony header adds around the persona text
+
+
+@dataclass
+class ChatSettings:
+    """Per-chat settings, stored with the chat. ``reasoning_effort`` only matters for gpt-oss (harmony)."""
+
+    user_name: str = ""
+    reasoning_effort: str = "low"
+    temperature: float = 0.8
+    top_p: float = 0.95
+    repeat_penalty: float = 1.1
+    max_tokens: int = 512
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ChatSettings":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, top_p=self.top_p, repeat_penalty=self.repeat_penalty,
+                        max_tokens=self.max_tokens)
+
+
+@dataclass
+class ContextSnapshot:
+    """Exactly what was (or would be) sent to the model: the persona blocks and the rendered text."""
+
+    prompt: PersonaPrompt
+    text: str
+    style: str
+    prompt_tokens: int
+    model: str
+    stats: GenerationStats | None = None
+
+
+def budget_for(n_ctx: int, max_tokens: int, base: PromptBudget | None = None) -> PromptBudget:
+    """The default budgets, shrunk in proportion when the context is too small to hold them and a reply."""
+    base = base or PromptBudget()
+    total = base.role + base.scenes + base.pins + base.summary + base.history
+    room = n_ctx - min(max_tokens, n_ctx // 4) - TEMPLATE_OVERHEAD
+    if room >= total:
+        return base
+    f = max(room, 200) / total
+    return PromptBudget(role=int(base.role * f), scenes=int(base.scenes * f), max_scenes=base.max_scenes,
+                        pins=int(base.pins * f), summary=int(base.summary * f), history=int(base.history * f))
+
+
+@dataclass
+class _Pending:
+    """Writes the database refused, retried at the next save."""
+
+    inserts: list[Message] = field(default_factory=list)
+    updates: set[int] = field(default_factory=set)
+
+
+class ChatSession:
+    """One chat: the current branch (root to leaf), its character, settings and persona builder."""
+
+    def __init__(self, store: Store, character: Character, chat: Chat, *, on_error: ErrorCallback | None = None) -> None:
+        self.store = store
+        self.character = character
+        self.chat = chat
+        self.settings = ChatSettings.from_dict(chat.settings)
+        if not self.settings.user_name:
+            self.settings.user_name = character.interlocutor
+        self.on_error = on_error
+        self.messages: list[Message] = store.branch(chat.id) if chat.id > 0 else []
+        self.last_context: ContextSnapshot | None = None
+        self._builder: PersonaBuilder | None = None
+        self._builder_engine: Engine | None = None
+        self._pending = _Pending()
+        self._next_temp_id = -1
+        self._lock = threading.RLock()
+
+    # -- opening -------------------------------------------------------------------------------
+    @classmethod
+    def start(cls, store: Store, character: Character, *, model: str = "", settings: ChatSettings | None = None,
+              on_error: ErrorCallback | None = None) -> "ChatSession":
+        """A new chat with ``character`` (reasoning effort and user name from the character's preferences)."""
+        if settings is None:
+            settings = ChatSettings.from_dict(_quiet(lambda: store.pref(f"character:{character.folder}", {}), {}) or {})
+        if not settings.user_name:
+            settings.user_name = character.interlocutor
+        chat = store.create_chat(character.folder, character.name, title=f"{character.name}", model=model,
+                                 settings=asdict(settings))
+        return cls(store, character, chat, on_error=on_error)
+
+    @classmethod
+    def resume(cls, store: Store, chat_id: int, characters: dict[str, Character],
+               on_error: ErrorCallback | None = None) -> "ChatSession":
+        chat = store.chat(chat_id)
+        character = characters.get(chat.character)
+        if character is None:
+            raise StoreError(
+                f"chat {chat.title!r} is with {chat.character_name or chat.character}, who is not in the characters "
+                "folder: pass --characters with the folder that has them"
+            )
+        return cls(store, character, chat, on_error=on_error)
+
+    @property
+    def leaf(self) -> Message | None:
+        return self.messages[-1] if self.messages else None
+
+    @property
+    def title(self) -> str:
+        return self.chat.title or self.character.name
+
+    # -- persona ---------------------------------------------------------------------------------
+    def builder(self, engine: Engine) -> PersonaBuilder:
+        if self._builder is None or self._builder_engine is not engine:
+            budget = budget_for(engine.n_ctx, self.settings.max_tokens)
+            self._builder = PersonaBuilder(self.character, budget, count_tokens=engine.count_tokens)
+            self._builder_engine = engine
+        return self._builder
+
+    def _turn(self, m: Message, style: str) -> Turn:
+        text = m.content
+        if style == "harmony" and m.role == "user":
+            text = harmony.strip_special_tokens(text)  # a user cannot inject harmony markers
+        speaker = self.settings.user_name if m.role == "user" else self.character.name
+        return Turn(m.role, text, speaker)  # type: ignore[arg-type]
+
+    def _history(self, upto: list[Message], style: str) -> list[Turn]:
+        """Turns the model sees: speech only (analysis is never fed back), failed empty replies left out."""
+        return [self._turn(m, style) for m in upto if m.role in ("user", "assistant") and m.content.strip()]
+
+    def build_context(self, engine: Engine, branch: list[Message] | None = None) -> ContextSnapshot:
+        """The prompt for replying to the last user message of ``branch`` (default: the current branch);
+        with no user message pending, the prompt as it stands (for the context view)."""
+        branch = self.messages if branch is None else branch
+        message = branch[-1] if branch and branch[-1].role == "user" else None
+        history = branch[:-1] if message is not None else branch
+        builder = self.builder(engine)
+        turn = self._turn(message, engine.style) if message is not None else None
+        prompt = builder.build(self._history(history, engine.style), turn, sticky_scene_ids=self.chat.scene_ids,
+                               user_name=self.settings.user_name)
+        text = engine.render(Conversation.from_prompt(prompt), reasoning_effort=self.settings.reasoning_effort)  # type: ignore[arg-type]
+        tokens = len(engine.tokenize_prompt(text))
+        return ContextSnapshot(prompt, text, engine.style, tokens, engine.path.name)
+
+    # -- saving ----------------------------------------------------------------------------------
+    def _error(self, message: str) -> None:
+        if self.on_error is not None:
+            self.on_error(message)
+
+    def _insert(self, parent: Message | None, role: str, content: str = "", **kw: Any) -> Message:
+        """Insert a message as the new leaf; kept in memory (and retried) if the database refuses."""
+        try:
+            self._flush()
+            msg = self.store.add_message(self.chat.id, parent.id if parent else None, role, content, **kw)  # type: ignore[arg-type]
+        except StoreError as exc:
+            now = time.time()
+            msg = Message(self._next_temp_id, self.chat.id, parent.id if parent else None, role, content,  # type: ignore[arg-type]
+                          kw.get("analysis", ""), kw.get("status", "complete"), kw.get("model", ""), now, now,
+                          dict(kw.get("stats") or {}))
+            self._next_temp_id -= 1
+            self._pending.inserts.append(msg)
+            self._error(f"{exc} (kept in memory; saving again at the next message)")
+        self.chat.leaf_id = msg.id
+        return msg
+
+    def _save(self, msg: Message, **changes: Any) -> None:
+        for key, value in changes.items():
+            setattr(msg, key, value)
+        try:
+            self._flush()
+            if msg.id < 0:
+                return
+            self.store.update_message(msg.id, content=msg.content, analysis=msg.analysis, status=msg.status,
+                                      stats=msg.stats)
+            self._pending.updates.discard(msg.id)
+        except StoreError as exc:
+            if msg.id not in self._pending.updates:
+                self._error(f"{exc} (kept in memory; saving again shortly)")
+            self._pending.updates.add(msg.id)
+
+    def _flush(self) -> None:
+        """Retry the writes the database refused earlier, oldest first (parents before children)."""
+        with self._lock:
+            while self._pending.inserts:
+                msg = self._pending.inserts[0]
+                saved = self.store.add_message(self.chat.id, msg.parent_id, msg.role, msg.content, analysis=msg.analysis,
+                                               status=msg.status, model=msg.model, stats=msg.stats,
+                                               make_leaf=msg is self.leaf)
+                old, msg.id = msg.id, saved.id
+                for m in [*self.messages, *self._pending.inserts]:
+                    if m.parent_id == old:
+                        m.parent_id = saved.id
+                self._pending.inserts.pop(0)
+            for message_id in list(self._pending.updates):
+                msg = next((m for m in self.messages if m.id == message_id), None)
+                if msg is not None:
+                    self.store.update_message(msg.id, content=msg.content, analysis=msg.analysis, status=msg.status,
+                                              stats=msg.stats)
+                self._pending.updates.discard(message_id)
+            if self.leaf is not None and self.leaf.id > 0 and self.chat.leaf_id != self.leaf.id:
+                self.store.set_leaf(self.chat.id, self.leaf.id)
+                self.chat.leaf_id = self.leaf.id
+
+    @property
+    def unsaved(self) -> int:
+        return len(self._pending.inserts) + len(self._pending.updates)
+
+    # -- talking ---------------------------------------------------------------------------------
+    def add_user_message(self, text: str) -> Message:
+        """Commit what the user said (before any generation starts) and make it the leaf."""
+        text = text.strip()
+        if not text:
+            raise ValueError("empty message")
+        msg = self._insert(self.leaf, "user", text)
+        self.messages.append(msg)
+        if self.chat.title in ("", self.character.name) and sum(m.role == "user" for m in self.messages) == 1:
+            self.chat.title = f"{self.character.name}: {text[:40]}"
+            _quiet(lambda: self.store.rename_chat(self.chat.id, self.chat.title))
+        return msg
+
+    def reply(self, engine: Engine, *, on_delta: DeltaCallback | None = None, cancel: threading.Event | None = None,
+              sampling: Sampling | None = None, save_interval: float = 0.5,
+              on_start: Callable[[Message], None] | None = None) -> Message:
+        """Generate the character's reply to the current leaf (a user message) as a new leaf.
+
+        The reply row exists (``incomplete``) before the first token and is saved every ``save_interval``
+        seconds while it streams; it ends ``complete``, ``stopped`` (``cancel`` was set) or ``error``.
+        """
+        if self.leaf is None or self.leaf.role != "user":
+            raise ValueError("nothing to reply to: send a message first")
+        context = self.build_context(engine)
+        if context.prompt.scene_ids != self.chat.scene_ids:
+            self.chat.scene_ids = list(context.prompt.scene_ids)
+            _quiet(lambda: self.store.update_chat(self.chat.id, scene_ids=self.chat.scene_ids), self._error)
+        model = engine.path.name
+        if self.chat.model != str(engine.path):
+            self.chat.model = str(engine.path)
+            _quiet(lambda: self.store.update_chat(self.chat.id, model=self.chat.model))
+        reply = self._insert(self.leaf, "assistant", "", status="incomplete", model=model)
+        self.messages.append(reply)
+        self.last_context = context
+        if on_start is not None:
+            on_start(reply)
+        final: list[str] = []
+        analysis: list[str] = []
+        last_save = time.monotonic()
+        status = "complete"
+        try:
+            for delta in engine.stream(context.text, sampling or self.settings.sampling(), cancel=cancel):
+                (final if delta.channel == "final" else analysis).append(delta.text)
+                if on_delta is not None:
+                    on_delta(reply, delta)
+                if time.monotonic() - last_save >= save_interval:
+                    self._save(reply, content="".join(final), analysis="".join(analysis))
+                    last_save = time.monotonic()
+            if engine.last_stats.stop_reason == "cancelled":
+                status = "stopped"
+        except ModelError:
+            status = "error"
+            raise
+        except BaseException:
+            status = "error"
+            raise
+        finally:
+            stats = engine.last_stats
+            context.stats = stats
+            self._save(reply, content="".join(final).strip(), analysis="".join(analysis).strip(), status=status,
+                       stats=stats.as_dict())
+        return reply
+
+    def send(self, engine: Engine, text: str, **kwargs: Any) -> Message:
+        """``add_user_message`` then ``reply``: one turn."""
+        self.add_user_message(text)
+        return self.reply(engine, **kwargs)
+
+    def regenerate(self, engine: Engine, **kwargs: Any) -> Message:
+        """A new reply to the last user message. The old reply stays in the tree as an alternative
+        (a sibling); the new one becomes the leaf."""
+        while self.leaf is not None and self.leaf.role == "assistant":
+            self.messages.pop()
+        if self.leaf is None:
+            raise ValueError("nothing to regenerate: send a message first")
+        return self.reply(engine, **kwargs)
+
+    def switch_to(self, leaf_id: int) -> None:
+        """Show another branch (a leaf of this chat's tree)."""
+        self.messages = self.store.branch(self.chat.id, leaf_id)
+        self.store.set_leaf(self.chat.id, leaf_id)
+        self.chat.leaf_id = leaf_id
+
+    def set_reasoning_effort(self, effort: str) -> None:
+        """For this chat and as the character's default for new chats."""
+        if effort not in ("low", "medium", "high"):
+            raise ValueError(effort)
+        self.settings.reasoning_effort = effort
+        _quiet(lambda: self.store.update_chat(self.chat.id, settings=asdict(self.settings)), self._error)
+        key = f"character:{self.character.folder}"
+        prefs = _quiet(lambda: self.store.pref(key, {}), {}) or {}
+        prefs["reasoning_effort"] = effort
+        _quiet(lambda: self.store.set_pref(key, prefs), self._error)
+
+
+def _quiet(fn: Callable[[], Any], on_error: ErrorCallback | Any = None) -> Any:
+    """Run a store call whose failure must not stop the chat; report it if ``on_error`` is a callback."""
+    try:
+        return fn()
+    except StoreError as exc:
+        if callable(on_error):
+            on_error(str(exc))
+            return None
+        return on_error
