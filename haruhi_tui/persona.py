@@ -134,16 +134,17 @@ class PersonaBuilder:
     ) -> list[Scene]:
         """Scenes for ``query`` within the scene budget, best first.
 
-        ``sticky_ids`` (the previous turn's choice) are kept while one of them is still among the
-        best matches for ``query`` or ``query`` matches nothing: the topic has not changed.
+        ``sticky_ids`` (the previous turn's choice) are kept while one of them still shares a word with
+        ``query``, or ``query`` matches nothing: the topic has not changed. Chat lines are short and
+        per-line rankings jump around, so "still relevant" rather than "still the best" is what keeps
+        the system block (and llama.cpp's KV cache) stable over a conversation.
         """
         excluded = {self._scene_pos[s] for s in exclude_ids if s in self._scene_pos}
         ranked = self.index.rank(query, exclude=excluded)
         sticky = [self._scene_pos[s] for s in sticky_ids if s in self._scene_pos and self._scene_pos[s] not in excluded]
         if sticky:
             matched = self.index.scores(query)
-            window = set(itertools.islice(self.index.rank(query, exclude=excluded), 2 * self.budget.max_scenes))
-            if not matched or window.intersection(sticky):
+            if not matched or any(matched.get(i, 0.0) > 0 for i in sticky):
                 return [self.character.scenes[i] for i in sticky]
         chosen: list[Scene] = []
         used = 0

@@ -1,0 +1,281 @@
+"""The haruhi-tui application: owns the sessions store, the characters and the loaded model.
+
+Screens: :class:`~.screens.chat.ChatScreen` (the conversation), the character and model pickers, the
+context view, help, and small dialogs. Slow things (reading 30 character folders, assembling the bundled
+model, loading a GGUF, generating) happen in thread workers; failures become messages in the app,
+never a crash: a broken database falls back to an in-memory one, a broken model leaves the chat usable.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Iterable
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual import work
+
+from ..characters import Character, load_characters
+from ..errors import HaruhiError
+from ..llm import DEFAULT_N_CTX, Engine, Sampling, bundled_model, find_models, open_gguf
+from ..models import BUNDLED_NAME
+from ..paths import default_characters_dir, models_dir
+from ..store import MEMORY, Store, StoreError, default_db_path
+from .screens.chat import ChatScreen
+from .screens.help import HelpScreen
+from .screens.pick import BUNDLED, ModelPicker
+
+
+class HaruhiApp(App[None]):
+    """Chat with ChatHaruhi characters on a local GGUF model."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "haruhi-tui"
+    BINDINGS = [Binding("f1", "help", "Help", show=False)]
+
+    def __init__(
+        self,
+        *,
+        characters_dir: str | Path | None = None,
+        model: str | Path | None = None,
+        models_dirs: Iterable[str | Path] = (),
+        db_path: str | Path | None = None,
+        n_ctx: int = DEFAULT_N_CTX,
+        character: str | None = None,
+        engine: Engine | None = None,
+        sampling: Sampling | None = None,
+        save_interval: float = 0.5,
+        db_timeout: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.characters_dir = Path(characters_dir) if characters_dir else default_characters_dir()
+        self.model_arg = str(model) if model else None
+        self.models_dirs = [models_dir(), *[Path(d) for d in models_dirs]]
+        if self.model_arg:
+            self.models_dirs.append(Path(self.model_arg).expanduser().parent)
+        self.n_ctx = n_ctx
+        self.start_character = character
+        self.sampling = sampling
+        self.save_interval = save_interval
+        self.show_thinking = False
+        self.characters: dict[str, Character] = {}
+        self.characters_problem = ""
+        self.engine = engine
+        self.engine_choice = str(engine.path) if engine else ""
+        self.engine_error = ""
+        self.model_loading = False
+        self.engine_ready = threading.Event()
+        if engine is not None:
+            self.engine_ready.set()
+        self.db_path = Path(db_path) if db_path else default_db_path()
+        self.store_problem = ""
+        try:
+            self.store = Store(self.db_path, timeout=db_timeout)
+        except StoreError as exc:
+            self.store_problem = f"{exc}. Chats of this run are kept in memory only."
+            self.store = Store(MEMORY)
+
+    # -- startup ---------------------------------------------------------------------------------
+    def get_default_screen(self) -> Screen:
+        return ChatScreen()
+
+    @property
+    def chat_screen(self) -> ChatScreen:
+        return self.screen_stack[0]  # type: ignore[return-value]  # the default screen is always at the bottom
+
+    def start(self) -> None:
+        """Called by the chat screen once it is on screen: report problems, start the slow loading."""
+        if self.store_problem:
+            self.notify(self.store_problem, severity="error", timeout=15)
+            self.chat_screen.set_status("sessions are not being saved (see the message)")
+        self.chat_screen.show_progress(False)
+        self.load_characters()
+        if self.engine is None:
+            choice = self.model_arg or self._pref("last_model") or BUNDLED
+            if choice != BUNDLED and not self.model_arg and not Path(choice).exists():
+                choice = BUNDLED
+            self.load_model(choice)
+        else:
+            self.chat_screen.update_title()
+
+    def _pref(self, key: str, default=None):
+        try:
+            return self.store.pref(key, default)
+        except StoreError:
+            return default
+
+    def input_history(self) -> list[str]:
+        try:
+            return self.store.recent_user_lines()
+        except StoreError:
+            return []
+
+    @work(thread=True, group="characters")
+    def load_characters(self) -> None:
+        try:
+            characters = load_characters(self.characters_dir)
+            problem = ""
+        except HaruhiError as exc:
+            characters, problem = [], f"{exc}. Pass --characters or set $HARUHI_CHARACTERS."
+        self.call_from_thread(self._characters_loaded, characters, problem)
+
+    async def _characters_loaded(self, characters: list[Character], problem: str) -> None:
+        self.characters = {c.folder: c for c in characters}
+        self.characters_problem = problem
+        if problem:
+            self.notify(problem, severity="error", timeout=15)
+        screen = self.chat_screen
+        if self.start_character:
+            wanted = self.start_character.casefold()
+            match = next((c for c in characters if wanted in (c.folder.casefold(), c.name.casefold())), None)
+            if match is not None:
+                await screen.start_chat(match.folder)
+                return
+            self.notify(f"no character {self.start_character!r} in {self.characters_dir}", severity="error")
+        try:
+            chats = self.store.chats(limit=1)
+        except StoreError:
+            chats = []
+        if chats and chats[0].character in self.characters:
+            await screen.resume_chat(chats[0].id)
+        else:
+            screen.action_new_chat()
+
+    def character_list(self) -> list[Character]:
+        return sorted(self.characters.values(), key=lambda c: c.folder.casefold())
+
+    # -- the model -------------------------------------------------------------------------------
+    def model_label(self) -> str:
+        if self.model_loading:
+            return "loading model…"
+        if self.engine is None:
+            return "no model (ctrl+o)"
+        return f"{self.engine.name} ({self.engine.style})"
+
+    def model_path_str(self) -> str:
+        return str(self.engine.path) if self.engine else ""
+
+    def action_pick_model(self) -> None:
+        models = [m for m in find_models(self.models_dirs) if not m.bundled]
+
+        def picked(choice: str | None) -> None:
+            if choice:
+                self.load_model(choice)
+
+        self.push_screen(ModelPicker(models, self.model_label()), picked)
+
+    @work(thread=True, exclusive=True, group="model")
+    def load_model(self, choice: str) -> None:
+        """Load a GGUF (or assemble and load the bundled one) without freezing the UI."""
+        self.model_loading = True
+        self.engine_ready.clear()
+        self.call_from_thread(self._model_progress, f"loading {BUNDLED_NAME if choice == BUNDLED else Path(choice).name}…")
+        try:
+            if choice == BUNDLED:
+                path = bundled_model(lambda fraction, what: self.call_from_thread(self._model_progress, what + "…", fraction))
+            else:
+                path = Path(choice).expanduser()
+            engine = open_gguf(path, n_ctx=self.n_ctx)
+        except HaruhiError as exc:
+            self.call_from_thread(self._model_failed, str(exc))
+            return
+        except Exception as exc:  # a model must never take the app down
+            self.call_from_thread(self._model_failed, f"could not load {choice}: {type(exc).__name__}: {exc}")
+            return
+        self.call_from_thread(self._model_loaded, engine, choice)
+
+    def _model_progress(self, text: str, fraction: float | None = None) -> None:
+        screen = self.chat_screen
+        screen.show_progress(True, fraction)
+        screen.set_status(text)
+        screen.update_title()
+
+    def _model_loaded(self, engine: Engine, choice: str) -> None:
+        self.engine, self.engine_choice, self.engine_error = engine, choice, ""
+        self.model_loading = False
+        self.engine_ready.set()
+        try:
+            self.store.set_pref("last_model", choice)
+        except StoreError:
+            pass
+        screen = self.chat_screen
+        screen.show_progress(False)
+        screen.set_status(f"{engine.name} ready · {engine.style} style · context {engine.n_ctx} tokens")
+        screen.update_title()
+
+    def _model_failed(self, error: str) -> None:
+        self.model_loading = False
+        self.engine_ready.set()
+        self.engine_error = error
+        screen = self.chat_screen
+        screen.show_progress(False)
+        screen.set_status("model not loaded: ctrl+o picks another")
+        screen.update_title()
+        self.notify(error, severity="error", timeout=15)
+
+    def wait_for_engine(self, cancel: threading.Event) -> Engine | None:
+        """Block a worker until a model is ready; None if loading failed or the turn was stopped first."""
+        while True:
+            if self.engine is not None and not self.model_loading:
+                return self.engine
+            if cancel.is_set() or (not self.model_loading and self.engine_error):
+                return None
+            self.engine_ready.wait(0.1)
+
+    # -- commands --------------------------------------------------------------------------------
+    def action_help(self) -> None:
+        bindings = [b for b in ChatScreen.BINDINGS if isinstance(b, Binding)]
+        self.push_screen(HelpScreen(bindings))
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        chat = self.chat_screen
+        yield SystemCommand("New chat", "Pick a character to talk to (ctrl+n)", chat.action_new_chat)
+        yield SystemCommand("Pick model", "Bundled Gemma, a local GGUF, or a path (ctrl+o)", self.action_pick_model)
+        yield SystemCommand("Regenerate reply", "A new reply to your last message (ctrl+r)", chat.action_regenerate)
+        yield SystemCommand("Stop reply", "Stop the reply being generated (Esc)", chat.action_stop)
+        yield SystemCommand("Toggle thinking", "Show or hide gpt-oss analysis (ctrl+t)", chat.action_toggle_thinking)
+        yield SystemCommand("Context view", "Exactly what the model was sent (F2)", chat.action_context)
+        yield SystemCommand("Toggle chat list", "Show or hide saved chats (ctrl+b)", chat.action_toggle_sidebar)
+        yield SystemCommand("Rename chat", "Rename the current chat", chat.rename_chat)
+        yield SystemCommand("Delete chat", "Delete the current chat", chat.delete_chat)
+        yield SystemCommand("Export chat", "Write the chat as Markdown and ShareGPT JSON", self.export_chat)
+        for effort in ("low", "medium", "high"):
+            yield SystemCommand(
+                f"Reasoning effort: {effort}", f"gpt-oss thinks {effort} for this character (default low)",
+                lambda effort=effort: self.set_reasoning_effort(effort),
+            )
+        yield SystemCommand("Help", "Keys and what they do (F1)", self.action_help)
+
+    def set_reasoning_effort(self, effort: str) -> None:
+        session = self.chat_screen.session
+        if session is None:
+            self.notify("no chat yet", severity="warning")
+            return
+        session.set_reasoning_effort(effort)
+        self.notify(f"reasoning effort {effort} for {session.character.name}")
+
+    def export_chat(self) -> None:
+        session = self.chat_screen.session
+        if session is None:
+            self.notify("no chat to export", severity="warning")
+            return
+        from ..export import ChatRecord, export_chat
+        from ..paths import data_dir
+
+        turns = tuple(session._turn(m, "chat") for m in session.messages if m.role in ("user", "assistant") and m.content.strip())
+        record = ChatRecord(session.title, session.character, turns, Path(session.chat.model).name)
+        stem = f"chat-{session.chat.id}"
+        out = data_dir() / "exports"
+        try:
+            written = [export_chat(record, out / f"{stem}{suffix}") for suffix in (".md", ".json")]
+        except HaruhiError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify("exported: " + ", ".join(str(p) for p in written), timeout=10)
+
+    async def action_quit(self) -> None:
+        await self.chat_screen.stop_and_wait()
+        self.exit()

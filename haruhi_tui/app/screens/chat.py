@@ -1,0 +1,426 @@
+"""The main screen: saved chats on the left, the conversation, the status line and the message box.
+
+The reply is generated in a thread worker (:meth:`ChatScreen.run_turn`) that drives the UI-free
+:class:`~haruhi_tui.chat.ChatSession`; it posts messages back for every piece of text, so the UI never
+waits on the model and a stop key takes effect between two tokens.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message as TMessage
+from textual.screen import Screen
+from textual.widgets import Footer, ProgressBar, Static
+
+from ...chat import ChatSession
+from ...errors import HaruhiError
+from ...store import Message, StoreError
+from ..widgets import ChatList, MessageView, PromptInput, character_color
+from .context import ContextScreen
+from .dialogs import ConfirmDialog, RenameDialog
+from .pick import CharacterPicker
+
+if TYPE_CHECKING:
+    from ..app import HaruhiApp
+
+
+class ChatScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "stop", "Stop"),
+        Binding("ctrl+r", "regenerate", "Regenerate"),
+        Binding("ctrl+t", "toggle_thinking", "Thinking"),
+        Binding("f2", "context", "Context"),
+        Binding("ctrl+n", "new_chat", "New chat"),
+        Binding("ctrl+o", "app.pick_model", "Model"),
+        Binding("ctrl+b", "toggle_sidebar", "Chats"),
+        Binding("f1", "app.help", "Help"),
+    ]
+
+    class ReplyStarted(TMessage):
+        def __init__(self, reply: Message) -> None:
+            super().__init__()
+            self.reply = reply
+
+    class ReplyDelta(TMessage):
+        def __init__(self, message_id: int, channel: str, text: str) -> None:
+            super().__init__()
+            self.message_id, self.channel, self.text = message_id, channel, text
+
+    class TurnDone(TMessage):
+        def __init__(self, reply: Message | None, error: str = "") -> None:
+            super().__init__()
+            self.reply, self.error = reply, error
+
+    class Problem(TMessage):
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.session: ChatSession | None = None
+        self.generating = False
+        self.cancel = threading.Event()
+        self._reply_view: MessageView | None = None
+        self.turns_done = 0
+        self.submitted_at = 0.0  # perf_counter of the last Enter/ctrl+r: first-token latency as the user sees it
+
+    @property
+    def haruhi(self) -> "HaruhiApp":
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            yield ChatList(id="sidebar")
+            with Vertical(id="main"):
+                yield Static("", id="title")
+                yield VerticalScroll(id="conversation")
+                with Horizontal(id="status-row"):
+                    yield Static("", id="status")
+                    yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="model-progress")
+                yield PromptInput(self.haruhi.input_history(), placeholder="Say something… (Enter sends)", id="prompt")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#conversation", VerticalScroll).anchor()
+        self.query_one("#sidebar").display = self.app.size.width >= 100
+        self.refresh_chats()
+        self.update_title()
+        self.query_one(PromptInput).focus()
+        self.haruhi.start()
+
+    # -- helpers ---------------------------------------------------------------------------------
+    @property
+    def conversation(self) -> VerticalScroll:
+        return self.query_one("#conversation", VerticalScroll)
+
+    def set_status(self, text: str) -> None:
+        self.query_one("#status", Static).update(text)
+
+    def show_progress(self, visible: bool, fraction: float | None = None) -> None:
+        bar = self.query_one("#model-progress", ProgressBar)
+        bar.display = visible
+        if fraction is None:
+            bar.update(total=None)
+        else:
+            bar.update(total=1.0, progress=fraction)
+
+    def refresh_chats(self) -> None:
+        try:
+            chats = self.haruhi.store.chats()
+        except StoreError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        current = self.session.chat.id if self.session else None
+        self.query_one(ChatList).show_chats(chats, current)
+
+    def update_title(self) -> None:
+        app = self.haruhi
+        parts = []
+        if self.session is not None:
+            c = self.session.character
+            parts.append(f"[b {character_color(c.folder)}]{c.name}[/]" + (f" · {c.source_work}" if c.source_work else ""))
+        else:
+            parts.append("no chat yet: ctrl+n picks a character")
+        parts.append(app.model_label())
+        self.query_one("#title", Static).update("  —  ".join(parts))
+
+    def _view_for(self, m: Message) -> MessageView:
+        assert self.session is not None
+        character = self.session.character
+        if m.role == "user":
+            return MessageView("user", self.session.settings.user_name, m.content, message_id=m.id)
+        return MessageView("assistant", character.name, m.content, analysis=m.analysis, status=m.status,
+                           color=character_color(character.folder), message_id=m.id,
+                           show_thinking=self.haruhi.show_thinking)
+
+    async def show_session(self, session: ChatSession | None) -> None:
+        """Put a chat on screen (all messages of its current branch)."""
+        self.session = session
+        await self.conversation.remove_children()
+        if session is not None:
+            await self.conversation.mount_all([self._view_for(m) for m in session.messages])
+            incomplete = [m for m in session.messages if m.status == "incomplete"]
+            if incomplete:
+                self.set_status("a reply was cut off when the app stopped: ctrl+r regenerates it")
+        self.conversation.anchor()
+        self.update_title()
+        self.refresh_chats()
+
+    def views(self) -> list[MessageView]:
+        return list(self.conversation.query(MessageView))
+
+    # -- chats -----------------------------------------------------------------------------------
+    def action_new_chat(self) -> None:
+        if self.generating:
+            self.notify("a reply is still coming: Esc stops it", severity="warning")
+            return
+        app = self.haruhi
+        picker = CharacterPicker(app.character_list(), app.characters_problem)
+
+        async def picked(folder: str | None) -> None:
+            if folder:
+                await self.start_chat(folder)
+
+        self.app.push_screen(picker, picked)
+
+    async def start_chat(self, folder: str) -> None:
+        app = self.haruhi
+        character = app.characters.get(folder)
+        if character is None:
+            self.notify(f"no character {folder!r} in {app.characters_dir}", severity="error")
+            return
+        try:
+            session = ChatSession.start(app.store, character, model=app.model_path_str(), on_error=self._store_problem)
+        except StoreError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        await self.show_session(session)
+        self.query_one(PromptInput).focus()
+
+    async def resume_chat(self, chat_id: int) -> None:
+        try:
+            session = ChatSession.resume(self.haruhi.store, chat_id, self.haruhi.characters, on_error=self._store_problem)
+        except HaruhiError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        await self.show_session(session)
+
+    @on(ChatList.OptionSelected, "#sidebar")
+    async def _open_chat(self, event: ChatList.OptionSelected) -> None:
+        if self.generating:
+            self.notify("a reply is still coming: Esc stops it", severity="warning")
+            return
+        if event.option.id and (self.session is None or str(self.session.chat.id) != event.option.id):
+            await self.resume_chat(int(event.option.id))
+        self.query_one(PromptInput).focus()
+
+    @on(ChatList.Rename)
+    def _rename(self, event: ChatList.Rename) -> None:
+        self.rename_chat(event.chat_id)
+
+    @on(ChatList.Delete)
+    def _delete(self, event: ChatList.Delete) -> None:
+        self.delete_chat(event.chat_id)
+
+    def rename_chat(self, chat_id: int | None = None) -> None:
+        chat_id = chat_id or (self.session.chat.id if self.session else None)
+        if chat_id is None:
+            return
+        try:
+            title = self.haruhi.store.chat(chat_id).title
+        except StoreError as exc:
+            self.notify(str(exc), severity="error")
+            return
+
+        def done(new: str | None) -> None:
+            if not new:
+                return
+            try:
+                self.haruhi.store.rename_chat(chat_id, new)
+            except StoreError as exc:
+                self.notify(str(exc), severity="error")
+                return
+            if self.session and self.session.chat.id == chat_id:
+                self.session.chat.title = new
+            self.refresh_chats()
+
+        self.app.push_screen(RenameDialog(title), done)
+
+    def delete_chat(self, chat_id: int | None = None) -> None:
+        chat_id = chat_id or (self.session.chat.id if self.session else None)
+        if chat_id is None:
+            return
+        if self.generating and self.session and self.session.chat.id == chat_id:
+            self.notify("a reply is still coming: Esc stops it first", severity="warning")
+            return
+
+        async def done(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                self.haruhi.store.delete_chat(chat_id)
+            except StoreError as exc:
+                self.notify(str(exc), severity="error")
+                return
+            if self.session and self.session.chat.id == chat_id:
+                await self.show_session(None)
+            self.refresh_chats()
+
+        self.app.push_screen(ConfirmDialog("Delete this chat and all its messages?"), done)
+
+    def action_toggle_sidebar(self) -> None:
+        sidebar = self.query_one("#sidebar")
+        sidebar.display = not sidebar.display
+        if sidebar.display:
+            self.refresh_chats()
+            sidebar.focus()
+        else:
+            self.query_one(PromptInput).focus()
+
+    # -- talking ---------------------------------------------------------------------------------
+    @on(PromptInput.Submitted, "#prompt")
+    async def _submitted(self, event: PromptInput.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            return
+        if self.session is None:
+            self.notify("pick a character first (ctrl+n)", severity="warning")
+            return
+        if self.generating:
+            self.notify("a reply is still coming: Esc stops it", severity="warning")
+            return
+        box = self.query_one(PromptInput)
+        box.value = ""
+        box.remember(text)
+        user_view = MessageView("user", self.session.settings.user_name, text)
+        await self.conversation.mount(user_view)
+        self.conversation.anchor()
+        self._begin()
+        self.run_turn(text)
+
+    def action_regenerate(self) -> None:
+        if self.session is None or not self.session.messages:
+            self.notify("nothing to regenerate yet", severity="warning")
+            return
+        if self.generating:
+            self.notify("a reply is still coming: Esc stops it", severity="warning")
+            return
+        for view in reversed(self.views()):
+            if view.role != "assistant":
+                break
+            view.remove()
+        self._begin()
+        self.run_turn(None)
+
+    def action_stop(self) -> None:
+        if self.generating:
+            self.cancel.set()
+            self.set_status("stopping…")
+
+    def _begin(self) -> None:
+        self.submitted_at = time.perf_counter()
+        self.generating = True
+        self.cancel = threading.Event()
+        self.set_status("thinking…" if self.haruhi.engine is not None else "waiting for the model to load…")
+
+    @work(thread=True, group="generate")
+    def run_turn(self, text: str | None) -> None:
+        """One turn in a worker thread: commit the user's line, wait for the model, stream the reply."""
+        session, app, cancel = self.session, self.haruhi, self.cancel
+        assert session is not None
+        reply: Message | None = None
+        try:
+            if text is not None:
+                session.add_user_message(text)
+            engine = app.wait_for_engine(cancel)
+            if engine is None:
+                error = "" if cancel.is_set() else f"no model loaded ({app.engine_error or 'pick one with ctrl+o'}); your message is saved, ctrl+r replies once a model is ready"
+                self.post_message(self.TurnDone(None, error))
+                return
+
+            def started(m: Message) -> None:
+                self.post_message(self.ReplyStarted(m))
+
+            def delta(m: Message, d) -> None:
+                self.post_message(self.ReplyDelta(m.id, d.channel, d.text))
+
+            kwargs = dict(on_start=started, on_delta=delta, cancel=cancel, sampling=app.sampling,
+                          save_interval=app.save_interval)
+            reply = session.reply(engine, **kwargs) if text is not None else session.regenerate(engine, **kwargs)
+            self.post_message(self.TurnDone(reply))
+        except (HaruhiError, ValueError) as exc:
+            self.post_message(self.TurnDone(session.leaf if session.leaf and session.leaf.role == "assistant" else None, str(exc)))
+        except Exception as exc:  # the app keeps running whatever the model does
+            self.post_message(self.TurnDone(None, f"generation failed: {type(exc).__name__}: {exc}"))
+
+    def _store_problem(self, text: str) -> None:
+        self.post_message(self.Problem(text))
+
+    @on(Problem)
+    def _problem(self, event: Problem) -> None:
+        self.notify(event.text, severity="error", timeout=8)
+
+    @on(ReplyStarted)
+    async def _reply_started(self, event: ReplyStarted) -> None:
+        view = self._view_for(event.reply)
+        self._reply_view = view
+        await self.conversation.mount(view)
+        self.conversation.anchor()
+        self.set_status("replying… (Esc stops)")
+
+    @on(ReplyDelta)
+    async def _reply_delta(self, event: ReplyDelta) -> None:
+        if self._reply_view is not None:
+            await self._reply_view.append(event.channel, event.text)
+
+    @on(TurnDone)
+    async def _turn_done(self, event: TurnDone) -> None:
+        self.generating = False
+        self.turns_done += 1
+        view, self._reply_view = self._reply_view, None
+        reply = event.reply
+        if view is not None and reply is not None:
+            await view.finish(reply.content, reply.analysis, reply.status, reply.id)
+        if event.error:
+            self.notify(event.error, severity="error", timeout=10)
+            self.set_status(event.error)
+        elif reply is not None:
+            self.set_status(self.stats_line(reply))
+        self.refresh_chats()
+        self.update_title()
+
+    def stats_line(self, reply: Message) -> str:
+        s = reply.stats or {}
+        if not s:
+            return ""
+        parts = [f"prompt {s.get('prompt_tokens', 0)} tok ({s.get('reused_tokens', 0)} cached)",
+                 f"{s.get('generated_tokens', 0)} tok at {s.get('tokens_per_second', 0):.1f} tok/s"]
+        if reply.status == "stopped":
+            parts.append("stopped")
+        return " · ".join(parts)
+
+    async def stop_and_wait(self) -> None:
+        """Stop a reply in progress and let it be saved as stopped (on quit)."""
+        if self.generating:
+            self.cancel.set()
+            await self.app.workers.wait_for_complete([w for w in self.app.workers if w.group == "generate"])
+
+    # -- views -----------------------------------------------------------------------------------
+    def action_toggle_thinking(self) -> None:
+        app = self.haruhi
+        app.show_thinking = not app.show_thinking
+        for view in self.views():
+            view.set_thinking(app.show_thinking)
+        self.notify("thinking shown" if app.show_thinking else "thinking hidden", timeout=2)
+
+    def action_context(self) -> None:
+        if self.session is None:
+            self.notify("no chat yet", severity="warning")
+            return
+        ctx = self.session.last_context
+        if ctx is not None:
+            self.app.push_screen(ContextScreen(ctx))
+            return
+        self.preview_context()
+
+    @work(thread=True, group="context")
+    def preview_context(self) -> None:
+        """Nothing sent yet in this run: show what the next prompt would hold."""
+        engine = self.haruhi.engine
+        if engine is None or self.session is None:
+            self.app.call_from_thread(self.notify, "the model is not loaded yet", severity="warning")
+            return
+        try:
+            ctx = self.session.build_context(engine)
+        except HaruhiError as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error")
+            return
+        self.app.call_from_thread(self.app.push_screen, ContextScreen(ctx, "Context the next reply would see"))

@@ -1,0 +1,134 @@
+"""Pickers: which character to talk to, which model to talk with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from ...characters import Character
+from ...models import BUNDLED_NAME, LocalModel, human_bytes
+from ..widgets.message import character_color
+
+BUNDLED = "bundled"
+
+
+class CharacterPicker(ModalScreen[str | None]):
+    """Characters from the ChatHaruhi folder: name, source work and a first line; type to filter,
+    up/down to move, Enter to pick."""
+
+    BINDINGS = [
+        Binding("escape", "dismiss(None)", "Cancel"),
+        Binding("down", "move(1)", "Next", show=False),
+        Binding("up", "move(-1)", "Previous", show=False),
+    ]
+
+    def __init__(self, characters: list[Character], problem: str = "") -> None:
+        super().__init__()
+        self.characters = characters
+        self.problem = problem
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog picker"):
+            yield Label("Pick a character", classes="dialog-title")
+            if self.problem or not self.characters:
+                yield Static(self.problem or "No characters found.", classes="problem")
+            yield Input(placeholder="filter by name or work…", id="filter")
+            yield OptionList(*self._options(""), id="characters")
+
+    def _options(self, needle: str) -> list[Option]:
+        needle = needle.casefold().strip()
+        out = []
+        for c in self.characters:
+            hay = f"{c.name} {c.folder} {c.source_work}".casefold()
+            if needle and needle not in hay:
+                continue
+            label = Text(c.name, style=f"bold {character_color(c.folder)}")
+            if c.folder != c.name:
+                label.append(f"  {c.folder}", style="dim")
+            if c.source_work:
+                label.append(f"  · {c.source_work}", style="italic")
+            if c.first_line:
+                line = c.first_line if len(c.first_line) <= 60 else c.first_line[:59] + "…"
+                label.append(f"\n  「{line}」", style="dim")
+            out.append(Option(label, id=c.folder))
+        return out
+
+    def on_mount(self) -> None:
+        options = self.query_one("#characters", OptionList)
+        if options.option_count:
+            options.highlighted = 0
+        self.query_one("#filter", Input).focus()
+
+    def action_move(self, step: int) -> None:
+        options = self.query_one("#characters", OptionList)
+        if options.option_count:
+            options.highlighted = max(0, min(options.option_count - 1, (options.highlighted or 0) + step))
+
+    @on(Input.Changed, "#filter")
+    def _filter(self, event: Input.Changed) -> None:
+        options = self.query_one("#characters", OptionList)
+        options.clear_options()
+        options.add_options(self._options(event.value))
+        if options.option_count:
+            options.highlighted = 0
+
+    @on(Input.Submitted, "#filter")
+    def _pick_first(self) -> None:
+        options = self.query_one("#characters", OptionList)
+        if options.option_count:
+            self.dismiss(options.get_option_at_index(options.highlighted or 0).id)
+
+    @on(OptionList.OptionSelected, "#characters")
+    def _picked(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+
+def describe_model(model: LocalModel) -> Text:
+    if model.broken:
+        return Text(f"{model.path.name}  ({model.broken})", style="red")
+    label = Text(model.name, style="bold")
+    details = [model.architecture, model.parameters_label, model.quantization, model.style, human_bytes(model.size_bytes)]
+    label.append("  " + " · ".join(d for d in details if d), style="dim")
+    label.append(f"\n  {model.path}", style="dim")
+    return label
+
+
+class ModelPicker(ModalScreen[str | None]):
+    """The bundled default, GGUF files found in the models folders, or any path typed in."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
+
+    def __init__(self, models: list[LocalModel], current: str = "") -> None:
+        super().__init__()
+        self.models = models
+        self.current = current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog picker"):
+            yield Label("Pick a model", classes="dialog-title")
+            options = [Option(Text(BUNDLED_NAME, style="bold") + Text("\n  assembled on first use", style="dim"), id=BUNDLED)]
+            options += [Option(describe_model(m), id=str(m.path), disabled=bool(m.broken)) for m in self.models]
+            yield OptionList(*options, id="models")
+            yield Input(placeholder="or type a path to a .gguf and press Enter", id="model-path")
+            if self.current:
+                yield Static(f"now: {self.current}", classes="note")
+
+    def on_mount(self) -> None:
+        self.query_one("#models", OptionList).focus()
+
+    @on(OptionList.OptionSelected, "#models")
+    def _picked(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id)
+
+    @on(Input.Submitted, "#model-path")
+    def _typed(self, event: Input.Submitted) -> None:
+        if event.value.strip():
+            self.dismiss(str(Path(event.value.strip()).expanduser()))

@@ -1,0 +1,112 @@
+"""One message on screen: who speaks (in the character's colour), the text as Markdown, and for gpt-oss
+the analysis channel in a collapsed "thinking" box that is never part of the character's words."""
+
+from __future__ import annotations
+
+import time
+import zlib
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import Collapsible, Markdown, Static
+from textual.widgets.markdown import MarkdownStream
+
+PALETTE = ("#e5c07b", "#61afef", "#c678dd", "#98c379", "#e06c75", "#56b6c2", "#d19a66", "#f0a6ca")
+STATUS_NOTES = {
+    "incomplete": "incomplete: the app stopped mid-reply (ctrl+r regenerates)",
+    "stopped": "stopped",
+    "error": "failed",
+}
+
+
+def character_color(folder: str) -> str:
+    """A stable colour per character, so their name looks the same in every chat."""
+    return PALETTE[zlib.crc32(folder.encode("utf-8")) % len(PALETTE)]
+
+
+class MessageView(Vertical):
+    """A user or character message; a character's reply can stream in with :meth:`append`."""
+
+    DEFAULT_CSS = """
+    MessageView { height: auto; margin: 0 0 1 0; padding: 0 1; }
+    MessageView.user { border-left: thick $primary 40%; }
+    MessageView.assistant { border-left: thick $accent; }
+    MessageView .speaker { height: 1; text-style: bold; }
+    MessageView .note { height: auto; color: $text-muted; text-style: italic; }
+    MessageView Markdown { margin: 0; padding: 0; background: transparent; }
+    MessageView Collapsible { margin: 0; padding: 0; border: none; background: transparent; }
+    MessageView Collapsible Static { color: $text-muted; }
+    """
+
+    def __init__(self, role: str, speaker: str, content: str = "", *, analysis: str = "", status: str = "complete",
+                 color: str = "", message_id: int | None = None, show_thinking: bool = False) -> None:
+        super().__init__(classes=role)
+        self.role = role
+        self.speaker = speaker
+        self.content = content
+        self.analysis = analysis
+        self.status = status
+        self.color = color
+        self.message_id = message_id
+        self.show_thinking = show_thinking
+        self._stream: MarkdownStream | None = None
+        self.deltas_shown = 0
+        self.first_shown_at = 0.0
+        self.last_shown_at = 0.0
+
+    def compose(self) -> ComposeResult:
+        label = Text(self.speaker, style=f"bold {self.color}" if self.color else "bold")
+        yield Static(label, classes="speaker")
+        thinking = Collapsible(Static(self.analysis, classes="analysis"), title="thinking", collapsed=not self.show_thinking)
+        thinking.display = bool(self.analysis)
+        yield thinking
+        yield Markdown(self.content, classes="body")
+        note = Static(STATUS_NOTES.get(self.status, ""), classes="note")
+        note.display = self.status in STATUS_NOTES
+        yield note
+
+    @property
+    def markdown(self) -> Markdown:
+        return self.query_one(Markdown)
+
+    async def append(self, channel: str, text: str) -> None:
+        """Add streamed text: speech to the Markdown body, analysis to the thinking box."""
+        now = time.perf_counter()
+        if not self.first_shown_at:
+            self.first_shown_at = now
+        self.last_shown_at = now
+        self.deltas_shown += 1
+        if channel == "final":
+            self.content += text
+            if self._stream is None:
+                self._stream = Markdown.get_stream(self.markdown)
+            await self._stream.write(text)
+        else:
+            self.analysis += text
+            box = self.query_one(Collapsible)
+            box.display = True
+            box.query_one(".analysis", Static).update(self.analysis)
+
+    async def finish(self, content: str, analysis: str, status: str, message_id: int | None = None) -> None:
+        """The reply is over: show the saved text exactly and the status note."""
+        if self._stream is not None:
+            await self._stream.stop()
+            self._stream = None
+        self.status = status
+        if message_id is not None:
+            self.message_id = message_id
+        if content != self.content or not content:
+            self.content = content
+            await self.markdown.update(content or "*(no reply)*")
+        self.analysis = analysis
+        box = self.query_one(Collapsible)
+        box.display = bool(analysis)
+        box.query_one(".analysis", Static).update(analysis)
+        note = self.query_one(".note", Static)
+        note.update(STATUS_NOTES.get(status, ""))
+        note.display = status in STATUS_NOTES
+
+    def set_thinking(self, show: bool) -> None:
+        self.show_thinking = show
+        self.query_one(Collapsible).collapsed = not show
