@@ -115,6 +115,12 @@ def test_finished_rows_leave_the_batch(tiny_gpt_oss, prompts):
         assert c.tokens == lengths[i] and c.finish == "stop"
         assert full[i].startswith(c.raw)
     assert [lengths[i] for i in order] == sorted(lengths[i] for i in order)  # streamed as they finish
+    # smaller batches: stragglers are evicted and continue (re-prefilled) in a later batch, same tokens
+    generator.batch_size = 4
+    generator.evicted = 0
+    evicted = {c.index: c for c in generator.generate(requests, options, stop_factory=lambda r: FixedLengthStop(lengths[r.index]))}
+    assert {i: (c.raw, c.tokens) for i, c in evicted.items()} == {i: (c.raw, c.tokens) for i, c in staggered.items()}
+    assert generator.evicted > 0
 
 
 def test_llama_cpp_continuous_batching_with_prefix_reuse(small_val):

@@ -258,6 +258,10 @@ class HFGenerator:
             eos_ids.add(tokenizer.eos_token_id)
         self.end_ids = eos_ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids), 0)
+        self.evicted = 0  # stragglers moved to a later batch (diagnostics)
+        #: Where the time goes (seconds, tokens, steps); exact only with ``profile`` (adds a GPU sync per batch).
+        self.profile = False
+        self.stats = {"prefill_seconds": 0.0, "prefill_tokens": 0, "padded_tokens": 0, "decode_steps": 0, "batches": 0}
         self._torch = torch
 
     # loading ---------------------------------------------------------------------------------
@@ -322,16 +326,18 @@ class HFGenerator:
                    batch_size=batch_size, prefill_tokens=prefill_tokens)
 
     def _auto_batch_size(self) -> int:
-        """Rows per batch so the KV cache of a long batch fits in a third of the free GPU memory."""
-        torch = self._torch if hasattr(self, "_torch") else __import__("torch")
+        """Rows per batch: the KV cache of 3072-token rows (full-attention layers; sliding ones hold a
+        window) in half the free GPU memory, between 8 and 256."""
+        import torch
+
         config = self.model.config
         free, _ = torch.cuda.mem_get_info(self.device)
-        layers = getattr(config, "num_hidden_layers", 24)
-        kv_heads = getattr(config, "num_key_value_heads", 8)
-        head_dim = getattr(config, "head_dim", 64)
-        per_token = 2 * layers * kv_heads * head_dim * 2
-        rows = int(free / 3 / (per_token * 3072))
-        return max(8, min(256, rows))
+        layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
+        full_layers = sum(1 for t in layer_types if t != "sliding_attention") or 1
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        per_row = 2 * full_layers * kv_heads * head_dim * 2 * 3072
+        return max(8, min(256, int(free * 0.5 / per_row)))
 
     def describe(self) -> dict:
         return {"engine": self.engine, "model": self.path, "adapter": self.adapter, "style": self.style,
@@ -359,11 +365,20 @@ class HFGenerator:
 
     def generate(self, requests: Sequence[Request], options: DecodingOptions,
                  stop_factory: StopFactory | None = None) -> Iterator[Completion]:
-        """Yield a completion per request as soon as it is finished (longest prompts first)."""
-        order = sorted(requests, key=lambda r: (-len(r.ids), r.index))
+        """Yield a completion per request as soon as it is finished.
+
+        Work is batched longest first. When only a quarter of a batch is still generating and other work
+        waits, those stragglers leave the batch and queue again as prompt + what they generated so far
+        (re-prefilled with fresh prompts in a later batch), so one long reply never idles the whole batch.
+        """
+        stop_factory = stop_factory or self.stop_rule
+        queue = [_Work(r, r.ids, [], stop_factory(r)) for r in requests]
         generator = self._torch.Generator(device=self.device).manual_seed(options.seed)
-        for start in range(0, len(order), self.batch_size):
-            yield from self._generate_batch(order[start:start + self.batch_size], options, stop_factory or self.stop_rule, generator)
+        while queue:
+            queue.sort(key=lambda w: (-len(w.ids), w.request.index))
+            batch, queue = queue[: self.batch_size], queue[self.batch_size:]
+            leftovers = yield from self._generate_batch(batch, options, generator, evict=bool(queue))
+            queue.extend(leftovers)
 
     def _select(self, logits, options: DecodingOptions, generator):
         torch = self._torch
@@ -381,21 +396,26 @@ class HFGenerator:
             logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
         return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
-    def _generate_batch(self, batch: Sequence[Request], options: DecodingOptions, stop_factory: StopFactory,
-                        generator) -> Iterator[Completion]:
+    def _generate_batch(self, batch: Sequence["_Work"], options: DecodingOptions, generator, *,
+                        evict: bool) -> Iterator[Completion]:
+        """Prefill ``batch`` (left-padded, in column chunks), then decode; returns the evicted stragglers."""
         torch = self._torch
         from transformers import DynamicCache
 
-        rows, width = len(batch), max(len(r.ids) for r in batch)
+        rows, width = len(batch), max(len(w.ids) for w in batch)
         input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((rows, width), dtype=torch.long)
-        for row, request in enumerate(batch):
-            input_ids[row, width - len(request.ids):] = torch.tensor(request.ids, dtype=torch.long)
-            attention[row, width - len(request.ids):] = 1
+        for row, work in enumerate(batch):
+            input_ids[row, width - len(work.ids):] = torch.tensor(work.ids, dtype=torch.long)
+            attention[row, width - len(work.ids):] = 1
         input_ids, attention = input_ids.to(self.device), attention.to(self.device)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         chunk = max(16, self.prefill_tokens // rows)
+        started = time.perf_counter()
+        self.stats["batches"] += 1
+        self.stats["prefill_tokens"] += sum(len(w.ids) for w in batch)
+        self.stats["padded_tokens"] += rows * width
         with torch.inference_mode():
             for begin in range(0, width, chunk):
                 end = min(width, begin + chunk)
@@ -403,27 +423,36 @@ class HFGenerator:
                                  position_ids=positions[:, begin:end], past_key_values=cache, use_cache=True,
                                  logits_to_keep=1)
             logits = out.logits[:, -1, :]
-            del out
+            del out, input_ids
+            if self.profile and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.stats["prefill_seconds"] += time.perf_counter() - started
             alive = list(range(rows))  # batch rows still in the tensors, in order
             finished: set[int] = set()
-            stops = [stop_factory(r) for r in batch]
-            generated: list[list[int]] = [[] for _ in batch]
             position = positions[:, -1:]
-            for _ in range(options.max_new_tokens):
+            step = 0
+            while True:
+                step += 1
+                self.stats["decode_steps"] += 1
                 tokens = self._select(logits, options, generator)
                 for slot, token in enumerate(tokens.tolist()):
                     row = alive[slot]
                     if row in finished:
                         continue
-                    generated[row].append(token)
-                    done = stops[row].push(token)
-                    if done or len(generated[row]) >= options.max_new_tokens:
+                    work = batch[row]
+                    work.generated.append(token)
+                    done = work.stop.push(token)
+                    if done or len(work.generated) >= options.max_new_tokens:
                         finished.add(row)
-                        yield Completion(batch[row].index, self.decode(generated[row]), len(generated[row]),
+                        yield Completion(work.request.index, self.decode(work.generated), len(work.generated),
                                          "stop" if done else "length")
                 active = [slot for slot, row in enumerate(alive) if row not in finished]
                 if not active:
-                    break
+                    return []
+                if evict and step >= 4 and len(active) * 4 <= rows:
+                    self.evicted += len(active)
+                    return [_Work(batch[alive[s]].request, batch[alive[s]].request.ids + tuple(batch[alive[s]].generated),
+                                  batch[alive[s]].generated, batch[alive[s]].stop) for s in active]
                 if len(active) <= len(alive) * 3 // 4:
                     # Compact the batch (copies the cache): only when a quarter of the rows are done.
                     index = torch.tensor(active, device=self.device)
@@ -436,7 +465,16 @@ class HFGenerator:
                                  past_key_values=cache, use_cache=True, logits_to_keep=1)
                 logits = out.logits[:, -1, :]
                 del out
-            del cache
+
+
+@dataclass
+class _Work:
+    """A request in flight: the ids to prefill (prompt, plus what was generated before an eviction)."""
+
+    request: Request
+    ids: tuple[int, ...]
+    generated: list[int]
+    stop: object
 
 
 def _attach_adapter(model, adapter_dir: Path, base: Path):
