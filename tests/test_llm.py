@@ -233,3 +233,33 @@ def test_gpt_oss_is_opened_in_harmony_style_with_special_tokens_as_tokens(tiny_g
     assert "<|start|>你好" not in ctx.text  # what the user types cannot open a harmony message
     assert "<|" not in reply.content  # whatever random tokens came out, no marker reaches the speech
     engine.close()
+
+
+def test_a_model_with_its_own_template_is_prompted_through_it(tiny_gpt_oss_gguf, haruhi):
+    """The chat style: llama.cpp's Jinja renderer applies the GGUF's template (here gpt-oss's own file)."""
+    engine = open_gguf(tiny_gpt_oss_gguf, n_ctx=1024, style="chat")
+    assert engine.info.chat_template
+    session = ChatSession.start(Store(MEMORY), haruhi)
+    reply = session.send(engine, "你好", sampling=dataclasses.replace(GREEDY, max_tokens=6))
+    text = session.last_context.text
+    assert "你好" in text and haruhi.role_prompt.splitlines()[0][:20] in text
+    assert harmony.SPECIAL_TOKEN_IDS[harmony.START] in engine.tokenize_prompt(text)
+    assert reply.status == "complete" and "<|" not in reply.content
+    engine.close()
+
+
+def test_thinking_is_never_fed_back_as_the_characters_words(engine, haruhi):
+    store = Store(MEMORY)
+    session = ChatSession.start(store, haruhi)
+    user = store.add_message(session.chat.id, None, "user", "你在想什么？")
+    store.add_message(session.chat.id, user.id, "assistant", "没什么！", analysis="SECRET-ANALYSIS 用户在试探")
+    session.messages = store.branch(session.chat.id)
+    session.add_user_message("真的吗？")
+    ctx = session.build_context(engine)
+    assert "没什么！" in ctx.text and "SECRET-ANALYSIS" not in ctx.text
+    engine.style = "harmony"
+    try:
+        ctx = session.build_context(engine)
+    finally:
+        engine.style = "script"
+    assert "<|channel|>final<|message|>没什么！<|end|>" in ctx.text and "SECRET-ANALYSIS" not in ctx.text
