@@ -315,6 +315,14 @@ class ChatSession:
         self.store.set_leaf(self.chat.id, leaf_id)
         self.chat.leaf_id = leaf_id
 
+    def set_user_name(self, name: str) -> None:
+        """Who the user plays in this chat (default: whoever talks to the character most in the scenes)."""
+        name = " ".join(name.split())
+        if not name:
+            raise ValueError("empty name")
+        self.settings.user_name = name
+        _quiet(lambda: self.store.update_chat(self.chat.id, settings=asdict(self.settings)), self._error)
+
     def set_reasoning_effort(self, effort: str) -> None:
         """For this chat and as the character's default for new chats."""
         if effort not in ("low", "medium", "high"):

@@ -8,6 +8,8 @@ from app_support import SIZE, make_app, pick_character, wait_for
 from rich.console import Console
 from textual.command import CommandPalette
 
+from haruhi_tui.app.screens.chat import ChatScreen
+from haruhi_tui.app.screens.dialogs import RenameDialog
 from haruhi_tui.app.screens.help import HelpScreen
 from haruhi_tui.app.screens.pick import CharacterPicker, ModelPicker
 
@@ -22,9 +24,10 @@ async def test_help_lists_every_key_of_the_chat_screen(characters_dir, tmp_path)
         console = Console(width=80, record=True, file=io.StringIO())
         console.print(app.screen.query_one("#keys").content)
         text = console.export_text()
-        for key, what in (("escape", "Stop"), ("ctrl+r", "Regenerate"), ("f2", "Context"), ("ctrl+t", "Thinking"),
-                          ("ctrl+n", "New chat"), ("ctrl+o", "Model"), ("ctrl+p", "Command palette"), ("enter", "Send")):
-            assert key in text and what in text, key
+        for binding in ChatScreen.BINDINGS:
+            assert binding.key in text and binding.tooltip in text, binding.key
+        for key in ("enter", "ctrl+p", "up / down", "ctrl+q"):
+            assert key in text
         await pilot.press("escape")
         assert app.screen is app.chat_screen
 
@@ -48,6 +51,18 @@ async def test_the_command_palette_runs_app_commands(characters_dir, tmp_path):
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.chat_screen.session.settings.reasoning_effort == "high", what="the effort")
         assert app.store.pref("character:haruhi")["reasoning_effort"] == "high"
+
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette), what="the palette")
+        await pilot.press(*"Your name")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, RenameDialog), what="the name dialog")
+        await pilot.pause()
+        app.screen.query_one("#title").value = "SOS团团员"
+        await pilot.press("enter")
+        assert app.chat_screen.session.settings.user_name == "SOS团团员"
+        assert app.store.chat(app.chat_screen.session.chat.id).settings["user_name"] == "SOS团团员"
 
         await pilot.press("ctrl+p")
         await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette), what="the palette")

@@ -24,6 +24,7 @@ from ..models import BUNDLED_NAME
 from ..paths import default_characters_dir, models_dir
 from ..store import MEMORY, Store, StoreError, default_db_path
 from .screens.chat import ChatScreen
+from .screens.dialogs import RenameDialog
 from .screens.help import HelpScreen
 from .screens.pick import BUNDLED, ModelPicker
 
@@ -241,6 +242,8 @@ class HaruhiApp(App[None]):
         yield SystemCommand("Toggle chat list", "Show or hide saved chats (ctrl+b)", chat.action_toggle_sidebar)
         yield SystemCommand("Rename chat", "Rename the current chat", chat.rename_chat)
         yield SystemCommand("Delete chat", "Delete the current chat", chat.delete_chat)
+        yield SystemCommand("Your name", "Who you play in this chat (default: the character's usual partner)",
+                            self.ask_user_name)
         yield SystemCommand("Export chat", "Write the chat as Markdown and ShareGPT JSON", self.export_chat)
         for effort in ("low", "medium", "high"):
             yield SystemCommand(
@@ -248,6 +251,19 @@ class HaruhiApp(App[None]):
                 lambda effort=effort: self.set_reasoning_effort(effort),
             )
         yield SystemCommand("Help", "Keys and what they do (F1)", self.action_help)
+
+    def ask_user_name(self) -> None:
+        session = self.chat_screen.session
+        if session is None:
+            self.notify("no chat yet", severity="warning")
+            return
+
+        def done(name: str | None) -> None:
+            if name:
+                session.set_user_name(name)
+                self.notify(f"you are {session.settings.user_name} in this chat")
+
+        self.push_screen(RenameDialog(session.settings.user_name, "Your name in this chat"), done)
 
     def set_reasoning_effort(self, effort: str) -> None:
         session = self.chat_screen.session

@@ -33,14 +33,14 @@ if TYPE_CHECKING:
 
 class ChatScreen(Screen[None]):
     BINDINGS = [
-        Binding("escape", "stop", "Stop"),
-        Binding("ctrl+r", "regenerate", "Regenerate"),
-        Binding("ctrl+t", "toggle_thinking", "Thinking"),
-        Binding("f2", "context", "Context"),
-        Binding("ctrl+n", "new_chat", "New chat"),
-        Binding("ctrl+o", "app.pick_model", "Model"),
-        Binding("ctrl+b", "toggle_sidebar", "Chats"),
-        Binding("f1", "app.help", "Help"),
+        Binding("escape", "stop", "Stop", tooltip="Stop the reply being written (it is kept, marked stopped)"),
+        Binding("ctrl+r", "regenerate", "Retry", tooltip="A new reply to your last message (the old one is kept)"),
+        Binding("ctrl+t", "toggle_thinking", "Think", tooltip="Show or hide the character's thinking (gpt-oss)"),
+        Binding("f2", "context", "Context", tooltip="Exactly what the model was sent, block by block"),
+        Binding("ctrl+n", "new_chat", "New", tooltip="A new chat: pick a character"),
+        Binding("ctrl+o", "app.pick_model", "Model", tooltip="Pick a model: bundled, a local GGUF, or a path"),
+        Binding("ctrl+b", "toggle_sidebar", "Chats", show=False, tooltip="Show or hide saved chats"),
+        Binding("f1", "app.help", "Help", tooltip="This list"),
     ]
 
     class ReplyStarted(TMessage):

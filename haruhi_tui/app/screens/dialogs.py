@@ -11,15 +11,18 @@ from textual.widgets import Button, Input, Label
 
 
 class RenameDialog(ModalScreen[str | None]):
+    """One line of text to edit: a chat's title, the user's name in a chat."""
+
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
 
-    def __init__(self, title: str) -> None:
+    def __init__(self, title: str, heading: str = "Rename chat") -> None:
         super().__init__()
         self.current = title
+        self.heading = heading
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Label("Rename chat", classes="dialog-title")
+            yield Label(self.heading, classes="dialog-title")
             yield Input(self.current, id="title")
 
     @on(Input.Submitted, "#title")

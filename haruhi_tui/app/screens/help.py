@@ -27,7 +27,7 @@ def key_table(bindings: list[Binding]) -> Table:
         if not binding.description or binding.key in seen:
             continue
         seen.add(binding.key)
-        table.add_row(binding.key.replace(",", " / "), binding.description)
+        table.add_row(binding.key.replace(",", " / "), binding.tooltip or binding.description)
     for key, what in EXTRA_KEYS:
         table.add_row(key, what)
     return table

@@ -38,8 +38,10 @@ class ChatList(OptionList):
 
     def show_chats(self, chats: list[Chat], current: int | None = None) -> None:
         self.clear_options()
+        width = max(8, (self.size.width or 26) - 4)
         for chat in chats:
-            label = Text(chat.title or chat.character_name, overflow="ellipsis", no_wrap=True)
+            label = Text(" ".join((chat.title or chat.character_name).split()))
+            label.truncate(width, overflow="ellipsis")
             label.append(f"\n{chat.character_name} · {_when(chat.updated_at)}", style="dim")
             self.add_option(Option(label, id=str(chat.id)))
         if current is not None:
