@@ -5,18 +5,23 @@ event has ``event`` (its kind), ``time`` (Unix seconds) and ``job``. The kinds a
 
 ==============  ===============================================================================
 ``start``       ``config`` (the resolved configuration), ``total`` (steps or samples), ``unit``
-                (``step``/``sample``/``tensor``), ``pid``, ``resumed_from`` (step, or null)
+                (``step``/``sample``/``tensor``), ``pid`` (the process to signal to cancel the job),
+                ``resumed_from`` (step, or null; a resumed run appends to the same file and redoes the
+                steps after that checkpoint, so readers drop the curve's points after it)
 ``step``        training: ``step``, ``total``, ``epoch``, ``loss``, ``learning_rate``, ``grad_norm``,
                 ``tokens_per_second``, ``real_token_share``, ``elapsed``, ``eta``, ``gpu_memory_gb``
 ``progress``    eval/convert: ``done``, ``total``, ``rate`` (per second), ``unit``, ``elapsed``, ``eta``
 ``checkpoint``  ``step``, ``path``
-``log``         ``level``, ``message``
+``log``         ``level``, ``message`` (train adds one with ``message`` "details" and ``engine``,
+                ``data`` and ``plan``: the engine, dataset and batch-plan figures)
 ``error``       ``message`` (one line, what is wrong and what to do), ``kind``
 ``end``         ``status`` (``completed``/``cancelled``/``failed``), ``metrics`` (final numbers),
                 ``outputs`` (paths written)
 ==============  ===============================================================================
 
-Only rank 0 of a distributed run writes. Readers tolerate a torn last line (a job killed mid-write).
+Only rank 0 of a distributed run writes (another rank only an ``error`` naming its rank, and the
+launcher an ``end`` when the workers died without one). Readers tolerate a torn last line (a job killed
+mid-write).
 """
 
 from __future__ import annotations
@@ -114,6 +119,11 @@ class JobState:
         if kind == "start":
             self.config, self.pid = record.get("config", {}), record.get("pid")
             self.total, self.unit, self.status = record.get("total"), record.get("unit", "step"), "running"
+            resumed = record.get("resumed_from")
+            if resumed is not None:  # steps after the checkpoint are trained again: keep one curve
+                self.losses = [(s, v) for s, v in self.losses if s <= resumed]
+                self.learning_rates = [(s, v) for s, v in self.learning_rates if s <= resumed]
+                self.done = resumed
         elif kind == "step":
             self.done, self.total, self.last = record["step"], record.get("total", self.total), record
             if record.get("loss") is not None:

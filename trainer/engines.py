@@ -211,6 +211,78 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
+# -- packed rows ------------------------------------------------------------------------------------
+
+def _decoder_of(model: Any) -> Any:
+    """The transformer stack (the module that builds the attention masks) under any wrapper."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    return decoder if decoder is not None else getattr(base, "model", base)
+
+
+def install_packed_masks(model: Any) -> None:
+    """Build the attention masks of packed rows from their position ids before the decoder runs.
+
+    transformers derives a mask that stays inside each packed sample from ``position_ids`` only where a
+    model passes them to its mask functions; gpt-oss (5.x) does not, but accepts a ready mask per layer
+    type, which this hook provides (full and sliding-window, both limited to each sample)."""
+    import torch
+    from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+    decoder = _decoder_of(model)
+    config = decoder.config
+
+    def hook(module: Any, args: tuple, kwargs: dict) -> tuple | None:
+        position_ids = kwargs.get("position_ids")
+        if position_ids is None or kwargs.get("attention_mask") is not None or kwargs.get("past_key_values") is not None:
+            return None
+        batch, length = position_ids.shape
+        dtype = next(module.parameters()).dtype
+        probe = torch.empty((batch, length, 1), dtype=dtype, device=position_ids.device)
+        mask_kwargs = {"config": config, "inputs_embeds": probe, "attention_mask": None, "past_key_values": None,
+                       "position_ids": position_ids}
+        masks = {"full_attention": create_causal_mask(**mask_kwargs)}
+        if "sliding_attention" in (getattr(config, "layer_types", None) or []):
+            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_kwargs)
+        kwargs["attention_mask"] = masks
+        return args, kwargs
+
+    decoder.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def packing_leak(model: Any, vocab_size: int) -> tuple[float, float]:
+    """How much a packed row's second sample changes when another sample precedes it: (packed, plain
+    causal). A model that keeps packed samples apart has the first near zero; the second is the scale."""
+    import torch
+
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randint(0, min(vocab_size, 5000), (24,), generator=generator)
+    second = torch.randint(0, min(vocab_size, 5000), (16,), generator=generator)
+    ids = torch.cat([first, second]).unsqueeze(0).to(device)
+    packed_positions = torch.cat([torch.arange(24), torch.arange(16)]).unsqueeze(0).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            alone = model(input_ids=second.unsqueeze(0).to(device)).logits[0].float()
+            packed = model(input_ids=ids, position_ids=packed_positions).logits[0, 24:].float()
+            causal = model(input_ids=ids).logits[0, 24:].float()
+    finally:
+        model.train(was_training)
+    return float((packed - alone).abs().max()), float((causal - alone).abs().max())
+
+
+def keeps_packed_samples_apart(model: Any, vocab_size: int) -> bool:
+    """Check packing on the loaded model, installing our mask hook where transformers does not do it."""
+    leak, scale = packing_leak(model, vocab_size)
+    if leak <= max(1e-3, 0.05 * scale):
+        return True
+    install_packed_masks(model)
+    leak, scale = packing_leak(model, vocab_size)
+    return leak <= max(1e-3, 0.05 * scale)
+
+
 # -- engines ----------------------------------------------------------------------------------------
 
 @dataclass
@@ -281,12 +353,14 @@ class HFEngine:
                           target_modules=targets.modules or None, target_parameters=targets.parameters or None,
                           bias="none", task_type="CAUSAL_LM")
         model = get_peft_model(model, lora)
+        packs_safely = keeps_packed_samples_apart(model, hf_config.get_text_config().vocab_size)
         trainable, total = count_parameters(model)
         info = {"engine": self.name, "device": placement.device, "dtype": str(dtype).replace("torch.", ""),
                 "attention": attention, "model_type": mtype, "lora_modules": targets.modules,
                 "lora_parameters": targets.parameters, "trainable_parameters": trainable,
                 "total_parameters": total, "load_seconds": round(time.time() - started, 1)}
-        return LoadedModel(model, self.name, packs_safely=True, sparse_logits=True, info=info)
+        info["packing_checked"] = packs_safely
+        return LoadedModel(model, self.name, packs_safely=packs_safely, sparse_logits=True, info=info)
 
 
 class UnslothEngine:

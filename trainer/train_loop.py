@@ -33,8 +33,7 @@ from . import train_config as tc
 from .engines import (LoadedModel, Placement, engine_for, load_tokenizer, model_type, resolve_base, resolve_device,
                       resolve_engine)
 from .progress import TrainProgress
-from .train_data import (BatchPlan, Encoded, PlannedBatches, PromptRenderer, encode_samples, plan_batches,
-                         unwrap_batch)
+from .train_data import DataStats, Encoded, PlannedBatches, PromptRenderer, encode_samples, plan_batches, unwrap_batch
 
 JOB = "train"
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -313,6 +312,11 @@ class Run:
     def elapsed(self) -> float:
         return self.elapsed_before + time.time() - self.started
 
+    def note(self, message: str) -> None:
+        """Shown to the person watching, not recorded (before the start event)."""
+        if self.sink and self.placement.is_main:
+            self.sink.note(message)
+
     def log(self, message: str, level: str = "info") -> None:
         if self.placement.is_main:
             self.events.emit("log", level=level, message=message)
@@ -339,8 +343,9 @@ def steps_for(plan_batches_count: int, config: tc.TrainConfig, world_size: int) 
     return config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * per_epoch)
 
 
-def prepare_data(config: tc.TrainConfig, tokenizer: Any, style: str, packing: str,
-                 samples: Sequence | None = None) -> tuple[list[Encoded], Any, BatchPlan]:
+def prepare_sequences(config: tc.TrainConfig, tokenizer: Any, style: str,
+                      samples: Sequence | None = None) -> tuple[list[Encoded], DataStats]:
+    """The dataset (or ``samples``) rendered, tokenized and fitted to ``max_length``."""
     from haruhi_tui.sharegpt import resolve_dataset
 
     if samples is None:
@@ -349,9 +354,25 @@ def prepare_data(config: tc.TrainConfig, tokenizer: Any, style: str, packing: st
         samples = samples[:config.max_samples]
     renderer = PromptRenderer(tokenizer, style, use_template=config.template != "haruhi",  # type: ignore[arg-type]
                               reasoning_effort=config.reasoning_effort)
-    sequences, stats = encode_samples(samples, renderer, config.max_length)
-    plan = plan_batches(sequences, packing, config.batch_size, config.max_length, config.seed)
-    return sequences, stats, plan
+    return encode_samples(samples, renderer, config.max_length)
+
+
+def previous_packing(output: Path) -> str | None:
+    """The batch layout of the run being resumed (its data order depends on it)."""
+    from haruhi_tui.events import read_events
+
+    packing = None
+    for record in read_events(output)[0]:
+        if record["event"] == "start":
+            packing = ((record.get("config") or {}).get("resolved") or {}).get("packing", packing)
+    return packing
+
+
+def _emit_start(run: Run, config: tc.TrainConfig, resolved: dict[str, Any], checkpoint: tuple[int, Path] | None,
+                job_pid: int | None) -> None:
+    run.events.emit("start", config={**config.to_dict(), "resolved": resolved}, total=run.total_steps, unit="step",
+                    pid=job_pid or int(os.environ.get("HARUHI_JOB_PID", 0) or os.getpid()),
+                    resumed_from=checkpoint[0] if checkpoint else None)
 
 
 def _training_arguments(config: tc.TrainConfig, placement: Placement, total_steps: int, dtype_name: str):
@@ -487,6 +508,35 @@ def _outputs(run: Run) -> dict[str, str]:
     return outputs
 
 
+def _finish_from_checkpoint(run: Run, checkpoint: Path, tokenizer: Any, base_dir: Path, style: str) -> RunResult:
+    """Resuming a run that already reached its last step: its last checkpoint becomes the adapter."""
+    config = run.config
+    run.log(f"{checkpoint.name} already completes the {run.total_steps} planned steps; writing the adapter from it")
+    outputs = _outputs(run)
+    metrics = _metrics(run)
+    if run.placement.is_main:
+        out = config.output_dir
+        final, tmp = out / ADAPTER_DIR, out / f".{ADAPTER_DIR}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns(
+            "optimizer.pt", "scheduler.pt", "rng_state*.pth", "trainer_state.json", "training_args.bin",
+            CHECKPOINT_MARKER))
+        base_name = config.base if not Path(config.base).expanduser().exists() else str(base_dir.resolve())
+        tokenizer.save_pretrained(str(tmp))
+        adapter_config = read_json(tmp / "adapter_config.json", "adapter config")
+        adapter_config["base_model_name_or_path"] = base_name
+        write_json(tmp / "adapter_config.json", adapter_config)
+        tc.save(config, tmp / tc.CONFIG_FILE)
+        write_json(tmp / ADAPTER_INFO, {"base": base_name, "style": style, "template": config.template,
+                                        "reasoning_effort": config.reasoning_effort, "engine": None,
+                                        "steps": run.total_steps, "final_loss": run.last_loss})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        outputs["adapter"] = str(final)
+        run.events.end("completed", metrics=metrics, outputs=outputs)
+    return RunResult("completed", run.total_steps, metrics, outputs)
+
+
 def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None) -> RunResult:
     from haruhi_tui.prompt_format import detect_style
 
@@ -494,6 +544,11 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None) 
     engine_name = resolve_engine(config, placement.device)
     if engine_name == "unsloth":
         import unsloth  # noqa: F401  (Unsloth patches transformers; it must come first)
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # our events and progress say what matters
+    if not (run.sink and run.sink.live):
+        transformers.logging.disable_progress_bar()
 
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -507,6 +562,10 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None) 
         run.padded_total = int(marker.get("padded", 0))
         run.last_checkpoint = checkpoint[1]
 
+    if samples is None:
+        from haruhi_tui.sharegpt import resolve_dataset
+
+        samples = resolve_dataset(config.dataset)
     base_dir = resolve_base(config.base)
     mtype = model_type(base_dir)
     if config.lora_dropout and "mlp" in config.lora_targets and mtype == "gpt_oss":
@@ -516,40 +575,48 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None) 
     style = detect_style(mtype, getattr(tokenizer, "chat_template", None))
     if config.template == "model" and style == "harmony" and not tokenizer.chat_template:
         raise HaruhiError("--template model, but the checkpoint has no chat template; use --template haruhi")
-    engine_packs_safely = not (engine_name == "unsloth" and mtype == "gpt_oss"
-                               and os.environ.get("UNSLOTH_ENABLE_FLEX_ATTENTION", "1") != "0")
-    packing = config.packing if config.packing != "auto" else ("packed" if engine_packs_safely else "grouped")
-    if packing == "packed" and not engine_packs_safely:
-        raise HaruhiError("--packing packed with Unsloth on gpt-oss would let samples attend to each other (its "
-                          "flex attention ignores sample boundaries); use --packing grouped, or --engine hf")
-    sequences, stats, plan = prepare_data(config, tokenizer, style, packing, samples)
+    sequences, stats = prepare_sequences(config, tokenizer, style, samples)
+    run.note(f"data: {stats.samples:,} samples -> {stats.sequences:,} sequences ({stats.split_samples} split, "
+             f"{stats.truncated} shortened, {stats.dropped} dropped), {stats.tokens:,} tokens of which "
+             f"{stats.trainable_tokens:,} carry the loss")
+    previous = previous_packing(out) if checkpoint else None
+    if checkpoint and previous:
+        plan = plan_batches(sequences, previous, config.batch_size, config.max_length, config.seed)
+        run.total_steps = steps_for(len(plan.batches), config, placement.world_size)
+        if checkpoint[0] >= run.total_steps:
+            _emit_start(run, config, {"engine": engine_name, "packing": previous, "style": style}, checkpoint, job_pid)
+            return _finish_from_checkpoint(run, checkpoint[1], tokenizer, base_dir, style)
+
+    run.note(f"loading {config.base} with the {engine_name} engine ...")
+    loaded = engine_for(engine_name).load(config, base_dir, placement)
+    packing = previous or (config.packing if config.packing != "auto" else
+                           ("packed" if loaded.packs_safely else "grouped"))
+    if packing == "packed" and not loaded.packs_safely:
+        raise HaruhiError(f"packed rows would let samples attend to each other with this model and engine "
+                          f"({loaded.info.get('attention')}); use --packing grouped" +
+                          (" (the run being resumed was packed: start a new run)" if previous else ""))
+    plan = plan_batches(sequences, packing, config.batch_size, config.max_length, config.seed)
     run.total_steps = steps_for(len(plan.batches), config, placement.world_size)
     resolved = {"engine": engine_name, "device": placement.device, "packing": packing, "style": style,
                 "base_dir": str(base_dir), "model_type": mtype, "world_size": placement.world_size}
-    run.events.emit("start", config={**config.to_dict(), "resolved": resolved}, total=run.total_steps, unit="step",
-                    pid=job_pid or int(os.environ.get("HARUHI_JOB_PID", 0) or os.getpid()),
-                    resumed_from=checkpoint[0] if checkpoint else None)
-    run.log(f"data: {stats.samples:,} samples -> {stats.sequences:,} sequences ({stats.split_samples} split, "
-            f"{stats.truncated} shortened, {stats.dropped} dropped), {stats.tokens:,} tokens of which "
-            f"{stats.trainable_tokens:,} carry the loss; {plan.mode} into {len(plan.batches):,} batches, "
-            f"{plan.real_token_share:.1%} real tokens")
-    if resume and not checkpoint:
-        run.log("no complete checkpoint to resume from: starting at step 0", "warning")
-
-    engine = engine_for(engine_name)
-    loaded = engine.load(config, base_dir, placement)
+    _emit_start(run, config, resolved, checkpoint, job_pid)
+    run.log(f"data: {stats.samples:,} samples -> {stats.sequences:,} sequences, {stats.tokens:,} tokens "
+            f"({stats.trainable_tokens:,} carry the loss); {plan.mode} into {len(plan.batches):,} batches, "
+            f"{plan.real_token_share:.1%} real tokens; {run.total_steps:,} steps")
     run.log(f"model: {loaded.info.get('model_type')} on {placement.device} x{placement.world_size} with {engine_name} "
             f"({loaded.info.get('dtype')}, {loaded.info.get('attention')}), "
             f"{loaded.info.get('trainable_parameters', 0):,} trainable parameters, loaded in "
             f"{loaded.info.get('load_seconds')} s")
     run.events.emit("log", level="info", message="details", engine=loaded.info, data=stats.as_dict(),
                     plan=plan.summary())
+    if resume and not checkpoint:
+        run.log("no complete checkpoint to resume from: starting at step 0", "warning")
 
     HaruhiTrainer, RunCallback = _trainer_classes()
     args = _training_arguments(config, placement, run.total_steps, loaded.info.get("dtype", ""))
     callback = RunCallback(run)
     trainer = HaruhiTrainer(model=loaded.model, args=args, train_dataset=PlannedBatches(sequences, plan, tokenizer.pad_token_id),
-                            data_collator=unwrap_batch, processing_class=tokenizer, callbacks=[callback],
+                            data_collator=unwrap_batch, callbacks=[callback],
                             token_counter=run.token_counter, sparse_logits=loaded.sparse_logits)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
