@@ -307,9 +307,14 @@ def _attention_for(config: TrainConfig, mtype: str, device: str) -> str:
 
 
 class HFEngine:
-    """transformers + PEFT: runs anywhere; the reference implementation the Unsloth engine is held to."""
+    """transformers + PEFT: runs anywhere; the reference implementation the Unsloth engine is held to.
+    ``prebuilt``: a base model already in memory (benchmarks build random weights on the GPU) instead of
+    loading ``base_dir``'s weights."""
 
     name = "hf"
+
+    def __init__(self, prebuilt: Any = None) -> None:
+        self.prebuilt = prebuilt
 
     def load(self, config: TrainConfig, base_dir: Path, placement: Placement) -> LoadedModel:
         import torch
@@ -337,7 +342,11 @@ class HFEngine:
                                                                bnb_4bit_compute_dtype=torch.bfloat16)
         if placement.device == "cuda":
             kwargs["device_map"] = {"": placement.local_rank}
-        model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
+        if self.prebuilt is not None:
+            model, self.prebuilt = self.prebuilt, None
+            attention = model.config._attn_implementation
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(base_dir), **kwargs)
         model.config.use_cache = False
         targets = lora_targets(model, config.lora_targets)
         check_dropout(config, targets)

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from haruhi_tui.errors import Cancelled, HaruhiError
 from haruhi_tui.events import EVENTS_FILE, EventLog
@@ -32,7 +32,8 @@ from haruhi_tui.fsutil import read_json, write_json
 from . import train_config as tc
 from .engines import (LoadedModel, Placement, engine_for, load_tokenizer, model_type, resolve_base, resolve_device,
                       resolve_engine)
-from .progress import TrainProgress
+if TYPE_CHECKING:
+    from .progress import TrainProgress
 from .train_data import DataStats, Encoded, PlannedBatches, PromptRenderer, encode_samples, plan_batches, unwrap_batch
 
 JOB = "train"
@@ -357,6 +358,13 @@ def prepare_sequences(config: tc.TrainConfig, tokenizer: Any, style: str,
     return encode_samples(samples, renderer, config.max_length)
 
 
+def sequence_stats(sequences: Sequence[Encoded]) -> DataStats:
+    """Figures for sequences made elsewhere (benchmarks)."""
+    return DataStats(samples=len(sequences), sequences=len(sequences), tokens=sum(len(s) for s in sequences),
+                     trainable_tokens=sum(s.trainable for s in sequences),
+                     longest=max((len(s) for s in sequences), default=0))
+
+
 def previous_packing(output: Path) -> str | None:
     """The batch layout of the run being resumed (its data order depends on it)."""
     from haruhi_tui.events import read_events
@@ -375,7 +383,7 @@ def _emit_start(run: Run, config: tc.TrainConfig, resolved: dict[str, Any], chec
                     resumed_from=checkpoint[0] if checkpoint else None)
 
 
-def _training_arguments(config: tc.TrainConfig, placement: Placement, total_steps: int, dtype_name: str):
+def _training_arguments(config: tc.TrainConfig, placement: Placement, total_steps: int, dtype_name: str, engine: str):
     from transformers import TrainingArguments
 
     optimizer = config.optimizer
@@ -404,7 +412,9 @@ def _training_arguments(config: tc.TrainConfig, placement: Placement, total_step
         fp16=placement.device == "cuda" and dtype_name == "float16",
         use_cpu=placement.device == "cpu",
         ddp_backend=("nccl" if placement.device == "cuda" else "gloo") if placement.distributed else None,
-        ddp_find_unused_parameters=False if config.engine != "unsloth" else None,
+        # hf: LoRA on the whole expert tensors, so every adapter weight gets a gradient each step;
+        # unsloth: its own DDP defaults decide (its expert kernels may skip unrouted experts).
+        ddp_find_unused_parameters=False if engine == "hf" else None,
         dataloader_num_workers=0,
         dataloader_pin_memory=placement.device == "cuda",
         remove_unused_columns=False,
@@ -440,8 +450,9 @@ def save_adapter(loaded: LoadedModel, tokenizer: Any, config: tc.TrainConfig, ba
     return final
 
 
-def run_training(config: tc.TrainConfig, *, resume: bool = False, sink: TrainProgress | None = None,
+def run_training(config: tc.TrainConfig, *, resume: bool = False, sink: "TrainProgress | None" = None,
                  samples: Sequence | None = None, on_step: Callable[[dict[str, Any]], None] | None = None,
+                 sequences: Sequence[Encoded] | None = None, engine: Any = None,
                  job_pid: int | None = None) -> RunResult:
     """Train as configured; returns how it ended. Raises :class:`HaruhiError` (after an ``error`` and an
     ``end`` event) for anything a user must fix, and :class:`Cancelled` when stopped by a signal."""
@@ -451,7 +462,7 @@ def run_training(config: tc.TrainConfig, *, resume: bool = False, sink: TrainPro
     with GracefulStop() as stop:
         run = Run(config, placement, events, stop, sink=sink if placement.is_main else None, on_step=on_step)
         try:
-            return _run(run, resume, samples, job_pid)
+            return _run(run, resume, samples, job_pid, sequences, engine)
         except Cancelled:
             raise
         except KeyboardInterrupt:
@@ -537,7 +548,8 @@ def _finish_from_checkpoint(run: Run, checkpoint: Path, tokenizer: Any, base_dir
     return RunResult("completed", run.total_steps, metrics, outputs)
 
 
-def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None) -> RunResult:
+def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None,
+         given_sequences: Sequence[Encoded] | None = None, given_engine: Any = None) -> RunResult:
     from haruhi_tui.prompt_format import detect_style
 
     config, placement = run.config, run.placement
@@ -562,7 +574,7 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None) 
         run.padded_total = int(marker.get("padded", 0))
         run.last_checkpoint = checkpoint[1]
 
-    if samples is None:
+    if samples is None and given_sequences is None:
         from haruhi_tui.sharegpt import resolve_dataset
 
         samples = resolve_dataset(config.dataset)
@@ -575,7 +587,10 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None) 
     style = detect_style(mtype, getattr(tokenizer, "chat_template", None))
     if config.template == "model" and style == "harmony" and not tokenizer.chat_template:
         raise HaruhiError("--template model, but the checkpoint has no chat template; use --template haruhi")
-    sequences, stats = prepare_sequences(config, tokenizer, style, samples)
+    if given_sequences is not None:
+        sequences, stats = list(given_sequences), sequence_stats(given_sequences)
+    else:
+        sequences, stats = prepare_sequences(config, tokenizer, style, samples)
     run.note(f"data: {stats.samples:,} samples -> {stats.sequences:,} sequences ({stats.split_samples} split, "
              f"{stats.truncated} shortened, {stats.dropped} dropped), {stats.tokens:,} tokens of which "
              f"{stats.trainable_tokens:,} carry the loss")
@@ -588,7 +603,7 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None) 
             return _finish_from_checkpoint(run, checkpoint[1], tokenizer, base_dir, style)
 
     run.note(f"loading {config.base} with the {engine_name} engine ...")
-    loaded = engine_for(engine_name).load(config, base_dir, placement)
+    loaded = (given_engine or engine_for(engine_name)).load(config, base_dir, placement)
     packing = previous or (config.packing if config.packing != "auto" else
                            ("packed" if loaded.packs_safely else "grouped"))
     if packing == "packed" and not loaded.packs_safely:
@@ -613,7 +628,7 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None) 
         run.log("no complete checkpoint to resume from: starting at step 0", "warning")
 
     HaruhiTrainer, RunCallback = _trainer_classes()
-    args = _training_arguments(config, placement, run.total_steps, loaded.info.get("dtype", ""))
+    args = _training_arguments(config, placement, run.total_steps, loaded.info.get("dtype", ""), loaded.engine)
     callback = RunCallback(run)
     trainer = HaruhiTrainer(model=loaded.model, args=args, train_dataset=PlannedBatches(sequences, plan, tokenizer.pad_token_id),
                             data_collator=unwrap_batch, callbacks=[callback],
