@@ -374,9 +374,10 @@ class HFEngine:
 
 class UnslothEngine:
     """Unsloth's FastLanguageModel (CUDA). Its gpt-oss training attention (flex attention with sinks)
-    builds a plain causal mask and ignores position ids, so packed rows would attend across samples:
-    the loop batches length-grouped rows for it instead, unless UNSLOTH_ENABLE_FLEX_ATTENTION=0 hands
-    attention back to transformers' mask-aware kernels."""
+    builds a plain causal mask and ignores position ids and masks, so packed rows would attend across
+    samples: the loop batches length-grouped rows for it instead (right padding, which a causal mask
+    keeps away from the real tokens). Its other models' fast paths are not known to honour packed
+    position ids either, so the same holds for them."""
 
     name = "unsloth"
 
@@ -386,6 +387,7 @@ class UnslothEngine:
         from unsloth import FastLanguageModel
 
         started = time.time()
+        torch.cuda.set_device(placement.local_rank)
         dtype = resolve_dtype(config, placement.device)
         mtype = model_type(base_dir)
         model, _ = FastLanguageModel.from_pretrained(
@@ -414,7 +416,7 @@ class UnslothEngine:
                 "model_type": mtype, "lora_modules": modules, "lora_parameters": explicit,
                 "trainable_parameters": trainable, "total_parameters": total,
                 "load_seconds": round(time.time() - started, 1), "unsloth_version": getattr(unsloth, "__version__", "")}
-        return LoadedModel(model, self.name, packs_safely=not flex_sinks, sparse_logits=False, info=info)
+        return LoadedModel(model, self.name, packs_safely=False, sparse_logits=False, info=info)
 
 
 def engine_for(name: str):

@@ -67,7 +67,7 @@ class TrainConfig:
                                "a single turn that is still too long is cut.")
     packing: str = _setting("auto", "data", "packed: several samples per row, attention kept inside each sample; "
                             "grouped: one sample per row, rows of similar length batched together; auto: packed where "
-                            "the engine's attention honours sample boundaries (hf), else grouped (unsloth on gpt-oss).",
+                            "the engine's attention honours sample boundaries (hf, checked on the loaded model), else grouped (unsloth).",
                             PACKINGS)
     max_samples: int = _setting(0, "data", "Use only the first N samples (0 = all); for quick trials.")
     # [lora]
