@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from haruhi_tui.cli import app
 from haruhi_tui.events import job_state, read_events
 from trainer import train_config as tc
-from trainer.train_loop import CHECKPOINT_MARKER, run_training
+from trainer.train_loop import CHECKPOINT_MARKER, latest_checkpoint, run_training
 
 ROOT = Path(__file__).resolve().parent.parent
 STEP_FIELDS = ("step", "total", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second",
@@ -146,7 +146,7 @@ def test_training_lowers_the_loss_and_writes_an_adapter_that_learned(tiny_gpt_os
 
 def test_ctrl_c_saves_a_checkpoint_and_kill_9_resumes_where_it_left_off(tiny_gpt_oss, dataset, tmp_path):
     out = tmp_path / "run"
-    config = config_for(tiny_gpt_oss, dataset, out, max_steps=8, save_steps=3)
+    config = config_for(tiny_gpt_oss, dataset, out, max_steps=10, save_steps=3)
     events = out / "events.jsonl"
 
     def seen(kind: str, at_least: int, after_start: int = 1) -> bool:
@@ -169,7 +169,7 @@ def test_ctrl_c_saves_a_checkpoint_and_kill_9_resumes_where_it_left_off(tiny_gpt
     end = records[-1]
     assert end["event"] == "end" and end["status"] == "cancelled"
     stopped_at = end["metrics"]["steps"]
-    assert 1 <= stopped_at < 8 and (out / f"checkpoint-{stopped_at}" / CHECKPOINT_MARKER).is_file()
+    assert 1 <= stopped_at < 7 and (out / f"checkpoint-{stopped_at}" / CHECKPOINT_MARKER).is_file()
     assert records[-2]["event"] == "checkpoint" and records[-2]["step"] == stopped_at
 
     # 2. Resume, then kill -9 once the next regular checkpoint is written and training went on.
@@ -179,18 +179,20 @@ def test_ctrl_c_saves_a_checkpoint_and_kill_9_resumes_where_it_left_off(tiny_gpt
     wait_for(lambda: seen("checkpoint", next_save, 2) and seen("step", next_save + 1, 2), second)
     second.kill()
     second.communicate()
+    killed_after = latest_checkpoint(out)[0]  # the newest complete checkpoint when the process died
+    assert killed_after >= next_save and not (out / "adapter").exists()
 
     # 3. Resume again in this process: the count continues from the last complete checkpoint.
     result = run_training(tc.resolve(tc.load_toml(out / tc.CONFIG_FILE)), resume=True)
-    assert result.status == "completed" and result.steps == 8
+    assert result.status == "completed" and result.steps == 10
     records = events_of(out)
     starts = [r for r in records if r["event"] == "start"]
-    assert [s["resumed_from"] for s in starts] == [None, stopped_at, next_save]
+    assert [s["resumed_from"] for s in starts] == [None, stopped_at, killed_after]
     last_run = records[records.index(starts[-1]):]
-    assert [r["step"] for r in last_run if r["event"] == "step"] == list(range(next_save + 1, 9))
+    assert [r["step"] for r in last_run if r["event"] == "step"] == list(range(killed_after + 1, 11))
     assert last_run[-1]["event"] == "end" and last_run[-1]["status"] == "completed"
     state = job_state(out)  # one loss curve, each step once, despite the redone steps
-    assert [s for s, _ in state.losses] == list(range(1, 9)) and state.status == "completed"
+    assert [s for s, _ in state.losses] == list(range(1, 11)) and state.status == "completed"
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 

@@ -135,7 +135,7 @@ def test_batch_plans_use_every_sequence_once_within_the_limits():
     assert packed.rows < len(lengths) / 2 and packed.real_token_share > 0.9
     grouped = plan_grouped(lengths, batch_size=4, max_length=1024, seed=1)
     assert sorted(row[0] for batch in grouped.batches for row in batch) == list(range(len(lengths)))
-    assert all(len(batch) * max(lengths[row[0]] for row in batch) <= 4 * 1024 for batch in grouped.batches)
+    assert all(len(batch) <= 4 for batch in grouped.batches) and sum(len(b) != 4 for b in grouped.batches) <= 1
     assert grouped.real_token_share > 0.9
     assert plan_packed(lengths, 4, 1024, seed=1).batches == packed.batches
     assert plan_packed(lengths, 4, 1024, seed=2).batches != packed.batches
@@ -167,7 +167,7 @@ def test_packed_samples_do_not_attend_to_each_other(tokenizer, tiny_gpt_oss):
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_gpt_oss), dtype=torch.float32, attn_implementation="eager")
     leak, scale = packing_leak(model, model.config.vocab_size)
-    assert leak > 0.05 * scale  # plain transformers mixes packed gpt-oss samples
+    assert leak > 0.5 * scale  # plain transformers mixes packed gpt-oss samples
     assert keeps_packed_samples_apart(model, model.config.vocab_size)
     renderer = PromptRenderer(tokenizer, "harmony", use_template=False)
     a, b = renderer.encode(conversation_of(sample())), renderer.encode(conversation_of(sample(EXCHANGES[1:])))

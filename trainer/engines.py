@@ -220,7 +220,7 @@ def _decoder_of(model: Any) -> Any:
     return decoder if decoder is not None else getattr(base, "model", base)
 
 
-def install_packed_masks(model: Any) -> None:
+def install_packed_masks(model: Any) -> Any:
     """Build the attention masks of packed rows from their position ids before the decoder runs.
 
     transformers derives a mask that stays inside each packed sample from ``position_ids`` only where a
@@ -247,7 +247,7 @@ def install_packed_masks(model: Any) -> None:
         kwargs["attention_mask"] = masks
         return args, kwargs
 
-    decoder.register_forward_pre_hook(hook, with_kwargs=True)
+    return decoder.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def packing_leak(model: Any, vocab_size: int) -> tuple[float, float]:
@@ -274,13 +274,23 @@ def packing_leak(model: Any, vocab_size: int) -> tuple[float, float]:
 
 
 def keeps_packed_samples_apart(model: Any, vocab_size: int) -> bool:
-    """Check packing on the loaded model, installing our mask hook where transformers does not do it."""
-    leak, scale = packing_leak(model, vocab_size)
-    if leak <= max(1e-3, 0.05 * scale):
+    """Check packing on the loaded model, installing our mask hook where transformers does not do it.
+    False (the loop then length-groups instead of packing) if neither keeps the samples apart."""
+    try:
+        leak, scale = packing_leak(model, vocab_size)
+    except Exception:
+        return False
+    if leak <= max(1e-3, 0.2 * scale):
         return True
-    install_packed_masks(model)
-    leak, scale = packing_leak(model, vocab_size)
-    return leak <= max(1e-3, 0.05 * scale)
+    handle = install_packed_masks(model)
+    try:
+        leak, scale = packing_leak(model, vocab_size)
+    except Exception:
+        leak, scale = 1.0, 0.0
+    if leak <= max(1e-3, 0.2 * scale):
+        return True
+    handle.remove()
+    return False
 
 
 # -- engines ----------------------------------------------------------------------------------------

@@ -146,17 +146,18 @@ StopFactory = Callable[[Request], "StopRule | FixedLengthStop"]
 
 #: Our attention implementation name (registered with transformers on first use).
 SINK_ATTENTION = "haruhi_sinks"
+#: Working memory one prefill attention call may use (rows are processed in slices to stay near it).
+PREFILL_ATTENTION_BYTES = 1 << 30
 
 
 def sink_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
     """Attention with gpt-oss's learned sinks, exact, on ``scaled_dot_product_attention``.
 
-    A sink is one extra logit per head in the softmax denominator. For a prompt (several queries) we add
-    it as an extra key: queries get a constant feature 1, keys a 0, and a sink key carries ``sink/scale``
-    in that feature (its value is zero), so SDPA's fused kernel computes softmax over [scores, sink]
-    without materialising the scores. One new token (decoding) is a small grouped matmul instead, which
-    reads each cached key once rather than copying it per head. Padding rows stay finite: the sink is
-    always visible.
+    A sink is one extra logit per head in the softmax denominator. For a prompt (several queries),
+    :func:`_sink_prefill` adds it as an extra key so SDPA's fused kernel computes softmax over
+    [scores, sink] without materialising the scores, rows in slices so memory stays bounded for any
+    batch. One new token (decoding) is a small grouped matmul instead, reading each cached key once
+    rather than copying it per head. Padding rows stay finite: the sink is always visible.
     """
     import torch
     import torch.nn.functional as F
@@ -180,20 +181,50 @@ def sink_attention(module, query, key, value, attention_mask, scaling, dropout=0
         probs = F.softmax(combined, dim=-1, dtype=combined.dtype)[..., :-1]
         out = torch.matmul(probs.to(value.dtype), value)
         return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+    # Rows at a time so the padded keys/values and the folded mask stay near PREFILL_ATTENTION_BYTES.
+    per_row = (kv_heads * (k_len + 1) * (dim + 8) * query.element_size() * 2 + heads * q_len * (k_len + 1)
+               + heads * q_len * (dim + 8) * query.element_size() * 2)
+    step = max(1, PREFILL_ATTENTION_BYTES // per_row)
+    outs = [_sink_prefill(query[i:i + step], key[i:i + step], value[i:i + step],
+                          None if mask is None else mask[i:i + step] if mask.shape[0] > 1 else mask, sinks, scaling)
+            for i in range(0, batch, step)]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def _sink_prefill(query, key, value, mask, sinks, scaling):
+    """Several queries per row, in one fused SDPA call per KV head group.
+
+    The query heads sharing a KV head are folded into the query axis (keys are never repeated per head),
+    and the sink becomes an extra key: every key gets a 0 feature, the sink key a 1 there (value zero), and
+    each query row carries its head's ``sink / scale`` in that feature, so the softmax runs over
+    [scores, sink] exactly as gpt-oss defines it.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    batch, heads, q_len, dim = query.shape
+    kv_heads, k_len = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
     pad = (-(dim + 1)) % 8
     width = dim + 1 + pad
-    k = key[:, :, None].expand(batch, kv_heads, groups, k_len, dim).reshape(batch, heads, k_len, dim)
-    v = value[:, :, None].expand(batch, kv_heads, groups, k_len, dim).reshape(batch, heads, k_len, dim)
-    q_ext = torch.cat([query, query.new_ones(batch, heads, q_len, 1), query.new_zeros(batch, heads, q_len, pad)], dim=-1)
-    sink_key = k.new_zeros(batch, heads, 1, width)
-    sink_key[..., dim] = (sinks / scaling).reshape(1, heads, 1)
-    k_ext = torch.cat([sink_key, torch.cat([k, k.new_zeros(batch, heads, k_len, 1 + pad)], dim=-1)], dim=2)
-    v_ext = torch.cat([v.new_zeros(batch, heads, 1, width), torch.cat([v, v.new_zeros(batch, heads, k_len, 1 + pad)], dim=-1)], dim=2)
+    q = query.reshape(batch, kv_heads, groups * q_len, dim)
+    sink_feature = (sinks / scaling).reshape(1, kv_heads, groups, 1, 1).expand(batch, -1, -1, q_len, 1)
+    q_ext = torch.cat([q, sink_feature.reshape(batch, kv_heads, groups * q_len, 1),
+                       q.new_zeros(batch, kv_heads, groups * q_len, pad)], dim=-1)
+    k_ext = key.new_zeros(batch, kv_heads, k_len + 1, width)
+    k_ext[:, :, 0, dim] = 1
+    k_ext[:, :, 1:, :dim] = key
+    v_ext = value.new_zeros(batch, kv_heads, k_len + 1, width)
+    v_ext[:, :, 1:, :dim] = value
     if mask is None:
         mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)[None, None]
-    mask = torch.cat([mask.new_ones(mask.shape[0], 1, q_len, 1), mask.expand(-1, -1, q_len, -1)], dim=-1)
-    out = F.scaled_dot_product_attention(q_ext, k_ext, v_ext, attn_mask=mask, scale=scaling)[..., :dim]
-    return out.transpose(1, 2).contiguous(), None
+    mask = mask.expand(-1, -1, q_len, -1)
+    full = mask.new_ones(mask.shape[0], groups, q_len, k_len + 1)
+    full[:, :, :, 1:] = mask  # broadcast over the folded heads
+    full = full.reshape(mask.shape[0], 1, groups * q_len, k_len + 1)
+    out = F.scaled_dot_product_attention(q_ext, k_ext, v_ext, attn_mask=full, scale=scaling)[..., :dim]
+    return out.reshape(batch, heads, q_len, dim)
 
 
 def _sink_mask(*args, **kwargs):
@@ -332,6 +363,7 @@ class HFGenerator:
 
         config = self.model.config
         free, _ = torch.cuda.mem_get_info(self.device)
+        free += torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
         layer_types = getattr(config, "layer_types", None) or ["full_attention"] * config.num_hidden_layers
         full_layers = sum(1 for t in layer_types if t != "sliding_attention") or 1
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
@@ -367,7 +399,7 @@ class HFGenerator:
                  stop_factory: StopFactory | None = None) -> Iterator[Completion]:
         """Yield a completion per request as soon as it is finished.
 
-        Work is batched longest first. When only a quarter of a batch is still generating and other work
+        Work is batched longest first. When only an eighth of a batch is still generating and other work
         waits, those stragglers leave the batch and queue again as prompt + what they generated so far
         (re-prefilled with fresh prompts in a later batch), so one long reply never idles the whole batch.
         """
@@ -449,7 +481,7 @@ class HFGenerator:
                 active = [slot for slot, row in enumerate(alive) if row not in finished]
                 if not active:
                     return []
-                if evict and step >= 4 and len(active) * 4 <= rows:
+                if evict and step >= 4 and len(active) * 8 <= rows:
                     self.evicted += len(active)
                     return [_Work(batch[alive[s]].request, batch[alive[s]].request.ids + tuple(batch[alive[s]].generated),
                                   batch[alive[s]].generated, batch[alive[s]].stop) for s in active]

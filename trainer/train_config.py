@@ -66,7 +66,7 @@ class TrainConfig:
     max_length: int = _setting(2048, "data", "Longest sequence in tokens. Longer samples are split between turns; "
                                "a single turn that is still too long is cut.")
     packing: str = _setting("auto", "data", "packed: several samples per row, attention kept inside each sample; "
-                            "grouped: one sample per row, rows of similar length batched together; auto: packed where "
+                            "grouped: one sample per row, samples of similar length batched together; auto: packed where "
                             "the engine's attention honours sample boundaries (hf, checked on the loaded model), else grouped (unsloth).",
                             PACKINGS)
     max_samples: int = _setting(0, "data", "Use only the first N samples (0 = all); for quick trials.")
@@ -80,8 +80,8 @@ class TrainConfig:
     # [train]
     epochs: float = _setting(3.0, "train", "Passes over the dataset (ignored when --max-steps is set).")
     max_steps: int = _setting(0, "train", "Stop after this many optimizer steps (0 = use --epochs).")
-    batch_size: int = _setting(4, "train", "Rows per device per micro-batch (a packed row holds up to --max-length "
-                               "tokens; grouped batches hold up to batch-size x max-length tokens).")
+    batch_size: int = _setting(4, "train", "Rows per device per micro-batch (a packed row holds several samples, up "
+                               "to --max-length tokens; a grouped row holds one sample).")
     grad_accum: int = _setting(2, "train", "Micro-batches per optimizer step.")
     learning_rate: float = _setting(1e-4, "train", "Peak learning rate.", flag="--lr")
     lr_scheduler: str = _setting("cosine", "train", "Learning-rate schedule after warm-up.", SCHEDULERS)

@@ -10,8 +10,8 @@ checkpoint's own template) are rendered with it, and the assistant spans are fou
 Batches are planned once per run (deterministic for the seed): ``packed`` fills rows of ``max_length``
 tokens with several samples whose position ids restart at 0, which transformers turns into an attention
 mask that never crosses a sample boundary (eager, sdpa and flex attention alike); ``grouped`` puts one
-sample per row and batches samples of similar length under a token budget, for attention kernels that
-ignore such masks. Either way little compute is spent on padding; the plan reports the real-token share.
+sample per row and batches samples of similar length, for attention kernels that ignore such masks.
+Either way little compute is spent on padding; the plan reports the real-token share.
 """
 
 from __future__ import annotations
@@ -316,21 +316,11 @@ def plan_packed(lengths: Sequence[int], batch_size: int, max_length: int, seed: 
 
 
 def plan_grouped(lengths: Sequence[int], batch_size: int, max_length: int, seed: int) -> BatchPlan:
-    """One sequence per row; sequences of similar length batched under ``batch_size * max_length`` tokens."""
+    """One sequence per row, ``batch_size`` rows of similar length per batch. A fixed row count keeps
+    the batch dimension constant for kernels compiled per shape (Unsloth); only the width varies."""
     rng = random.Random(seed)
-    budget = batch_size * max_length
-    batches: list[list[list[int]]] = []
-    current: list[list[int]] = []
-    longest = 0
-    for i in _length_order(lengths, rng):
-        size = padded_length(lengths[i])
-        if current and max(longest, size) * (len(current) + 1) > budget:
-            batches.append(current)
-            current, longest = [], 0
-        current.append([i])
-        longest = max(longest, size)
-    if current:
-        batches.append(current)
+    order = _length_order(lengths, rng)
+    batches = [[[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
     rng.shuffle(batches)
     return BatchPlan("grouped", batches, list(lengths))
 

@@ -577,6 +577,9 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None,
     if samples is None and given_sequences is None:
         from haruhi_tui.sharegpt import resolve_dataset
 
+        if ":" not in config.dataset and not Path(config.dataset).exists():
+            raise HaruhiError(f"dataset not found: {config.dataset}; build it with `haruhi data build -o "
+                              f"{Path(config.dataset).parent}/` or pass --dataset FILE (ShareGPT) or DIR:NAME")
         samples = resolve_dataset(config.dataset)
     base_dir = resolve_base(config.base)
     mtype = model_type(base_dir)
