@@ -158,6 +158,58 @@ def check_attention(model, prompts) -> dict:
     return result
 
 
+def probe(model, rows_list, prompt_len: int, steps: int) -> list[dict]:
+    """Decode-step and prefill cost at several batch sizes (random ids), with a profile of one decode step."""
+    import torch
+    from transformers import DynamicCache
+
+    results = []
+    for rows in rows_list:
+        ids = torch.randint(0, 199000, (rows, prompt_len), device=model.device)
+        mask = torch.ones_like(ids)
+        positions = (mask.cumsum(-1) - 1)
+        cache = DynamicCache(config=model.config)
+        chunk = max(16, 32768 // rows)
+        with torch.inference_mode():
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for begin in range(0, prompt_len, chunk):
+                end = min(prompt_len, begin + chunk)
+                out = model(input_ids=ids[:, begin:end], attention_mask=mask[:, :end], position_ids=positions[:, begin:end],
+                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+            torch.cuda.synchronize()
+            prefill = time.perf_counter() - t0
+            token = out.logits[:, -1].argmax(-1)
+            position = positions[:, -1:]
+            times = []
+            for step in range(steps):
+                mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+                position = position + 1
+                torch.cuda.synchronize()
+                t1 = time.perf_counter()
+                out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, past_key_values=cache,
+                            use_cache=True, logits_to_keep=1)
+                token = out.logits[:, -1].argmax(-1)
+                token.tolist()
+                times.append(time.perf_counter() - t1)
+            entry = {"rows": rows, "prompt_len": prompt_len, "experts": model.config._experts_implementation,
+                     "prefill_tokens_per_second": round(rows * prompt_len / prefill),
+                     "decode_ms_per_step": round(sorted(times[2:])[len(times[2:]) // 2] * 1000, 2)}
+            if rows == rows_list[0]:
+                from torch.profiler import ProfilerActivity, profile as torch_profile
+
+                mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+                with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position + 1,
+                                past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    out.logits[:, -1].argmax(-1).tolist()
+                entry["profile"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=50)
+        del cache, out
+        torch.cuda.empty_cache()
+        results.append(entry)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts")
@@ -177,7 +229,20 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only to smoke-test the script")
     parser.add_argument("--check", action="store_true", help="also compare our attention with eager on 4 real prompts")
     parser.add_argument("--out", help="append the result line to this jsonl file")
+    parser.add_argument("--probe", default="", help="comma-separated batch sizes: time prefill and decode steps at each "
+                        "(random ids, --probe-len tokens) instead of the haruhi_val run")
+    parser.add_argument("--probe-len", type=int, default=1200)
     args = parser.parse_args()
+    if args.probe:
+        import torch
+
+        model = build_model(args.layers, args.attn, args.experts, args.device)
+        for entry in probe(model, [int(x) for x in args.probe.split(",")], args.probe_len, 12):
+            table = entry.pop("profile", None)
+            print(json.dumps(entry))
+            if table:
+                print(table)
+        return
 
     prompts = load_prompts(args)
     if args.save_prompts:

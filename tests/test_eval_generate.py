@@ -63,7 +63,7 @@ def _requests(generator, prompts):
     return [Request(i, tuple(generator.encode(conv)[1])) for i, conv in enumerate(prompts)]
 
 
-def test_sink_attention_matches_eager(tiny_gpt_oss, prompts):
+def test_sink_attention_matches_eager(tiny_gpt_oss, prompts, monkeypatch):
     """Our SDPA attention-with-sinks gives the eager implementation's hidden states (padded batch, prompts
     longer than the sliding window)."""
     import torch
@@ -85,8 +85,11 @@ def test_sink_attention_matches_eager(tiny_gpt_oss, prompts):
         eager = model.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
         model.set_attn_implementation(register_sink_attention())
         ours = model.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        monkeypatch.setattr("trainer.generate.PREFILL_ATTENTION_BYTES", 1)  # one row at a time
+        sliced = model.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
     real = mask.bool()
     assert torch.allclose(eager[real], ours[real], atol=1e-4, rtol=1e-4)
+    assert torch.allclose(ours[real], sliced[real], atol=1e-5)
 
 
 def test_batching_and_chunked_prefill_do_not_change_greedy_output(tiny_gpt_oss, prompts):
@@ -116,7 +119,7 @@ def test_finished_rows_leave_the_batch(tiny_gpt_oss, prompts):
         assert full[i].startswith(c.raw)
     assert [lengths[i] for i in order] == sorted(lengths[i] for i in order)  # streamed as they finish
     # smaller batches: stragglers are evicted and continue (re-prefilled) in a later batch, same tokens
-    generator.batch_size = 4
+    generator.batch_size = 8
     generator.evicted = 0
     evicted = {c.index: c for c in generator.generate(requests, options, stop_factory=lambda r: FixedLengthStop(lengths[r.index]))}
     assert {i: (c.raw, c.tokens) for i, c in evicted.items()} == {i: (c.raw, c.tokens) for i, c in staggered.items()}
