@@ -473,7 +473,8 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def open_gguf(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None, n_batch: int = 512,
+def open_gguf(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None,
+              n_threads_batch: int | None = None, n_batch: int = 512,
               n_gpu_layers: int = -1, style: Style | None = None, verbose: bool = False) -> Engine:
     """Load a GGUF for chat or evaluation.
 
@@ -493,7 +494,8 @@ def open_gguf(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | 
         quiet_llama_logs()
     try:
         llama = Llama(
-            model_path=str(info.path), n_ctx=n_ctx, n_threads=n_threads or default_threads(), n_batch=n_batch,
+            model_path=str(info.path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
+            n_threads_batch=n_threads_batch or default_threads(), n_batch=n_batch,
             n_gpu_layers=n_gpu_layers, verbose=verbose,
         )
     except (ValueError, RuntimeError, OSError) as exc:

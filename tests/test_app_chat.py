@@ -99,7 +99,7 @@ async def test_a_locked_database_mid_chat_is_a_message_and_nothing_is_lost(engin
         locker.execute("BEGIN EXCLUSIVE")
         try:
             await send(pilot, app, "数据库被锁住了吗？")
-            assert any("locked by another program" in n.message for n in app._notifications)
+            assert any("locked by another program" in p for p in app.problems)
             assert [v.role for v in screen.views()] == ["user", "assistant"]  # the chat went on
         finally:
             locker.execute("ROLLBACK")

@@ -39,7 +39,7 @@ async def test_an_empty_characters_folder_is_a_message_and_the_app_keeps_running
         await wait_for(pilot, lambda: isinstance(app.screen, CharacterPicker), what="the picker")
         await pilot.pause()
         assert "no character folders" in str(app.screen.query_one(".problem").render())
-        assert any("HARUHI_CHARACTERS" in n.message for n in app._notifications)
+        assert any("HARUHI_CHARACTERS" in p for p in app.problems)
         await pilot.press("escape")
         await pilot.press("f1")  # still alive and answering keys
         assert type(app.screen).__name__ == "HelpScreen"
@@ -108,6 +108,6 @@ async def test_an_unreadable_database_falls_back_to_memory_with_a_message(charac
     async with app.run_test(size=SIZE) as pilot:
         await pick_character(pilot, app, "haruhi")
         assert app.store.path == ":memory:"
-        assert any("damaged" in n.message for n in app._notifications)
+        assert any("damaged" in p for p in app.problems)
         await send(pilot, app, "你好")
         assert [v.role for v in app.chat_screen.views()] == ["user", "assistant"]

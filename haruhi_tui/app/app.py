@@ -61,6 +61,7 @@ class HaruhiApp(App[None]):
         self.sampling = sampling
         self.save_interval = save_interval
         self.show_thinking = False
+        self.problems: list[str] = []  # every error shown this run, newest last (notifications expire)
         self.characters: dict[str, Character] = {}
         self.characters_problem = ""
         self.engine = engine
@@ -78,6 +79,11 @@ class HaruhiApp(App[None]):
             self.store_problem = f"{exc}. Chats of this run are kept in memory only."
             self.store = Store(MEMORY)
 
+    def report(self, message: str, timeout: float = 10) -> None:
+        """Show an error as a notification (the app keeps running) and keep it in :attr:`problems`."""
+        self.problems.append(message)
+        self.notify(message, severity="error", timeout=timeout)
+
     # -- startup ---------------------------------------------------------------------------------
     def get_default_screen(self) -> Screen:
         return ChatScreen()
@@ -89,7 +95,7 @@ class HaruhiApp(App[None]):
     def start(self) -> None:
         """Called by the chat screen once it is on screen: report problems, start the slow loading."""
         if self.store_problem:
-            self.notify(self.store_problem, severity="error", timeout=15)
+            self.report(self.store_problem, timeout=15)
             self.chat_screen.set_status("sessions are not being saved (see the message)")
         self.chat_screen.show_progress(False)
         self.load_characters()
@@ -126,7 +132,7 @@ class HaruhiApp(App[None]):
         self.characters = {c.folder: c for c in characters}
         self.characters_problem = problem
         if problem:
-            self.notify(problem, severity="error", timeout=15)
+            self.report(problem, timeout=15)
         screen = self.chat_screen
         if self.start_character:
             wanted = self.start_character.casefold()
@@ -134,7 +140,7 @@ class HaruhiApp(App[None]):
             if match is not None:
                 await screen.start_chat(match.folder)
                 return
-            self.notify(f"no character {self.start_character!r} in {self.characters_dir}", severity="error")
+            self.report(f"no character {self.start_character!r} in {self.characters_dir}")
         try:
             chats = self.store.chats(limit=1)
         except StoreError:
@@ -214,7 +220,7 @@ class HaruhiApp(App[None]):
         screen.show_progress(False)
         screen.set_status("model not loaded: ctrl+o picks another")
         screen.update_title()
-        self.notify(error, severity="error", timeout=15)
+        self.report(error, timeout=15)
 
     def wait_for_engine(self, cancel: threading.Event) -> Engine | None:
         """Block a worker until a model is ready; None if loading failed or the turn was stopped first."""
@@ -288,7 +294,7 @@ class HaruhiApp(App[None]):
         try:
             written = [export_chat(record, out / f"{stem}{suffix}") for suffix in (".md", ".json")]
         except HaruhiError as exc:
-            self.notify(str(exc), severity="error")
+            self.report(str(exc))
             return
         self.notify("exported: " + ", ".join(str(p) for p in written), timeout=10)
 
