@@ -262,14 +262,31 @@ class Evaluation:
         events = EventLog(self.out, "eval")
         events.start({**config.settings(), "out": str(self.out)}, total=len(chosen), unit="sample",
                      resumed_from=len(already) or None)
-        self.on_status("loading model")
-        loaded = time.perf_counter()
+        self._predicted = 0
+        outputs = {"predictions": str(self.predictions_path)}
         try:
-            generator = self.generator or self.generator_factory()
+            return self._run(events, samples, chosen)
+        except Cancelled:
+            raise
+        except KeyboardInterrupt:
+            events.end("cancelled", outputs=outputs)
+            raise Cancelled("interrupted before any prediction was finished; run the same command again to continue") from None
         except HaruhiError as exc:
             events.error(str(exc))
-            events.end("failed")
+            events.end("failed", outputs=outputs)
             raise
+        except Exception as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            events.error(f"evaluation failed after {self._predicted} predictions: {type(exc).__name__}: {detail}",
+                         kind=type(exc).__name__)
+            events.end("failed", outputs=outputs)
+            raise
+
+    def _run(self, events: EventLog, samples: list[Sample], chosen: list[int]) -> EvalResult:
+        config = self.config
+        self.on_status("loading model")
+        loaded = time.perf_counter()
+        generator = self.generator or self.generator_factory()
         preparation = time.perf_counter() - loaded
         style = generator.style
         events.emit("log", level="info", message=f"model ready in {preparation:.1f}s: " + json.dumps(generator.describe(), ensure_ascii=False))
@@ -335,6 +352,7 @@ class Evaluation:
                     fh.flush()
                     records[i] = record
                     predicted += 1
+                    self._predicted = predicted
                     rate = predicted / max(elapsed, 1e-9)
                     self.on_progress(len(records), len(chosen), rate)
                     now = time.perf_counter()
@@ -345,15 +363,6 @@ class Evaluation:
                                     elapsed=round(elapsed, 1), eta=round(eta, 1) if eta is not None else None)
         except KeyboardInterrupt:
             status = "cancelled"
-        except HaruhiError as exc:
-            events.error(str(exc))
-            events.end("failed", outputs={"predictions": str(self.predictions_path)})
-            raise
-        except Exception as exc:
-            message = f"evaluation failed after {predicted} predictions: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            events.error(message, kind=type(exc).__name__)
-            events.end("failed", outputs={"predictions": str(self.predictions_path)})
-            raise
 
         ordered = [records[i] for i in chosen if i in records]
         complete = len(ordered) == len(chosen)
