@@ -210,6 +210,39 @@ def probe(model, rows_list, prompt_len: int, steps: int) -> list[dict]:
     return results
 
 
+def bench_gguf(args) -> None:
+    """llama.cpp path: the same prompts through GGUFGenerator with several --parallel values, prefix reuse on/off."""
+    from haruhi_tui.prompt_format import conversation_from_messages
+    from haruhi_tui.sharegpt import load_sharegpt
+    from trainer.evaluate import stratified_indices
+    from trainer.generate import DecodingOptions, GGUFGenerator, Request, open_engine
+
+    if not args.dataset:
+        raise SystemExit("--gguf needs --dataset (a haruhi_val.json)")
+    samples = load_sharegpt(args.dataset)
+    chosen = stratified_indices(samples, args.samples or len(samples), args.seed)
+    engine = open_engine(args.gguf, n_gpu_layers=-1 if args.device.startswith("cuda") else 0)
+    probe = GGUFGenerator(engine, parallel=1)
+    requests = [Request(i, tuple(probe.encode(conversation_from_messages(samples[i].messages[:-1], samples[i].character))[1]))
+                for i in chosen]
+    options = DecodingOptions(max_new_tokens=args.max_new_tokens)
+    for parallel in [int(x) for x in args.parallel.split(",")]:
+        for reuse in (False, True):
+            generator = GGUFGenerator(engine, parallel=parallel, reuse_prefix=reuse)
+            t0 = time.perf_counter()
+            tokens = sum(c.tokens for c in generator.generate(requests, options))
+            wall = time.perf_counter() - t0
+            line = json.dumps({"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "bench": "bench_eval --gguf",
+                               "model": str(args.gguf), "machine": platform.node(), "samples": len(requests),
+                               "prompt_tokens": sum(len(r.ids) for r in requests), "generated_tokens": tokens,
+                               "parallel": parallel, "prefix_reuse": reuse, "seconds": round(wall, 2),
+                               "samples_per_second": round(len(requests) / wall, 3), "command": " ".join(sys.argv)})
+            print(line, flush=True)
+            if args.out:
+                with open(args.out, "a", encoding="utf-8") as fh:
+                    fh.write(line + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts")
@@ -232,7 +265,12 @@ def main() -> None:
     parser.add_argument("--probe", default="", help="comma-separated batch sizes: time prefill and decode steps at each "
                         "(random ids, --probe-len tokens) instead of the haruhi_val run")
     parser.add_argument("--probe-len", type=int, default=1200)
+    parser.add_argument("--gguf", help="instead: time the llama.cpp path on this GGUF (with --dataset, --samples)")
+    parser.add_argument("--parallel", default="1,4", help="--gguf: comma-separated numbers of parallel sequences")
     args = parser.parse_args()
+    if args.gguf:
+        bench_gguf(args)
+        return
     if args.probe:
         import torch
 
