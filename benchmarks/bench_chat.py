@@ -69,7 +69,8 @@ def load() -> str:
 
 
 def raw_decode(engine, tokens: int = 128) -> float:
-    """llama.cpp's own speed: greedy decode of ``tokens`` tokens after a short prompt, no UI, no parsing."""
+    """llama.cpp's own speed: greedy decode of ``tokens`` tokens after a short prompt, no UI, no parsing
+    (with the engine's thread count)."""
     llama = engine.llama
     prompt = llama.tokenize("凉宫春日说：".encode(), add_bos=True)
     llama.reset()
@@ -136,7 +137,7 @@ async def drive_app(args, engine) -> list[dict]:
 
 
 def main() -> None:
-    from haruhi_tui.llm import bundled_model, open_gguf
+    from haruhi_tui.llm import bundled_model, default_threads, interactive_threads, open_gguf
     from haruhi_tui.paths import default_characters_dir
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -146,6 +147,8 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--n-ctx", type=int, default=4096)
+    p.add_argument("--threads", type=int, default=None,
+                   help="decode threads (default: what the app uses, haruhi_tui.llm.interactive_threads())")
     p.add_argument("--model", type=Path, default=None, help="GGUF (default: the bundled Gemma 3 270M)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "chat.md")
     args = p.parse_args()
@@ -154,12 +157,18 @@ def main() -> None:
     import textual
 
     load_before = load()
-    import os as _o
-    if _o.environ.get("SWI"): sys.setswitchinterval(float(_o.environ["SWI"]))
     model = args.model or bundled_model()
-    engine = open_gguf(model, n_ctx=args.n_ctx)
+    threads = args.threads or interactive_threads()
+    engine = open_gguf(model, n_ctx=args.n_ctx, n_threads=threads)
     raw = statistics.median(raw_decode(engine) for _ in range(3))
-    print(f"raw llama.cpp decode: {raw:.1f} tok/s", flush=True)
+    all_cores = default_threads()
+    if all_cores != threads:
+        full = open_gguf(model, n_ctx=512, n_threads=all_cores)
+        raw_all = statistics.median(raw_decode(full) for _ in range(3))
+        full.close()
+    else:
+        raw_all = raw
+    print(f"raw llama.cpp decode: {raw:.1f} tok/s with {threads} thread(s), {raw_all:.1f} with {all_cores}", flush=True)
     rows = asyncio.run(drive_app(args, engine))
     load_after = load()
 
@@ -171,7 +180,7 @@ def main() -> None:
     reuse = statistics.median(r["reused_tokens"] / r["prompt_tokens"] for r in rows[1:]) if len(rows) > 1 else 0.0
     summary = (
         f"tokens/s streamed to the screen (all turns, token-weighted): **{streamed:.1f}** (target >= 40; raw llama.cpp "
-        f"decode on the same model: {raw:.1f})\n"
+        f"decode, no app: {raw:.1f} with {threads} thread(s), {raw_all:.1f} with all {all_cores} cores)\n"
         f"first-token latency on follow-up turns: median **{first_follow:.3f} s**, worst {worst_follow:.3f} s "
         f"(target <= 1 s); turn 1 (cold persona prompt): {rows[0]['first_token_s']:.3f} s\n"
         f"persona prefix reused from the KV cache on follow-ups: median {reuse:.0%} of the prompt tokens"
@@ -193,7 +202,7 @@ def main() -> None:
         f"- command: `{command.strip()}`",
         f"- versions: Python {platform.python_version()}, llama-cpp-python {llama_cpp.__version__}, textual {textual.__version__}",
         f"- model: {engine.name} ({model.name}), {engine.style} style, n_ctx {engine.n_ctx}, character {args.character}, "
-        f"greedy={args.temperature == 0}, max_tokens {args.max_tokens}",
+        f"greedy={args.temperature == 0}, max_tokens {args.max_tokens}, decode threads {threads} (prompt: all cores)",
         "",
         *[f"{line}  " for line in summary.splitlines()],
         "",

@@ -14,6 +14,7 @@ Streaming is our own token loop over ``Llama.generate`` rather than ``create_com
 from __future__ import annotations
 
 import codecs
+import ctypes
 import os
 import threading
 import time
@@ -273,7 +274,6 @@ class Engine:
         self.last_stats = GenerationStats()
         self._lock = threading.Lock()
         self._vocab = llama._model.vocab
-        self._piece_buf = __import__("ctypes").create_string_buffer(256)
         self._template_stops: list[str] = []
         self._formatter = None
         if self.style == "chat" and info.chat_template:
@@ -299,12 +299,12 @@ class Engine:
 
     def piece(self, token: int, special: bool) -> bytes:
         """The bytes of one token (llama-cpp-python's helper truncates pieces longer than 32 bytes)."""
-        n = self._lib.llama_token_to_piece(self._vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
+        buf = ctypes.create_string_buffer(64)
+        n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
         if n < 0:
-            buf = __import__("ctypes").create_string_buffer(-n)
+            buf = ctypes.create_string_buffer(-n)
             n = self._lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, special)
-            return bytes(buf.raw[:n])
-        return bytes(self._piece_buf.raw[:n])
+        return bytes(buf.raw[:n])
 
     def is_end_of_generation(self, token: int) -> bool:
         return bool(self._lib.llama_vocab_is_eog(self._vocab, token))
@@ -454,7 +454,6 @@ def quiet_llama_logs() -> None:
     global _quiet_callback
     if _quiet_callback is not None:
         return
-    import ctypes
     import logging
 
     import llama_cpp
@@ -470,7 +469,18 @@ def quiet_llama_logs() -> None:
 
 
 def default_threads() -> int:
-    return max(1, os.cpu_count() or 1)
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+def interactive_threads() -> int:
+    """Decode threads for an interactive app: leave one core to the UI on small machines.
+
+    llama.cpp's decode threads meet at a barrier for every layer; when the UI thread takes one of only
+    two cores, the other decode thread waits at each barrier and generation slows far more than the
+    lost core would explain. Prompt evaluation (batches) still uses every core.
+    """
+    cores = default_threads()
+    return cores - 1 if 2 <= cores <= 4 else cores
 
 
 def open_gguf(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None,

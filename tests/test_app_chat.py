@@ -9,6 +9,7 @@ from app_support import SIZE, make_app, pick_character, send, wait_for
 
 from haruhi_tui.app.widgets import MessageView, PromptInput
 from haruhi_tui.llm import bundled_model, open_gguf
+from haruhi_tui.paths import data_dir
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,11 @@ async def test_pick_a_character_send_a_line_and_the_reply_streams_in(engine, cha
         saved = app.store.branch(screen.session.chat.id)
         assert [(m.role, m.status) for m in saved] == [("user", "complete"), ("assistant", "complete")]
         assert saved[1].content == reply.content and saved[1].stats["generated_tokens"] > 0
+        # the chat exports in the dataset builder's ShareGPT format (and Markdown)
+        app.export_chat()
+        exported = data_dir() / "exports" / f"chat-{screen.session.chat.id}.md"
+        assert reply.content in exported.read_text(encoding="utf-8")
+        assert exported.with_suffix(".json").is_file()
         # the message box remembers what was typed
         box = screen.query_one(PromptInput)
         await pilot.press("up")

@@ -19,7 +19,7 @@ from textual import work
 
 from ..characters import Character, load_characters
 from ..errors import HaruhiError
-from ..llm import DEFAULT_N_CTX, Engine, Sampling, bundled_model, find_models, open_gguf
+from ..llm import DEFAULT_N_CTX, Engine, Sampling, bundled_model, find_models, interactive_threads, open_gguf
 from ..models import BUNDLED_NAME
 from ..paths import default_characters_dir, models_dir
 from ..store import MEMORY, Store, StoreError, default_db_path
@@ -44,6 +44,7 @@ class HaruhiApp(App[None]):
         models_dirs: Iterable[str | Path] = (),
         db_path: str | Path | None = None,
         n_ctx: int = DEFAULT_N_CTX,
+        n_threads: int | None = None,
         character: str | None = None,
         engine: Engine | None = None,
         sampling: Sampling | None = None,
@@ -57,6 +58,7 @@ class HaruhiApp(App[None]):
         if self.model_arg:
             self.models_dirs.append(Path(self.model_arg).expanduser().parent)
         self.n_ctx = n_ctx
+        self.n_threads = n_threads or interactive_threads()
         self.start_character = character
         self.sampling = sampling
         self.save_interval = save_interval
@@ -184,7 +186,7 @@ class HaruhiApp(App[None]):
                 path = bundled_model(lambda fraction, what: self.call_from_thread(self._model_progress, what + "…", fraction))
             else:
                 path = Path(choice).expanduser()
-            engine = open_gguf(path, n_ctx=self.n_ctx)
+            engine = open_gguf(path, n_ctx=self.n_ctx, n_threads=self.n_threads)
         except HaruhiError as exc:
             self.call_from_thread(self._model_failed, str(exc))
             return

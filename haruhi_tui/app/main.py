@@ -33,6 +33,9 @@ def parser() -> argparse.ArgumentParser:
                    help="start a new chat with this character (folder or speaking name) instead of resuming")
     p.add_argument("--n-ctx", type=int, default=DEFAULT_N_CTX, metavar="TOKENS",
                    help=f"context length for the model (default {DEFAULT_N_CTX})")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for generating (default: all cores but one on a small machine, so the "
+                        "screen stays smooth; prompt evaluation always uses every core)")
     return p
 
 
@@ -43,13 +46,15 @@ def main(argv: list[str] | None = None) -> None:
         args.characters = Path(os.environ["HARUHI_CHARACTERS"])
     if args.model is not None and not args.model.expanduser().exists():
         raise HaruhiError(f"model file not found: {args.model} (pass --model with a .gguf file, or leave it out)")
+    if args.threads is not None and args.threads < 1:
+        raise HaruhiError("--threads must be at least 1")
     if args.n_ctx < 256:
         raise HaruhiError("--n-ctx must be at least 256 tokens")
     from .app import HaruhiApp
 
     app = HaruhiApp(
         characters_dir=args.characters, model=args.model, models_dirs=args.models_dir, db_path=args.db,
-        n_ctx=args.n_ctx, character=args.character,
+        n_ctx=args.n_ctx, n_threads=args.threads, character=args.character,
     )
     app.run()
 
