@@ -143,10 +143,17 @@ def _print_summary(summary, report) -> None:
 @friendly_errors
 def main() -> None:
     """Console entry point: Typer parses; user errors become one line, Ctrl-C exits 130."""
+    import signal
+
     import click
 
+    def terminated(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminated)  # `kill` cleans up like Ctrl-C: no partial output, no temp file
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background (SIGINT ignored)
     try:
-        app(standalone_mode=False)
+        result = app(standalone_mode=False)
     except click.exceptions.Abort:
         raise KeyboardInterrupt from None
     except click.exceptions.Exit as exc:
@@ -154,6 +161,10 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         raise SystemExit(exc.exit_code) from None
+    if result == 130:  # Typer reports Ctrl-C as an exit code when not standalone
+        raise KeyboardInterrupt
+    if isinstance(result, int) and result:
+        raise SystemExit(result)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import resource
 import subprocess
@@ -27,6 +28,7 @@ from .tokenizer import TokenizerInfo
 from .writer import GGUFStream, check_free_space, remove_stale_temps, temp_path_for, terminate_as_interrupt
 
 ADAPTER_TYPES = ("f32", "f16", "bf16")
+logging.getLogger("gguf").setLevel(logging.ERROR)  # its tokenizer-config notes are not the user's business
 
 
 @dataclass
@@ -123,6 +125,7 @@ def convert(opts: ConvertOptions, progress: Progress | None = None, log: Callabl
 
     stream = GGUFStream(out, spec.gguf_name)
     gw = stream.gw
+    gw.add_type(gguf.GGUFType.MODEL)
     _general_metadata(gw, opts, ckpt, adapter)
     file_type = FILE_TYPE.get(out_type, gguf.LlamaFileType.MOSTLY_BF16)
     planner.add_metadata(gw, file_type)
@@ -171,8 +174,9 @@ def _vocab_rows(ckpt: Checkpoint, tensors: list[OutTensor]) -> int:
 
 
 def _tensor_types(path: Path) -> dict[str, int]:
-    reader = gguf.GGUFReader(path)
-    return dict(Counter(t.tensor_type.name for t in reader.tensors))
+    from .gguf_index import GGUFIndex
+
+    return GGUFIndex(path).type_counts()
 
 
 _QUANTIZE_SCRIPT = """
@@ -186,7 +190,7 @@ sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode
 def _llama_quantize(src: Path, out: Path, ftype: int, threads: int | None) -> None:
     """llama.cpp's own quantizer (K-quants), in a child process so Ctrl-C can stop it at once."""
     tmp = temp_path_for(out)
-    cmd = [sys.executable, "-c", _QUANTIZE_SCRIPT, str(src), str(tmp), str(int(ftype)), str(threads or 0)]
+    cmd = [sys.executable, "-c", _QUANTIZE_SCRIPT, str(src), str(tmp), str(int(ftype)), str(threads or len(os.sched_getaffinity(0)))]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with terminate_as_interrupt():

@@ -16,6 +16,7 @@ QK = 32  # block size of Q8_0 and MXFP4
 # Thresholds between consecutive E2M1 magnitudes in ggml's doubled units (0,1,2,3,4,6,8,12): a value
 # exactly on a threshold goes to the smaller magnitude, as ggml's first-minimum search does.
 _MXFP4_THRESHOLDS = torch.tensor([0.5, 1.5, 2.5, 3.5, 5.0, 7.0, 10.0])
+_MXFP4_MAG_OF_HALF_UNIT = torch.tensor([int((_MXFP4_THRESHOLDS <= k / 2).sum()) for k in range(32)], dtype=torch.uint8)
 _MXFP4_VALUES = torch.tensor([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=torch.float32)
 
 BLOCKED = {QT.Q8_0, QT.MXFP4}
@@ -52,13 +53,13 @@ def encode(t: torch.Tensor, qtype: QT) -> np.ndarray:
 def quantize_q8_0(t: torch.Tensor) -> np.ndarray:
     """ggml Q8_0: per 32 values an f16 scale d = max|x|/127 and int8 round(x/d) (half away from zero)."""
     x = t.to(torch.float32).reshape(-1, QK)
-    d = x.abs().amax(dim=1, keepdim=True) / 127.0
+    d = x.abs().amax(dim=1, keepdim=True).div_(127.0)
     inv = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)
     v = x * inv
-    q = (torch.sign(v) * torch.floor(v.abs() + 0.5)).to(torch.int8)
+    v.add_(torch.copysign(torch.tensor(0.5), v))  # the cast to int8 truncates: round half away from zero
     out = torch.empty((x.shape[0], 2 + QK), dtype=torch.uint8)
     out[:, :2] = d.to(torch.float16).view(torch.uint8)
-    out[:, 2:] = q.view(torch.uint8)
+    out[:, 2:] = v.to(torch.int8).view(torch.uint8)
     return out.numpy()
 
 
@@ -72,8 +73,11 @@ def quantize_mxfp4(t: torch.Tensor) -> np.ndarray:
     # d = 2**(e - 128) (ggml_e8m0_to_fp32_half); scaling by its inverse is exact
     scaled = x * torch.ldexp(torch.ones_like(amax), (128 - e).to(torch.float32))
     scaled = torch.where(amax > 0, scaled, torch.zeros_like(scaled))
-    mag = torch.bucketize(scaled.abs(), _MXFP4_THRESHOLDS, right=False)
-    code = torch.where((scaled < 0) & (mag > 0), mag + 8, mag).to(torch.uint8)
+    # every threshold is a multiple of 1/2, so ceil(2|x|) - 1 names the half-unit interval (k/2, (k+1)/2]
+    # a value falls in, and a table gives that interval's magnitude code
+    k = scaled.abs().mul_(2).ceil_().sub_(1).clamp_(0, 31).to(torch.uint8)
+    mag = _MXFP4_MAG_OF_HALF_UNIT[k.long()]
+    code = mag + ((scaled < 0) & (mag > 0)).to(torch.uint8) * 8
     out = torch.empty((x.shape[0], 1 + QK // 2), dtype=torch.uint8)
     out[:, 0] = e.squeeze(1).to(torch.uint8)
     out[:, 1:] = code[:, : QK // 2] | (code[:, QK // 2 :] << 4)

@@ -11,19 +11,19 @@ follows llama.cpp there, since no GGUF key can express it.
 
 Mixture-of-experts models add one effect: where two experts score almost alike, rounding can flip which one a token is routed to and move that position's logits a lot. So the logit bound is on
 the 90th percentile over positions (a few flipped routes may exceed it), and top-1 agreement is
-counted where the reference's best token leads the second by more than twice that bound (where two
-tokens are practically tied either is a faithful answer). Bounds, in units of the reference logits'
+counted where the reference's best token leads the second by more than twice the measured 90th
+percentile difference (where two tokens are practically tied either is a faithful answer). Bounds, in units of the reference logits'
 standard deviation (calibrated on tiny random models, where relative rounding noise is largest):
 
 ======  ==============================  ==================
 type    90th pct of max |Δlogit| / std  top-1 agreement
 ======  ==============================  ==================
 f32     0.01                            100 %
-f16     0.05                            100 %
-bf16    0.2                             100 %
-q8_0    0.6                             >= 95 %
-mxfp4   1.5                             >= 90 %
-q4_k_m  1.5                             >= 90 %
+f16     0.03                            100 %
+bf16    0.1                             100 %
+q8_0    0.25                            >= 95 %
+mxfp4   0.6                             >= 90 %
+q4_k_m  0.8                             >= 90 %
 ======  ==============================  ==================
 """
 
@@ -38,8 +38,8 @@ import numpy as np
 from haruhi_tui.errors import HaruhiError
 
 BOUNDS: dict[str, tuple[float, float]] = {
-    "f32": (0.01, 1.0), "f16": (0.05, 1.0), "bf16": (0.2, 1.0), "q8_0": (0.6, 0.95),
-    "mxfp4": (1.5, 0.90), "q4_k_m": (1.5, 0.90),
+    "f32": (0.01, 1.0), "f16": (0.03, 1.0), "bf16": (0.1, 1.0), "q8_0": (0.25, 0.95),
+    "mxfp4": (0.6, 0.90), "q4_k_m": (0.8, 0.90),
 }
 PROBE_TEXT = (
     "春日：「我对普通的人类没有兴趣。你们之中要是有外星人、未来人、异世界人或超能力者，就来找我吧！」"
@@ -98,6 +98,10 @@ def reference_logits(base: Path, adapter: Path | None, ids: list[int]) -> np.nda
     """float32 logits of the PEFT-merged model for ``ids`` (transformers on CPU)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
     from .checkpoint import Checkpoint
 
@@ -133,10 +137,12 @@ def reference_logits(base: Path, adapter: Path | None, ids: list[int]) -> np.nda
 
 def gguf_logits(path: Path, ids: list[int], lora: Path | None = None) -> np.ndarray:
     from llama_cpp import Llama
+    from llama_cpp._utils import suppress_stdout_stderr
 
     kwargs = {"lora_path": str(lora)} if lora else {}
-    llm = Llama(model_path=str(path), n_ctx=max(64, len(ids) + 8), n_batch=max(64, len(ids) + 8), logits_all=True,
-                verbose=False, n_threads=os.cpu_count() or 2, type_k=0, type_v=0, **kwargs)
+    with suppress_stdout_stderr(disable=False):
+        llm = Llama(model_path=str(path), n_ctx=max(64, len(ids) + 8), n_batch=max(64, len(ids) + 8), logits_all=True,
+                    verbose=False, n_threads=os.cpu_count() or 2, type_k=0, type_v=0, **kwargs)
     try:
         llm.eval(ids)
         return np.array(llm.scores[: len(ids)], dtype=np.float32)
@@ -147,7 +153,10 @@ def gguf_logits(path: Path, ids: list[int], lora: Path | None = None) -> np.ndar
 def tokenize(path: Path, text: str = PROBE_TEXT) -> list[int]:
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    from llama_cpp._utils import suppress_stdout_stderr
+
+    with suppress_stdout_stderr(disable=False):
+        llm = Llama(model_path=str(path), vocab_only=True, verbose=False)
     try:
         return llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
     finally:
@@ -162,7 +171,7 @@ def compare(ref: np.ndarray, got: np.ndarray, out_type: str) -> VerifyReport:
     per_position = np.abs(ref - got).max(axis=1)
     top2 = np.sort(ref, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
-    confident = margin > 2 * bound_rel * std
+    confident = margin > 2 * float(np.quantile(per_position, 0.9))
     agree = ref.argmax(1) == got.argmax(1)
     top1 = float(agree[confident].mean()) if confident.any() else 1.0
     return VerifyReport(out_type, n, int(confident.sum()), top1, float(per_position.max()),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import struct
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -73,12 +74,38 @@ def terminate_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+_NUMPY_OF = {gguf.GGUFValueType.INT32: "<i4", gguf.GGUFValueType.UINT32: "<u4", gguf.GGUFValueType.FLOAT32: "<f4",
+             gguf.GGUFValueType.INT64: "<i8", gguf.GGUFValueType.UINT64: "<u8", gguf.GGUFValueType.FLOAT64: "<f8"}
+
+
+class _Writer(gguf.GGUFWriter):
+    """GGUFWriter with array packing done in bulk (a 200k-token vocabulary and its merges pack in a
+    fraction of a second instead of seconds); the bytes are the same as GGUFWriter's."""
+
+    def _pack_val(self, val, vtype, add_vtype, sub_type=None):  # type: ignore[override]
+        if (vtype == gguf.GGUFValueType.ARRAY and isinstance(val, (list, tuple)) and val
+                and self.endianess == gguf.GGUFEndian.LITTLE and len({type(v) for v in val}) == 1):
+            ltype = sub_type or gguf.GGUFValueType.get_type(val[0])
+            head = struct.pack("<I", vtype) if add_vtype else b""
+            head += struct.pack("<IQ", ltype, len(val))
+            if ltype == gguf.GGUFValueType.STRING:
+                parts = [head]
+                for item in val:
+                    data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+                    parts.append(struct.pack("<Q", len(data)))
+                    parts.append(data)
+                return b"".join(parts)
+            if ltype in _NUMPY_OF:
+                return head + np.asarray(val, dtype=_NUMPY_OF[ltype]).tobytes()
+        return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+
 class GGUFStream:
     """A GGUF under construction: metadata via ``gw`` (a GGUFWriter), tensors via ``write``."""
 
     def __init__(self, target: Path, arch: str) -> None:
         self.target = target
-        self.gw = gguf.GGUFWriter(path=None, arch=arch)
+        self.gw = _Writer(path=None, arch=arch)
         self.tensors: list[OutTensor] = []
 
     def declare(self, tensors: Iterable[OutTensor]) -> None:
