@@ -99,6 +99,8 @@ class ChatSession:
         self.last_context: ContextSnapshot | None = None
         self._builder: PersonaBuilder | None = None
         self._builder_engine: Engine | None = None
+        self._window_start: int | None = None  # id of the oldest message in the history window
+        self._token_cache: dict[tuple[int, int, str], int] = {}
         self._pending = _Pending()
         self._next_temp_id = -1
         self._lock = threading.RLock()
@@ -151,9 +153,37 @@ class ChatSession:
         speaker = self.settings.user_name if m.role == "user" else self.character.name
         return Turn(m.role, text, speaker)  # type: ignore[arg-type]
 
-    def _history(self, upto: list[Message], style: str) -> list[Turn]:
-        """Turns the model sees: speech only (analysis is never fed back), failed empty replies left out."""
-        return [self._turn(m, style) for m in upto if m.role in ("user", "assistant") and m.content.strip()]
+    def _history(self, upto: list[Message], style: str, builder: PersonaBuilder) -> tuple[list[Turn], int]:
+        """Turns the model sees (speech only: analysis is never fed back; failed empty replies left out),
+        and how many older turns the history window leaves out.
+
+        When the history outgrows its budget the window's start jumps forward to keep about half of it,
+        rather than sliding one turn per message: the turns that follow then only append to the prompt,
+        so llama.cpp keeps reusing the cached prefix for many turns instead of re-reading the history
+        after every message.
+        """
+        spoken = [m for m in upto if m.role in ("user", "assistant") and m.content.strip()]
+        start = next((i for i, m in enumerate(spoken) if m.id == self._window_start), 0)
+        window = spoken[start:]
+        cost = [self._turn_tokens(m, style, builder) for m in window]
+        if sum(cost) > builder.budget.history:
+            keep, used = len(window), 0
+            for i in range(len(window) - 1, -1, -1):
+                if used + cost[i] > builder.budget.history // 2:
+                    break
+                used += cost[i]
+                keep = i
+            while keep < len(window) - 1 and window[keep].role == "assistant":
+                keep += 1  # open on the user's line
+            window = window[keep:]
+            self._window_start = window[0].id if window else None
+        return [self._turn(m, style) for m in window], len(spoken) - len(window)
+
+    def _turn_tokens(self, m: Message, style: str, builder: PersonaBuilder) -> int:
+        key = (m.id, len(m.content), m.role)
+        if key not in self._token_cache:
+            self._token_cache[key] = builder.count_tokens(self._turn(m, style).as_line()) + 4
+        return self._token_cache[key]
 
     def build_context(self, engine: Engine, branch: list[Message] | None = None) -> ContextSnapshot:
         """The prompt for replying to the last user message of ``branch`` (default: the current branch);
@@ -162,9 +192,14 @@ class ChatSession:
         message = branch[-1] if branch and branch[-1].role == "user" else None
         history = branch[:-1] if message is not None else branch
         builder = self.builder(engine)
+        turns, left_out = self._history(history, engine.style, builder)
         turn = self._turn(message, engine.style) if message is not None else None
-        prompt = builder.build(self._history(history, engine.style), turn, sticky_scene_ids=self.chat.scene_ids,
-                               user_name=self.settings.user_name)
+        prompt = builder.build(turns, turn, sticky_scene_ids=self.chat.scene_ids, user_name=self.settings.user_name)
+        if left_out:
+            prompt.dropped_turns += left_out
+            for block in prompt.blocks:
+                if block.kind == "history":
+                    block.cut = f"{prompt.dropped_turns} older turn(s) left out"
         text = engine.render(Conversation.from_prompt(prompt), reasoning_effort=self.settings.reasoning_effort)  # type: ignore[arg-type]
         tokens = len(engine.tokenize_prompt(text))
         return ContextSnapshot(prompt, text, engine.style, tokens, engine.path.name)

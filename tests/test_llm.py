@@ -263,3 +263,32 @@ def test_thinking_is_never_fed_back_as_the_characters_words(engine, haruhi):
     finally:
         engine.style = "script"
     assert "<|channel|>final<|message|>没什么！<|end|>" in ctx.text and "SECRET-ANALYSIS" not in ctx.text
+
+
+def test_a_long_chat_keeps_a_cacheable_prefix_when_old_turns_leave_the_window(engine, haruhi):
+    """Old turns leave the history in jumps, not one per message, so most turns only append to the prompt."""
+    store = Store(MEMORY)
+    session = ChatSession.start(store, haruhi)
+    parent = None
+    for i in range(40):
+        q = store.add_message(session.chat.id, parent, "user", f"第{i}个问题：今天SOS团要去哪里？")
+        parent = store.add_message(session.chat.id, q.id, "assistant", f"第{i}个回答：当然是去找外星人！").id
+    branch = store.branch(session.chat.id)
+    budget = session.builder(engine).budget.history
+    stable = steps = 0
+    previous = None
+    for n in range(1, 40):
+        upto = branch[: 2 * n + 1]  # ends on the user's n-th question
+        ctx = session.build_context(engine, upto)
+        session.chat.scene_ids = ctx.prompt.scene_ids  # as a reply does: the scenes stay put
+        assert sum(engine.count_tokens(t.as_line()) for t in ctx.prompt.turns[:-1]) <= budget
+        if previous is not None:
+            steps += 1
+            stable += ctx.text.startswith(previous)
+        tail = ctx.prompt.turns[-1].as_line() + "\n" + f"{haruhi.name}:「"
+        assert ctx.text.endswith(tail)
+        previous = ctx.text[: -len(tail)]
+    assert ctx.prompt.dropped_turns > 0
+    history_block = next(b for b in ctx.prompt.blocks if b.kind == "history")
+    assert history_block.cut == f"{ctx.prompt.dropped_turns} older turn(s) left out"
+    assert stable >= 0.8 * steps
