@@ -201,7 +201,7 @@ def _trainer_classes():
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.run.stop.graceful = True
-            self.run.first_step = state.global_step
+            self.run.first_step = self.run.steps_done = state.global_step
             self.last = time.time()
             if self.run.placement.is_main and state.max_steps != self.run.total_steps:
                 self.run.log(f"the trainer plans {state.max_steps} steps, the run planned {self.run.total_steps}")
@@ -219,6 +219,7 @@ def _trainer_classes():
                 dist.all_reduce(tensor)
                 values = tensor.tolist()
             now = time.time()
+            self.run.steps_done = state.global_step
             self.step_time, self.last = now - self.last, now
             self.times.append(self.step_time)
             self.reals.append(values[1])
@@ -301,6 +302,7 @@ class Run:
     sink: TrainProgress | None = None
     on_step: Callable[[dict[str, Any]], None] | None = None
     total_steps: int = 0
+    steps_done: int = 0
     first_step: int = 0
     started: float = field(default_factory=time.time)
     elapsed_before: float = 0.0
@@ -506,7 +508,7 @@ def _explain(exc: Exception, config: tc.TrainConfig) -> str | None:
 
 def _metrics(run: Run) -> dict[str, Any]:
     elapsed = run.elapsed()
-    return {"steps": run.total_steps, "loss": run.last_loss, "elapsed": round(elapsed, 1),
+    return {"steps": run.steps_done, "total_steps": run.total_steps, "loss": run.last_loss, "elapsed": round(elapsed, 1),
             "tokens": run.tokens_total,
             "real_token_share": round(run.tokens_total / run.padded_total, 4) if run.padded_total else None,
             "gpu_memory_gb": _gpu_memory()}
@@ -523,6 +525,7 @@ def _finish_from_checkpoint(run: Run, checkpoint: Path, tokenizer: Any, base_dir
     """Resuming a run that already reached its last step: its last checkpoint becomes the adapter."""
     config = run.config
     run.log(f"{checkpoint.name} already completes the {run.total_steps} planned steps; writing the adapter from it")
+    run.steps_done = int(checkpoint.name[len(CHECKPOINT_PREFIX):])
     outputs = _outputs(run)
     metrics = _metrics(run)
     if run.placement.is_main:
