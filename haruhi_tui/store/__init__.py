@@ -1,10 +1,10 @@
 """Sessions storage: SQLite with WAL, a schema version table and ordered upgrades."""
 
 from .schema import SCHEMA_VERSION, UPGRADES, current_version, upgrade
-from .sessions import MEMORY, STATUSES, Chat, Message, Store, StoreError
+from .sessions import MEMORY, STATUSES, Chat, Message, Pin, Store, StoreError
 
 __all__ = [
-    "MEMORY", "SCHEMA_VERSION", "STATUSES", "UPGRADES", "Chat", "Message", "Store", "StoreError",
+    "MEMORY", "SCHEMA_VERSION", "STATUSES", "UPGRADES", "Chat", "Message", "Pin", "Store", "StoreError",
     "current_version", "upgrade", "default_db_path",
 ]
 

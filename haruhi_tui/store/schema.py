@@ -64,7 +64,30 @@ def _v2_generation_stats(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE messages ADD COLUMN stats TEXT NOT NULL DEFAULT '{}'")
 
 
-UPGRADES: list[Upgrade] = [_v1_conversations, _v2_generation_stats]
+def _v3_memory(db: sqlite3.Connection) -> None:
+    """Long-term memory: pinned facts per chat, and the chat's rolling summary with the message it reaches.
+
+    The summary covers the branch from the root to ``summary_upto``; on another branch (an earlier
+    message edited) it no longer applies, and the chat falls back to no summary until one is written.
+    """
+    db.execute(
+        """
+        CREATE TABLE pins (
+            id         INTEGER PRIMARY KEY,
+            chat_id    INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+            text       TEXT    NOT NULL,
+            position   INTEGER NOT NULL DEFAULT 0,
+            created_at REAL    NOT NULL,
+            updated_at REAL    NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX pins_by_chat ON pins(chat_id, position)")
+    db.execute("ALTER TABLE chats ADD COLUMN summary TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE chats ADD COLUMN summary_upto INTEGER REFERENCES messages(id) ON DELETE SET NULL")
+
+
+UPGRADES: list[Upgrade] = [_v1_conversations, _v2_generation_stats, _v3_memory]
 SCHEMA_VERSION = len(UPGRADES)
 
 

@@ -42,6 +42,18 @@ class Chat:
     leaf_id: int | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    summary: str = ""
+    summary_upto: int | None = None
+
+
+@dataclass
+class Pin:
+    """A fact the user pinned to a chat: always in the prompt, whatever the history window holds."""
+
+    id: int
+    chat_id: int
+    text: str
+    position: int = 0
 
 
 @dataclass
@@ -182,7 +194,8 @@ class Store:
 
     def delete_chat(self, chat_id: int) -> None:
         self._write([
-            ("UPDATE chats SET leaf_id = NULL WHERE id = ?", (chat_id,)),
+            ("UPDATE chats SET leaf_id = NULL, summary_upto = NULL WHERE id = ?", (chat_id,)),
+            ("DELETE FROM pins WHERE chat_id = ?", (chat_id,)),
             ("DELETE FROM messages WHERE chat_id = ?", (chat_id,)),
             ("DELETE FROM chats WHERE id = ?", (chat_id,)),
         ])
@@ -255,6 +268,59 @@ class Store:
     def set_leaf(self, chat_id: int, leaf_id: int | None) -> None:
         self.update_chat(chat_id, leaf_id=leaf_id)
 
+    def siblings(self, message_id: int) -> list[Message]:
+        """The message and its alternatives (same parent, same chat), oldest first."""
+        m = self.message(message_id)
+        cols = self._columns("messages")
+        if m.parent_id is None:
+            rows = self._run("SELECT * FROM messages WHERE chat_id = ? AND parent_id IS NULL ORDER BY id",
+                             (m.chat_id,)).fetchall()
+        else:
+            rows = self._run("SELECT * FROM messages WHERE parent_id = ? ORDER BY id", (m.parent_id,)).fetchall()
+        return [_message(row, cols) for row in rows]
+
+    def latest_leaf(self, message_id: int) -> int:
+        """The newest leaf under ``message_id`` (itself if it has no children): where a branch switch lands."""
+        node = message_id
+        while True:
+            row = self._run("SELECT MAX(id) FROM messages WHERE parent_id = ?", (node,)).fetchone()
+            if row is None or row[0] is None:
+                return node
+            node = int(row[0])
+
+    # -- long-term memory -----------------------------------------------------------------------
+    def pins(self, chat_id: int) -> list[Pin]:
+        rows = self._run("SELECT id, chat_id, text, position FROM pins WHERE chat_id = ? ORDER BY position, id",
+                         (chat_id,)).fetchall()
+        return [Pin(*row) for row in rows]
+
+    def add_pin(self, chat_id: int, text: str) -> Pin:
+        text = text.strip()
+        if not text:
+            raise ValueError("empty pin")
+        now = time.time()
+        cur = self._write([(
+            "INSERT INTO pins (chat_id, text, position, created_at, updated_at) "
+            "VALUES (?, ?, (SELECT COALESCE(MAX(position), 0) + 1 FROM pins WHERE chat_id = ?), ?, ?)",
+            (chat_id, text, chat_id, now, now),
+        )])[0]
+        row = self._run("SELECT id, chat_id, text, position FROM pins WHERE id = ?", (cur.lastrowid,)).fetchone()
+        return Pin(*row)
+
+    def update_pin(self, pin_id: int, text: str) -> None:
+        text = text.strip()
+        if not text:
+            raise ValueError("empty pin")
+        self._write([("UPDATE pins SET text = ?, updated_at = ? WHERE id = ?", (text, time.time(), pin_id))])
+
+    def delete_pin(self, pin_id: int) -> None:
+        self._write([("DELETE FROM pins WHERE id = ?", (pin_id,))])
+
+    def set_summary(self, chat_id: int, summary: str, upto: int | None) -> None:
+        """The chat's rolling summary and the last message it covers (None: the user wrote it by hand)."""
+        self._write([("UPDATE chats SET summary = ?, summary_upto = ?, updated_at = ? WHERE id = ?",
+                      (summary.strip(), upto, time.time(), chat_id))])
+
     def recent_user_lines(self, limit: int = 200) -> list[str]:
         """What the user typed lately (all chats), oldest first: the input box's history."""
         rows = self._run(
@@ -293,6 +359,7 @@ def _chat(row: tuple, cols: list[str]) -> Chat:
         id=d["id"], title=d["title"], character=d["character"], character_name=d["character_name"],
         model=d["model"], settings=json.loads(d["settings"] or "{}"), scene_ids=json.loads(d["scene_ids"] or "[]"),
         leaf_id=d["leaf_id"], created_at=d["created_at"], updated_at=d["updated_at"],
+        summary=d.get("summary") or "", summary_upto=d.get("summary_upto"),
     )
 
 
