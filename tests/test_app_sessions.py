@@ -114,3 +114,18 @@ async def test_kill_9_mid_reply_keeps_the_message_and_the_partial_reply(characte
         await pilot.press("ctrl+r")  # and it can be finished
         await wait_for(pilot, lambda: screen.turns_done == 1, what="the regenerated reply")
         assert [v.status for v in screen.views() if isinstance(v, MessageView)] == ["complete", "complete"]
+
+
+async def test_quitting_mid_reply_stops_it_and_saves_it_as_stopped(engine, characters_dir, tmp_path):
+    db = tmp_path / "s.db"
+    app = make_app(characters_dir, db, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pick_character(pilot, app, "haruhi")
+        await send(pilot, app, "你好", wait=False)
+        await wait_for(pilot, lambda: app.chat_screen._reply_view is not None, what="the reply to start")
+        chat_id = app.chat_screen.session.chat.id
+        await pilot.press("ctrl+q")
+    assert app.return_code == 0
+    saved = sqlite3.connect(db).execute(
+        "SELECT role, status FROM messages WHERE chat_id = ? ORDER BY id", (chat_id,)).fetchall()
+    assert saved == [("user", "complete"), ("assistant", "stopped")]
