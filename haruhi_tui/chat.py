@@ -24,7 +24,7 @@ from .harmony import Delta
 from .llm import Engine, GenerationStats, ModelError, Sampling
 from .persona import PersonaBuilder, PersonaPrompt, PromptBudget, Turn
 from .prompt_format import Conversation
-from .store import Chat, Message, Store, StoreError
+from .store import Chat, Message, Pin, Store, StoreError
 
 DeltaCallback = Callable[[Message, Delta], None]
 ErrorCallback = Callable[[str], None]
@@ -97,8 +97,8 @@ class ChatSession:
         self.on_error = on_error
         self.messages: list[Message] = store.branch(chat.id) if chat.id > 0 else []
         self.last_context: ContextSnapshot | None = None
-        self._builder: PersonaBuilder | None = None
-        self._builder_engine: Engine | None = None
+        self._builders: dict[int, tuple[Engine, PersonaBuilder]] = {}
+        self.pins: list[Pin] = _quiet(lambda: store.pins(chat.id), []) if chat.id > 0 else []
         self._window_start: int | None = None  # id of the oldest message in the history window
         self._token_cache: dict[tuple[int, int, str], int] = {}
         self._pending = _Pending()
@@ -140,11 +140,12 @@ class ChatSession:
 
     # -- persona ---------------------------------------------------------------------------------
     def builder(self, engine: Engine) -> PersonaBuilder:
-        if self._builder is None or self._builder_engine is not engine:
+        """One builder per engine (a compare runs two models on one chat; each keeps its scene index)."""
+        held = self._builders.get(id(engine))
+        if held is None or held[0] is not engine:
             budget = budget_for(engine.n_ctx, self.settings.max_tokens)
-            self._builder = PersonaBuilder(self.character, budget, count_tokens=engine.count_tokens)
-            self._builder_engine = engine
-        return self._builder
+            held = self._builders[id(engine)] = (engine, PersonaBuilder(self.character, budget, count_tokens=engine.count_tokens))
+        return held[1]
 
     def _turn(self, m: Message, style: str) -> Turn:
         text = m.content
@@ -194,7 +195,8 @@ class ChatSession:
         builder = self.builder(engine)
         turns, left_out = self._history(history, engine.style, builder)
         turn = self._turn(message, engine.style) if message is not None else None
-        prompt = builder.build(turns, turn, sticky_scene_ids=self.chat.scene_ids, user_name=self.settings.user_name)
+        prompt = builder.build(turns, turn, sticky_scene_ids=self.chat.scene_ids, user_name=self.settings.user_name,
+                               pins=[p.text for p in self.pins], summary=self.summary if left_out else "")
         if left_out:
             prompt.dropped_turns += left_out
             for block in prompt.blocks:
@@ -282,7 +284,7 @@ class ChatSession:
 
     def reply(self, engine: Engine, *, on_delta: DeltaCallback | None = None, cancel: threading.Event | None = None,
               sampling: Sampling | None = None, save_interval: float = 0.5,
-              on_start: Callable[[Message], None] | None = None) -> Message:
+              on_start: Callable[[Message], None] | None = None, label: str = "") -> Message:
         """Generate the character's reply to the current leaf (a user message) as a new leaf.
 
         The reply row exists (``incomplete``) before the first token and is saved every ``save_interval``
@@ -294,7 +296,7 @@ class ChatSession:
         if context.prompt.scene_ids != self.chat.scene_ids:
             self.chat.scene_ids = list(context.prompt.scene_ids)
             _quiet(lambda: self.store.update_chat(self.chat.id, scene_ids=self.chat.scene_ids), self._error)
-        model = engine.path.name
+        model = label or engine.path.name
         if self.chat.model != str(engine.path):
             self.chat.model = str(engine.path)
             _quiet(lambda: self.store.update_chat(self.chat.id, model=self.chat.model))
@@ -349,6 +351,118 @@ class ChatSession:
         self.messages = self.store.branch(self.chat.id, leaf_id)
         self.store.set_leaf(self.chat.id, leaf_id)
         self.chat.leaf_id = leaf_id
+
+    # -- edit, branch, compare -------------------------------------------------------------------
+    def _index(self, message_id: int) -> int:
+        for i, m in enumerate(self.messages):
+            if m.id == message_id:
+                return i
+        raise ValueError(f"message {message_id} is not on the branch shown")
+
+    def edit(self, message_id: int, text: str) -> Message:
+        """A new version of an earlier message, as a sibling of it: the old one and everything after it
+        stay in the tree as another branch. The new version becomes the leaf; after a user message,
+        :meth:`reply` continues from it."""
+        text = text.strip()
+        if not text:
+            raise ValueError("empty message")
+        i = self._index(message_id)
+        old = self.messages[i]
+        parent = self.messages[i - 1] if i > 0 else None
+        self.messages = self.messages[:i]
+        msg = self._insert(parent, old.role, text, model=old.model if old.role == "assistant" else "")
+        self.messages.append(msg)
+        return msg
+
+    def alternatives(self, message_id: int) -> tuple[int, int]:
+        """Which version a message is among its siblings, and how many there are: (1-based index, count)."""
+        try:
+            siblings = self.store.siblings(message_id)
+        except StoreError:
+            return 1, 1
+        ids = [m.id for m in siblings]
+        return (ids.index(message_id) + 1 if message_id in ids else 1), max(1, len(ids))
+
+    def switch_sibling(self, message_id: int, step: int) -> Message | None:
+        """Show the previous (``step=-1``) or next version of a message and the newest branch under it;
+        None if there is no such version."""
+        siblings = self.store.siblings(message_id)
+        ids = [m.id for m in siblings]
+        j = ids.index(message_id) + step
+        if not 0 <= j < len(ids):
+            return None
+        self.switch_to(self.store.latest_leaf(ids[j]))
+        return siblings[j]
+
+    def compare(self, runs: list[tuple[Engine, Sampling | None, str]], **kwargs: Any) -> list[Message]:
+        """Replies to the last user message from each ``(engine, sampling, label)``, one after the other,
+        stored as sibling replies (labelled in their ``model``); the last one is the leaf until
+        :meth:`switch_to` picks another."""
+        replies = []
+        for engine, sampling, label in runs:
+            while self.leaf is not None and self.leaf.role == "assistant":
+                self.messages.pop()
+            replies.append(self.reply(engine, sampling=sampling, label=label, **kwargs))
+            cancel = kwargs.get("cancel")
+            if cancel is not None and cancel.is_set():
+                break
+        return replies
+
+    # -- long-term memory ----------------------------------------------------------------------
+    @property
+    def summary(self) -> str:
+        """The rolling summary if it belongs to this branch (or the user wrote it by hand)."""
+        upto = self.chat.summary_upto
+        if upto is None or any(m.id == upto for m in self.messages):
+            return self.chat.summary
+        return ""
+
+    def set_summary(self, text: str) -> None:
+        """The user's own edit of the summary (it keeps covering the same turns)."""
+        upto = self.chat.summary_upto if self.summary else None
+        self.store.set_summary(self.chat.id, text, upto)
+        self.chat.summary, self.chat.summary_upto = text.strip(), upto
+
+    def fold_history(self, engine: Engine, *, cancel: threading.Event | None = None) -> bool:
+        """Fold the turns the history window has left out (and the summary does not cover yet) into the
+        rolling summary, written by ``engine``. True if the summary changed."""
+        from .memory import summarize
+
+        builder = self.builder(engine)
+        spoken = [m for m in self.messages if m.role in ("user", "assistant") and m.content.strip()]
+        _, left_out = self._history(self.messages, engine.style, builder)
+        dropped = spoken[:left_out]
+        previous = self.summary
+        upto = self.chat.summary_upto if previous else None
+        ids = [m.id for m in dropped]
+        if upto is not None and upto in ids:
+            dropped = dropped[ids.index(upto) + 1:]
+        elif upto is not None:
+            dropped = []  # the summary already reaches past the window's start
+        if not dropped:
+            return False
+        text = summarize(engine, [self._turn(m, engine.style) for m in dropped], previous, self.character.name,
+                         max_tokens=max(48, min(200, builder.budget.summary // 2)), cancel=cancel)
+        if not text or text == previous:
+            return False
+        self.chat.summary, self.chat.summary_upto = text, dropped[-1].id
+        _quiet(lambda: self.store.set_summary(self.chat.id, text, dropped[-1].id), self._error)
+        return True
+
+    def add_pin(self, text: str) -> Pin:
+        pin = self.store.add_pin(self.chat.id, text)
+        self.pins.append(pin)
+        return pin
+
+    def edit_pin(self, pin_id: int, text: str) -> None:
+        self.store.update_pin(pin_id, text)
+        for p in self.pins:
+            if p.id == pin_id:
+                p.text = text.strip()
+
+    def remove_pin(self, pin_id: int) -> None:
+        self.store.delete_pin(pin_id)
+        self.pins = [p for p in self.pins if p.id != pin_id]
 
     def set_user_name(self, name: str) -> None:
         """Who the user plays in this chat (default: whoever talks to the character most in the scenes)."""
