@@ -87,7 +87,38 @@ def _v3_memory(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE chats ADD COLUMN summary_upto INTEGER REFERENCES messages(id) ON DELETE SET NULL")
 
 
-UPGRADES: list[Upgrade] = [_v1_conversations, _v2_generation_stats, _v3_memory]
+def _v4_jobs(db: sqlite3.Connection) -> None:
+    """Launcher jobs (train, convert, eval): what ran, where it writes, the process to signal, how it ended.
+
+    ``output`` is the folder holding the job's events.jsonl; a running job owns it (no second job may
+    start there). Progress lives in events.jsonl, not here: the row keeps what the history list shows.
+    """
+    db.execute(
+        """
+        CREATE TABLE jobs (
+            id         INTEGER PRIMARY KEY,
+            kind       TEXT    NOT NULL CHECK (kind IN ('train', 'convert', 'eval')),
+            title      TEXT    NOT NULL DEFAULT '',
+            command    TEXT    NOT NULL DEFAULT '[]',       -- JSON argv
+            config     TEXT    NOT NULL DEFAULT '{}',       -- JSON: the form it came from, follow-up jobs
+            output     TEXT    NOT NULL,                    -- folder with events.jsonl
+            log_path   TEXT    NOT NULL DEFAULT '',
+            cwd        TEXT    NOT NULL DEFAULT '',
+            pid        INTEGER,                             -- process group leader (start_new_session)
+            status     TEXT    NOT NULL DEFAULT 'running'
+                       CHECK (status IN ('running', 'completed', 'cancelled', 'failed')),
+            error      TEXT    NOT NULL DEFAULT '',
+            metrics    TEXT    NOT NULL DEFAULT '{}',
+            outputs    TEXT    NOT NULL DEFAULT '{}',
+            started_at REAL    NOT NULL,
+            ended_at   REAL
+        )
+        """
+    )
+    db.execute("CREATE INDEX jobs_by_output ON jobs(output, status)")
+
+
+UPGRADES: list[Upgrade] = [_v1_conversations, _v2_generation_stats, _v3_memory, _v4_jobs]
 SCHEMA_VERSION = len(UPGRADES)
 
 
