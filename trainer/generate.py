@@ -400,17 +400,23 @@ class HFGenerator:
         """Yield a completion per request as soon as it is finished.
 
         Work is batched longest first. When only an eighth of a batch is still generating and other work
-        waits, those stragglers leave the batch and queue again as prompt + what they generated so far
-        (re-prefilled with fresh prompts in a later batch), so one long reply never idles the whole batch.
+        waits, those stragglers leave the batch and continue later as prompt + what they generated so far
+        (re-prefilled), so one long reply never idles the whole batch. Continuations are batched with each
+        other once a full batch of them has gathered (or nothing else is left): mixed with shorter fresh
+        prompts they would pad every row to their length.
         """
         stop_factory = stop_factory or self.stop_rule
-        queue = [_Work(r, r.ids, [], stop_factory(r)) for r in requests]
+        fresh = sorted((_Work(r, r.ids, [], stop_factory(r)) for r in requests), key=lambda w: (-len(w.ids), w.request.index))
+        continuations: list[_Work] = []
         generator = self._torch.Generator(device=self.device).manual_seed(options.seed)
-        while queue:
-            queue.sort(key=lambda w: (-len(w.ids), w.request.index))
-            batch, queue = queue[: self.batch_size], queue[self.batch_size:]
-            leftovers = yield from self._generate_batch(batch, options, generator, evict=bool(queue))
-            queue.extend(leftovers)
+        while fresh or continuations:
+            if continuations and (len(continuations) >= self.batch_size or not fresh):
+                continuations.sort(key=lambda w: (-len(w.ids), w.request.index))
+                batch, continuations = continuations[: self.batch_size], continuations[self.batch_size:]
+            else:
+                batch, fresh = fresh[: self.batch_size], fresh[self.batch_size:]
+            leftovers = yield from self._generate_batch(batch, options, generator, evict=bool(fresh or continuations))
+            continuations.extend(leftovers)
 
     def _select(self, logits, options: DecodingOptions, generator):
         torch = self._torch
