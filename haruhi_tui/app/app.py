@@ -34,7 +34,8 @@ class HaruhiApp(App[None]):
 
     CSS_PATH = "app.tcss"
     TITLE = "haruhi-tui"
-    BINDINGS = [Binding("f1", "help", "Help", show=False)]
+    BINDINGS = [Binding("f1", "help", "Help", show=False),
+                Binding("f6", "jobs", "Jobs", show=False, tooltip="Train, convert, evaluate: the launcher")]
 
     def __init__(
         self,
@@ -71,6 +72,7 @@ class HaruhiApp(App[None]):
         self.engine_error = ""
         self.model_loading = False
         self.engine_ready = threading.Event()
+        self.compare_engine: Engine | None = None  # the second model of a compare (ctrl+k); None: the same one
         if engine is not None:
             self.engine_ready.set()
         self.db_path = Path(db_path) if db_path else default_db_path()
@@ -224,6 +226,49 @@ class HaruhiApp(App[None]):
         screen.update_title()
         self.report(error, timeout=15)
 
+    def compare_runs(self) -> list[tuple[Engine, Sampling | None, str]]:
+        """What ctrl+k compares: the chat's model against the compare model, or (no compare model) the
+        chat's model against itself at a warmer temperature."""
+        assert self.engine is not None
+        first = self.sampling
+        base = first or Sampling()
+        if self.compare_engine is not None and self.compare_engine is not self.engine:
+            label = self.compare_engine.name
+            if self.compare_engine.path == self.engine.path:
+                label += " (2nd copy)"
+            return [(self.engine, first, self.engine.name), (self.compare_engine, first, label)]
+        warm = Sampling(temperature=min(1.5, base.temperature + 0.5) or 0.7, top_p=base.top_p, top_k=base.top_k,
+                        min_p=base.min_p, repeat_penalty=base.repeat_penalty, max_tokens=base.max_tokens)
+        return [(self.engine, first, f"{self.engine.name} · temp {base.temperature:g}"),
+                (self.engine, warm, f"{self.engine.name} · temp {warm.temperature:g}")]
+
+    def action_pick_compare_model(self) -> None:
+        models = [m for m in find_models(self.models_dirs) if not m.bundled]
+
+        def picked(choice: str | None) -> None:
+            if choice:
+                self.load_compare_model(choice)
+
+        self.push_screen(ModelPicker(models, "compare with"), picked)
+
+    @work(thread=True, exclusive=True, group="compare-model")
+    def load_compare_model(self, choice: str) -> None:
+        try:
+            path = bundled_model() if choice == BUNDLED else Path(choice).expanduser()
+            engine = open_gguf(path, n_ctx=self.n_ctx, n_threads=self.n_threads)
+        except HaruhiError as exc:
+            self.call_from_thread(self.report, str(exc))
+            return
+        except Exception as exc:  # a model must never take the app down
+            self.call_from_thread(self.report, f"could not load {choice}: {type(exc).__name__}: {exc}")
+            return
+
+        def loaded() -> None:
+            self.compare_engine = engine
+            self.notify(f"ctrl+k compares {self.model_label()} with {engine.name}")
+
+        self.call_from_thread(loaded)
+
     def wait_for_engine(self, cancel: threading.Event) -> Engine | None:
         """Block a worker until a model is ready; None if loading failed or the turn was stopped first."""
         while True:
@@ -234,6 +279,12 @@ class HaruhiApp(App[None]):
             self.engine_ready.wait(0.1)
 
     # -- commands --------------------------------------------------------------------------------
+    def action_jobs(self) -> None:
+        from .screens.jobs import JobsScreen
+
+        if not isinstance(self.screen, JobsScreen):
+            self.push_screen(JobsScreen())
+
     def action_help(self) -> None:
         bindings = [b for b in ChatScreen.BINDINGS if isinstance(b, Binding)]
         self.push_screen(HelpScreen(bindings))
@@ -253,11 +304,19 @@ class HaruhiApp(App[None]):
         yield SystemCommand("Your name", "Who you play in this chat (default: the character's usual partner)",
                             self.ask_user_name)
         yield SystemCommand("Export chat", "Write the chat as Markdown and ShareGPT JSON", self.export_chat)
+        yield SystemCommand("Memory", "Pinned facts and the summary of earlier turns (F3)", chat.action_memory)
+        yield SystemCommand("Compare replies", "Your line answered by two models side by side (ctrl+k)",
+                            chat.action_compare)
+        yield SystemCommand("Compare with model", "Pick the second model that ctrl+k compares with",
+                            self.action_pick_compare_model)
+        yield SystemCommand("Edit message", "Edit the selected message (alt+up/down selects); old version kept (F4)",
+                            chat.action_edit)
         for effort in ("low", "medium", "high"):
             yield SystemCommand(
                 f"Reasoning effort: {effort}", f"gpt-oss thinks {effort} for this character (default low)",
                 lambda effort=effort: self.set_reasoning_effort(effort),
             )
+        yield SystemCommand("Jobs", "Train, watch, convert and evaluate models (F6)", self.action_jobs)
         yield SystemCommand("Help", "Keys and what they do (F1)", self.action_help)
 
     def ask_user_name(self) -> None:

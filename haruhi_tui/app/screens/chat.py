@@ -41,6 +41,17 @@ class ChatScreen(Screen[None]):
         Binding("ctrl+o", "app.pick_model", "Model", tooltip="Pick a model: bundled, a local GGUF, or a path"),
         Binding("ctrl+b", "toggle_sidebar", "Chats", show=False, tooltip="Show or hide saved chats"),
         Binding("f1", "app.help", "Help", tooltip="This list"),
+        Binding("f3", "memory", "Memory", show=False, tooltip="Pinned facts and the summary of earlier turns"),
+        Binding("ctrl+k", "compare", priority=True, description="Compare", show=False,
+                tooltip="Send the line to two models (or two settings) side by side; keep one reply"),
+        Binding("alt+up", "select(-1)", priority=True, description="Select previous", show=False, tooltip="Select an earlier message"),
+        Binding("alt+down", "select(1)", priority=True, description="Select next", show=False, tooltip="Select a later message"),
+        Binding("f4", "edit", "Edit", show=False,
+                tooltip="Edit the selected message (default: your last); the old version stays as a branch"),
+        Binding("alt+left", "sibling(-1)", priority=True, description="Previous version", show=False,
+                tooltip="Show the previous version (branch) of the selected message"),
+        Binding("alt+right", "sibling(1)", priority=True, description="Next version", show=False,
+                tooltip="Show the next version (branch) of the selected message"),
     ]
 
     class ReplyStarted(TMessage):
@@ -73,6 +84,7 @@ class ChatScreen(Screen[None]):
         self._reply_view: MessageView | None = None
         self.turns_done = 0
         self.submitted_at = 0.0  # perf_counter of the last Enter/ctrl+r: first-token latency as the user sees it
+        self.selected: int | None = None  # id of the message the edit and version keys act on
 
     @property
     def haruhi(self) -> "HaruhiApp":
@@ -337,11 +349,21 @@ class ChatScreen(Screen[None]):
                           save_interval=app.save_interval)
             reply = session.reply(engine, **kwargs) if text is not None else session.regenerate(engine, **kwargs)
             batch.flush()
+            if not cancel.is_set() and reply.status == "complete":
+                self._fold_memory(session, engine, cancel)
             self.post_message(self.TurnDone(reply))
         except (HaruhiError, ValueError) as exc:
             self.post_message(self.TurnDone(session.leaf if session.leaf and session.leaf.role == "assistant" else None, str(exc)))
         except Exception as exc:  # the app keeps running whatever the model does
             self.post_message(self.TurnDone(None, f"generation failed: {type(exc).__name__}: {exc}"))
+
+    def _fold_memory(self, session: ChatSession, engine, cancel: threading.Event) -> None:
+        """After a reply: fold turns the history window left out into the rolling summary."""
+        try:
+            self.app.call_from_thread(self.set_status, "updating the chat's memory…")
+            session.fold_history(engine, cancel=cancel)
+        except (HaruhiError, ValueError) as exc:
+            self.post_message(self.Problem(f"could not update the summary: {exc}"))
 
     def _store_problem(self, text: str) -> None:
         self.post_message(self.Problem(text))
@@ -395,6 +417,131 @@ class ChatScreen(Screen[None]):
         if self.generating:
             self.cancel.set()
             await self.app.workers.wait_for_complete([w for w in self.app.workers if w.group == "generate"])
+
+    # -- memory, branches, compare -----------------------------------------------------------------
+    def _refuse_while_generating(self) -> bool:
+        if self.generating:
+            self.notify("a reply is still coming: Esc stops it first (nothing is lost)", severity="warning")
+            return True
+        return False
+
+    def action_memory(self) -> None:
+        from .memory import MemoryScreen
+
+        if self.session is None:
+            self.notify("no chat yet", severity="warning")
+            return
+        self.app.push_screen(MemoryScreen(self.session))
+
+    def action_select(self, step: int) -> None:
+        views = [v for v in self.views() if v.message_id is not None and v.message_id > 0]
+        if not views:
+            return
+        ids = [v.message_id for v in views]
+        i = ids.index(self.selected) + step if self.selected in ids else (len(ids) - 1 if step < 0 else 0)
+        i = max(0, min(len(ids) - 1, i))
+        self._mark(ids[i])
+        views[i].scroll_visible()
+        if self.session is not None:
+            n, count = self.session.alternatives(ids[i])
+            self.set_status(f"selected: version {n} of {count} (F4 edits, alt+←/→ switches versions)")
+
+    def _mark(self, message_id: int | None) -> None:
+        self.selected = message_id
+        for view in self.views():
+            view.set_class(view.message_id == message_id and message_id is not None, "selected")
+
+    def _target(self) -> int | None:
+        """The selected message, else the last thing the user said."""
+        if self.session is None:
+            return None
+        ids = [m.id for m in self.session.messages]
+        if self.selected in ids:
+            return self.selected
+        return next((m.id for m in reversed(self.session.messages) if m.role == "user"), None)
+
+    def action_edit(self) -> None:
+        if self.session is None or self._refuse_while_generating():
+            return
+        target = self._target()
+        if target is None:
+            self.notify("nothing to edit yet", severity="warning")
+            return
+        session = self.session
+        old = next(m for m in session.messages if m.id == target)
+
+        async def done(text: str | None) -> None:
+            if not text or text.strip() == old.content.strip():
+                return
+            try:
+                msg = session.edit(target, text)
+            except (HaruhiError, ValueError) as exc:
+                self.haruhi.report(str(exc))
+                return
+            await self.show_session(session)
+            self._mark(msg.id)
+            if msg.role == "user":
+                self._begin()
+                self.run_turn(None)
+            else:
+                self.set_status("reply edited: the old version is kept (alt+← shows it)")
+
+        self.app.push_screen(RenameDialog(old.content, "Edit message (the old version stays as a branch)"), done)
+
+    async def action_sibling(self, step: int) -> None:
+        if self.session is None or self._refuse_while_generating():
+            return
+        target = self._target()
+        if target is None:
+            return
+        try:
+            shown = self.session.switch_sibling(target, step)
+        except (HaruhiError, ValueError) as exc:
+            self.haruhi.report(str(exc))
+            return
+        if shown is None:
+            self.notify("no other version that way", timeout=2)
+            return
+        await self.show_session(self.session)
+        self._mark(shown.id)
+        n, count = self.session.alternatives(shown.id)
+        self.set_status(f"version {n} of {count}")
+
+    async def action_compare(self) -> None:
+        from .compare import CompareScreen
+
+        app, session = self.haruhi, self.session
+        if session is None or self._refuse_while_generating():
+            return
+        if app.engine is None or app.model_loading:
+            self.notify("the model is not loaded yet", severity="warning")
+            return
+        box = self.query_one(PromptInput)
+        text = box.value.strip()
+        if text:
+            box.value = ""
+            box.remember(text)
+            try:
+                session.add_user_message(text)
+            except (HaruhiError, ValueError) as exc:
+                self.haruhi.report(str(exc))
+                return
+        elif not any(m.role == "user" for m in session.messages):
+            self.notify("type a line first: ctrl+k sends it to both", severity="warning")
+            return
+        self.generating = True
+
+        async def picked(reply_id: int | None) -> None:
+            self.generating = False
+            self.turns_done += 1
+            if reply_id is not None:
+                try:
+                    session.switch_to(reply_id)
+                except HaruhiError as exc:
+                    self.haruhi.report(str(exc))
+            await self.show_session(session)
+
+        self.app.push_screen(CompareScreen(session, app.compare_runs()), picked)
 
     # -- views -----------------------------------------------------------------------------------
     def action_toggle_thinking(self) -> None:
