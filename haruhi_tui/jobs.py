@@ -274,6 +274,8 @@ class Launcher:
 
     # -- starting --------------------------------------------------------------------------------
     def plan_train(self, form: dict[str, Any], resume: bool = False) -> TrainPlan:
+        if self.available_gpus is None:
+            self.available_gpus = gpu_count()
         return plan_train(form, cwd=self.cwd, available_gpus=self.available_gpus, resume=resume)
 
     def start_train(self, form: dict[str, Any]) -> Job:

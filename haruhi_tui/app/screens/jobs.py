@@ -1,0 +1,397 @@
+"""The launcher panel: train, watch, convert, evaluate and the job history, on :mod:`haruhi_tui.jobs`.
+
+Jobs are separate processes; this screen only reads their events twice a second, so it can be closed
+(or the app quit) while they run, and picks them up again from the store when it opens.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import (Button, Collapsible, DataTable, Footer, Input, Label, Log, ProgressBar, Select, Static,
+                             TabbedContent, TabPane)
+from textual_plotext import PlotextPlot
+
+from ...errors import HaruhiError
+from ...jobs import CONVERT_TYPES, Job, JobError, Launcher, train_fields
+
+
+def _clock(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)) or seconds < 0:
+        return "–"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class _Collect:
+    """A console stand-in that keeps what :func:`trainer.compare.print_comparison` prints."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+
+    def print(self, item: Any) -> None:
+        self.items.append(Text.from_markup(item) if isinstance(item, str) else item)
+
+
+class JobsScreen(Screen):
+    """Train, watch, convert, evaluate, history."""
+
+    BINDINGS = [
+        Binding("escape", "close", "Back to chat"),
+        Binding("ctrl+s", "start", "Start", tooltip="Start the form on this tab"),
+        Binding("ctrl+x", "cancel_job", "Cancel job", tooltip="Ctrl-C for the watched job: it saves and stops"),
+        Binding("ctrl+g", "chat_with_export", "Chat with it", tooltip="Load the exported GGUF in the chat"),
+    ]
+    DEFAULT_CSS = """
+    JobsScreen .row { height: auto; }
+    JobsScreen .field Label { width: 18; padding: 1 1 0 0; }
+    JobsScreen .field Input, JobsScreen .field Select { width: 1fr; }
+    JobsScreen .field { height: auto; }
+    JobsScreen #train-command { padding: 0 1; color: $text-muted; }
+    JobsScreen #train-problem, JobsScreen #watch-error { color: $error; padding: 0 1; }
+    JobsScreen #watch-loss { height: 12; }
+    JobsScreen #watch-log { height: 8; }
+    JobsScreen Button { margin: 0 1 0 0; }
+    """
+
+    def __init__(self, launcher: Launcher | None = None) -> None:
+        super().__init__()
+        self._launcher = launcher
+        self.watched: Job | None = None
+        self._plotted: tuple = ()
+        self._log_shown: list[str] = []
+        self.comparison: dict | None = None
+
+    @property
+    def launcher(self) -> Launcher:
+        if self._launcher is None:
+            self._launcher = Launcher(self.app.store)  # type: ignore[attr-defined]
+        return self._launcher
+
+    # -- layout ----------------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        fields = train_fields()
+        with TabbedContent(initial="tab-train", id="tabs"):
+            with TabPane("Train", id="tab-train"):
+                with VerticalScroll():
+                    for f in (f for f in fields if f.basic):
+                        yield self._field(f"train-{f.name}", f.name, f.default, f.help, f.choices)
+                    with Collapsible(title="Advanced", collapsed=True, id="train-advanced"):
+                        for f in (f for f in fields if not f.basic):
+                            yield self._field(f"train-{f.name}", f.name, f.default, f.help, f.choices)
+                    yield Static("", id="train-problem")
+                    yield Static("", id="train-command")
+                    with Horizontal(classes="row"):
+                        yield Button("Start training", id="train-start", variant="primary")
+                        yield Button("Copy command", id="train-copy")
+            with TabPane("Watch", id="tab-watch"):
+                with VerticalScroll():
+                    yield Static("no job yet: start one, or pick one in History", id="watch-title")
+                    yield ProgressBar(total=None, show_eta=False, id="watch-progress")
+                    yield Static("", id="watch-stats")
+                    yield Static("", id="watch-error")
+                    yield PlotextPlot(id="watch-loss")
+                    yield Log(max_lines=500, id="watch-log")
+                    with Horizontal(classes="row"):
+                        yield Button("Cancel", id="watch-cancel", variant="error")
+                        yield Button("Resume", id="watch-resume")
+                        yield Button("Convert…", id="watch-convert")
+                        yield Button("Chat with it", id="watch-chat")
+            with TabPane("Convert", id="tab-convert"):
+                with VerticalScroll():
+                    yield self._field("convert-base", "base model", "", "HF folder of the base model")
+                    yield self._field("convert-adapter", "adapter", "", "<training output>/adapter (empty: base alone)")
+                    yield self._field("convert-out", "GGUF file", "", "empty: the app's models folder")
+                    yield self._field("convert-type", "type", "auto", "quantization", CONVERT_TYPES)
+                    yield Static("", id="convert-problem")
+                    yield Button("Export GGUF", id="convert-start", variant="primary")
+            with TabPane("Evaluate", id="tab-eval"):
+                with VerticalScroll():
+                    yield self._field("eval-model-a", "model A", "", "GGUF file or HF folder (e.g. the base)")
+                    yield self._field("eval-adapter-a", "adapter A", "", "LoRA adapter on a folder model")
+                    yield self._field("eval-model-b", "model B", "", "e.g. the fine-tune (optional)")
+                    yield self._field("eval-adapter-b", "adapter B", "", "")
+                    yield self._field("eval-dataset", "validation set", "data/haruhi_val.json", "ShareGPT file")
+                    yield self._field("eval-limit", "limit", "0", "first N samples (0 = all)")
+                    yield self._field("eval-max-new", "max new tokens", "0", "0 = the default")
+                    yield self._field("eval-out", "output folder", "runs/eval", "one sub-folder per model")
+                    yield Static("", id="eval-problem")
+                    yield Button("Evaluate", id="eval-start", variant="primary")
+                    yield Static("", id="eval-results")
+            with TabPane("History", id="tab-history"):
+                yield DataTable(id="history", cursor_type="row")
+        yield Footer()
+
+    def _field(self, wid: str, label: str, default: Any, help: str, choices=None) -> Horizontal:
+        if choices:
+            widget: Any = Select([(c, c) for c in choices], value=str(default), allow_blank=False, id=wid)
+        else:
+            widget = Input(str(default), id=wid, placeholder=help)
+        widget.tooltip = help
+        return Horizontal(Label(label), widget, classes="field")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#history", DataTable)
+        table.add_columns("id", "kind", "name", "status", "started", "result")
+        self.refresh_command()
+        self.refresh_history()
+        running = self.launcher.running()
+        if running:
+            self.watch(running[0])
+        self.set_interval(0.5, self.tick)
+
+    # -- the train form --------------------------------------------------------------------------
+    def value(self, wid: str) -> str:
+        widget = self.query_one(f"#{wid}")
+        return str(widget.value if not isinstance(widget, Select) else widget.value)
+
+    def train_form(self) -> dict[str, str]:
+        """Only what differs from the defaults, so the command line stays the short one a user would type."""
+        form = {}
+        for f in train_fields():
+            text = self.value(f"train-{f.name}")
+            if text != str(f.default) or f.name in ("dataset", "output"):
+                form[f.name] = text
+        return form
+
+    def refresh_command(self) -> None:
+        problem, command = "", ""
+        try:
+            command = self.launcher.plan_train(self.train_form()).display
+        except HaruhiError as exc:
+            problem = str(exc)
+        self.query_one("#train-problem", Static).update(problem)
+        self.query_one("#train-command", Static).update(Text("$ " + command) if command else "")
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id and event.input.id.startswith("train-"):
+            self.refresh_command()
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id and event.select.id.startswith("train-"):
+            self.refresh_command()
+
+    # -- actions ---------------------------------------------------------------------------------
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        handlers = {
+            "train-start": self.start_train, "train-copy": self.copy_command,
+            "watch-cancel": self.action_cancel_job, "watch-resume": self.resume_job, "watch-convert": self.prefill_convert,
+            "watch-chat": self.action_chat_with_export, "convert-start": self.start_convert, "eval-start": self.start_eval,
+        }
+        handler = handlers.get(event.button.id or "")
+        if handler:
+            handler()
+
+    def action_start(self) -> None:
+        tab = self.query_one("#tabs", TabbedContent).active
+        {"tab-train": self.start_train, "tab-convert": self.start_convert, "tab-eval": self.start_eval}.get(
+            tab, lambda: None)()
+
+    def _refuse(self, where: str, exc: Exception) -> None:
+        self.query_one(f"#{where}-problem", Static).update(str(exc))
+        self.notify(str(exc), severity="error", timeout=8)
+
+    def start_train(self) -> None:
+        try:
+            job = self.launcher.start_train(self.train_form())
+        except HaruhiError as exc:
+            self._refuse("train", exc)
+            return
+        self.query_one("#train-problem", Static).update("")
+        self.watch(job)
+
+    def copy_command(self) -> None:
+        try:
+            self.app.copy_to_clipboard(self.launcher.plan_train(self.train_form()).display)
+            self.notify("command copied")
+        except HaruhiError as exc:
+            self._refuse("train", exc)
+
+    def resume_job(self) -> None:
+        if self.watched is None:
+            return
+        try:
+            self.watch(self.launcher.resume(self.watched))
+        except HaruhiError as exc:
+            self.notify(str(exc), severity="error")
+
+    def action_cancel_job(self) -> None:
+        if self.watched is None:
+            self.notify("no job to cancel", severity="warning")
+            return
+        try:
+            self.launcher.cancel(self.watched)
+            self.notify(f"job {self.watched.id}: cancelling (it saves a checkpoint first)")
+        except HaruhiError as exc:
+            self.notify(str(exc), severity="error")
+
+    def prefill_convert(self) -> None:
+        job = self.watched
+        if job is None or job.kind != "train":
+            self.notify("watch a training job first", severity="warning")
+            return
+        self.query_one("#convert-base", Input).value = str(job.row.config.get("train", {}).get("base", ""))
+        self.query_one("#convert-adapter", Input).value = str(self.launcher.adapter_of(job))
+        self.query_one("#tabs", TabbedContent).active = "tab-convert"
+
+    def start_convert(self) -> None:
+        try:
+            job = self.launcher.start_convert(self.value("convert-base"), self.value("convert-adapter") or None,
+                                              self.value("convert-out") or None, self.value("convert-type"))
+        except HaruhiError as exc:
+            self._refuse("convert", exc)
+            return
+        self.query_one("#convert-problem", Static).update("")
+        self.watch(job)
+
+    def start_eval(self) -> None:
+        models = [(self.value(f"eval-model-{k}"), self.value(f"eval-adapter-{k}") or None) for k in "ab"]
+        models = [(m, a) for m, a in models if m]
+        try:
+            limit, max_new = int(self.value("eval-limit") or 0), int(self.value("eval-max-new") or 0)
+        except ValueError:
+            self._refuse("eval", JobError("limit and max new tokens are whole numbers"))
+            return
+        try:
+            job = self.launcher.start_eval(models, self.value("eval-dataset"), self.value("eval-out"), limit=limit,
+                                           max_new_tokens=max_new)
+        except HaruhiError as exc:
+            self._refuse("eval", exc)
+            return
+        self.query_one("#eval-problem", Static).update("")
+        self.comparison = None
+        self.query_one("#eval-results", Static).update("")
+        self.watch(job)
+
+    def action_chat_with_export(self) -> None:
+        gguf = next((g for g in (self.launcher.gguf_of(j) for j in self.launcher.jobs() if j.kind == "convert") if g),
+                    None)
+        if gguf is None:
+            self.notify("no exported GGUF yet: convert a training run first", severity="warning")
+            return
+        self.app.load_model(str(gguf))  # type: ignore[attr-defined]
+        self.action_close()
+
+    def action_close(self) -> None:
+        self.app.pop_screen()
+
+    # -- watching --------------------------------------------------------------------------------
+    def watch(self, job: Job) -> None:
+        self.watched = job
+        self._plotted, self._log_shown = (), []
+        self.query_one("#watch-log", Log).clear()
+        self.query_one("#tabs", TabbedContent).active = "tab-watch"
+        self.refresh_watch()
+        self.refresh_history()
+
+    def tick(self) -> None:
+        changed = self.launcher.poll_all()
+        job = self.watched
+        if job is not None and not job.running and job.kind == "eval":
+            group = job.row.config.get("compare")
+            nxt = next((j for j in self.launcher.running() if j.kind == "eval" and j.row.config.get("compare") == group
+                        and j.id > job.id), None)
+            if nxt is not None:
+                self.watch(nxt)
+                return
+        if changed or (job is not None and job.running):
+            self.refresh_watch()
+        if changed:
+            self.refresh_history()
+
+    def refresh_watch(self) -> None:
+        job = self.watched
+        if job is None:
+            return
+        state = job.state
+        self.query_one("#watch-title", Static).update(
+            Text(f"job {job.id} · {job.kind} · {job.row.title} · {job.status}\n$ {job.display}"))
+        bar = self.query_one("#watch-progress", ProgressBar)
+        bar.update(total=state.total or None, progress=state.done)
+        last = state.last
+        parts = [f"{state.done}/{state.total or '?'} {state.unit}s", f"elapsed {_clock(last.get('elapsed'))}",
+                 f"ETA {_clock(last.get('eta'))}"]
+        if last.get("loss") is not None:
+            parts.append(f"loss {last['loss']:.4f}")
+        if last.get("learning_rate") is not None:
+            parts.append(f"lr {last['learning_rate']:.2e}")
+        if last.get("tokens_per_second"):
+            parts.append(f"{last['tokens_per_second']:.0f} tok/s")
+        if last.get("rate"):
+            parts.append(f"{last['rate']:.2f} {state.unit}s/s")
+        if last.get("gpu_memory_gb"):
+            parts.append(f"GPU {last['gpu_memory_gb']:.1f} GB")
+        if state.metrics:
+            parts.append("metrics: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                 for k, v in list(state.metrics.items())[:6]))
+        self.query_one("#watch-stats", Static).update(" · ".join(parts))
+        error = job.row.error or (state.errors[-1] if state.errors else "")
+        self.query_one("#watch-error", Static).update(Text(error))
+        self.query_one("#watch-cancel", Button).disabled = not job.running
+        self.query_one("#watch-resume", Button).disabled = job.running or job.kind != "train"
+        self._plot(job)
+        tail = job.log_tail(40)
+        if tail != self._log_shown:
+            log = self.query_one("#watch-log", Log)
+            log.clear()
+            log.write_lines(tail)
+            self._log_shown = tail
+        if job.kind == "eval" and job.status == "completed" and self.comparison is None:
+            self.show_comparison(job)
+
+    def _plot(self, job: Job) -> None:
+        losses, rates = job.state.losses, job.state.learning_rates
+        key = (job.id, len(losses), len(rates))
+        if key == self._plotted:
+            return
+        self._plotted = key
+        widget = self.query_one("#watch-loss", PlotextPlot)
+        plt = widget.plt
+        plt.clear_data()
+        plt.clear_figure()
+        if losses:
+            plt.plot([s for s, _ in losses], [v for _, v in losses], label="loss")
+            if rates:
+                peak = max(v for _, v in rates) or 1.0
+                top = max(v for _, v in losses)
+                plt.plot([s for s, _ in rates], [v / peak * top for _, v in rates], label="lr (scaled)")
+            plt.title("loss")
+            plt.xlabel(job.state.unit)
+        widget.refresh()
+
+    def show_comparison(self, job: Job) -> None:
+        from trainer.compare import print_comparison
+
+        try:
+            data = self.launcher.comparison(job)
+        except HaruhiError as exc:
+            self.query_one("#eval-problem", Static).update(str(exc))
+            return
+        if data is None:
+            return
+        self.comparison = data
+        out = _Collect()
+        print_comparison(data, out)
+        self.query_one("#eval-results", Static).update(Group(*out.items))
+
+    # -- history ---------------------------------------------------------------------------------
+    def refresh_history(self) -> None:
+        table = self.query_one("#history", DataTable)
+        table.clear()
+        for job in self.launcher.jobs():
+            result = job.row.error[:60] if job.status == "failed" else ", ".join(
+                f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in list(job.row.metrics.items())[:3])
+            started = time.strftime("%m-%d %H:%M", time.localtime(job.row.started_at))
+            table.add_row(str(job.id), job.kind, job.row.title, job.status, started, result, key=str(job.id))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value:
+            self.watch(self.launcher.job(int(event.row_key.value)))
