@@ -55,6 +55,8 @@ class MemoryScreen(Screen[None]):
         pins = self.query_one("#pins", OptionList)
         pins.clear_options()
         pins.add_options([Option(p.text, id=str(p.id)) for p in self.session.pins] or [Option("(no pins yet: a adds one)", disabled=True)])
+        if self.session.pins:
+            pins.highlighted = 0
 
     def _selected_pin(self) -> int | None:
         pins = self.query_one("#pins", OptionList)
