@@ -41,17 +41,17 @@ class ChatScreen(Screen[None]):
         Binding("ctrl+o", "app.pick_model", "Model", tooltip="Pick a model: bundled, a local GGUF, or a path"),
         Binding("ctrl+b", "toggle_sidebar", "Chats", show=False, tooltip="Show or hide saved chats"),
         Binding("f1", "app.help", "Help", tooltip="This list"),
-        Binding("f3", "memory", "Memory", show=False, tooltip="Pinned facts and the summary of earlier turns"),
+        Binding("f3", "memory", "Memory", show=False, tooltip="Memory: pinned facts and the summary of earlier turns"),
         Binding("ctrl+k", "compare", priority=True, description="Compare", show=False,
-                tooltip="Send the line to two models (or two settings) side by side; keep one reply"),
+                tooltip="Your line answered by two models side by side; keep one"),
         Binding("alt+up", "select(-1)", priority=True, description="Select previous", show=False, tooltip="Select an earlier message"),
         Binding("alt+down", "select(1)", priority=True, description="Select next", show=False, tooltip="Select a later message"),
         Binding("f4", "edit", "Edit", show=False,
-                tooltip="Edit the selected message (default: your last); the old version stays as a branch"),
+                tooltip="Edit the selected message (or your last); old one kept as a branch"),
         Binding("alt+left", "sibling(-1)", priority=True, description="Previous version", show=False,
-                tooltip="Show the previous version (branch) of the selected message"),
+                tooltip="Previous version (branch) of the selected message"),
         Binding("alt+right", "sibling(1)", priority=True, description="Next version", show=False,
-                tooltip="Show the next version (branch) of the selected message"),
+                tooltip="Next version (branch) of the selected message"),
     ]
 
     class ReplyStarted(TMessage):
