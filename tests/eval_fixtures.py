@@ -11,11 +11,12 @@ EVAL_CHARACTERS = ["Luna", "jiumozhi", "haruhi"]
 
 @pytest.fixture(scope="session")
 def small_val_path(characters_dir, tmp_path_factory) -> Path:
-    """haruhi_val.json of three real characters, built with small prompt budgets so CPU runs stay quick."""
+    """haruhi_val.json of three real characters: role prompt and history, without retrieved scenes, so CPU
+    runs stay quick."""
     from haruhi_tui.dataset import BuildOptions, build, write
     from haruhi_tui.persona import PromptBudget
 
-    result = build(characters_dir, BuildOptions(max_turns=4, budget=PromptBudget(scenes=150, max_scenes=1)),
+    result = build(characters_dir, BuildOptions(max_turns=4, budget=PromptBudget(scenes=0, max_scenes=0)),
                    only=EVAL_CHARACTERS)
     paths = write(result, tmp_path_factory.mktemp("eval_data"))
     return paths["haruhi_val"]

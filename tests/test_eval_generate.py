@@ -95,20 +95,20 @@ def test_sink_attention_matches_eager(tiny_gpt_oss, prompts, monkeypatch):
 def test_batching_and_chunked_prefill_do_not_change_greedy_output(tiny_gpt_oss, prompts):
     options = DecodingOptions(max_new_tokens=8)
     one = HFGenerator.load(tiny_gpt_oss, batch_size=1)
-    expected = {c.index: c.raw for c in one.generate(_requests(one, prompts[:6]), options)}
-    batched = HFGenerator.load(tiny_gpt_oss, batch_size=6, prefill_tokens=512)
-    got = {c.index: (c.raw, c.tokens, c.finish) for c in batched.generate(_requests(batched, prompts[:6]), options)}
+    expected = {c.index: c.raw for c in one.generate(_requests(one, prompts[:4]), options)}
+    batched = HFGenerator.load(tiny_gpt_oss, batch_size=4, prefill_tokens=256)
+    got = {c.index: (c.raw, c.tokens, c.finish) for c in batched.generate(_requests(batched, prompts[:4]), options)}
     assert {i: raw for i, (raw, _, _) in got.items()} == expected
     assert all(tokens == 8 and finish == "length" for _, tokens, finish in got.values())
 
 
 def test_finished_rows_leave_the_batch(tiny_gpt_oss, prompts):
     """Rows stopping at different steps (the cache is compacted as they finish) keep their exact tokens."""
-    options = DecodingOptions(max_new_tokens=16)
+    options = DecodingOptions(max_new_tokens=12)
     generator = HFGenerator.load(tiny_gpt_oss, batch_size=10)
     requests = _requests(generator, prompts)
     full = {c.index: c.raw for c in generator.generate(requests, options)}
-    lengths = {r.index: 1 + (r.index * 3) % 16 for r in requests}
+    lengths = {r.index: 1 + (r.index * 5) % 12 for r in requests}
     order = []
     staggered = {}
     for c in generator.generate(requests, options, stop_factory=lambda r: FixedLengthStop(lengths[r.index])):
@@ -138,21 +138,21 @@ def test_llama_cpp_continuous_batching_with_prefix_reuse(small_val):
     path = gemma.assemble()
     # short prompts (a slice of the persona, the last line) keep llama.cpp's CPU time small
     convs = []
-    for s in small_val[:6]:
+    for s in small_val[:5]:
         full = conversation_from_messages(s.messages[:-1], s.character)
         convs.append(Conversation(full.system[:120], full.turns[-1:], full.character))
-    options = DecodingOptions(max_new_tokens=6)
+    options = DecodingOptions(max_new_tokens=5)
     batched = GGUFGenerator.load(path, parallel=3, reuse_prefix=True)
     assert batched.style == "script"
     requests = _requests(batched, convs)
     got = {c.index: c for c in batched.generate(requests, options)}
-    assert sorted(got) == list(range(6))
+    assert sorted(got) == list(range(5))
     single = GGUFGenerator(batched.llm_engine, parallel=1, reuse_prefix=False)
     expected = {c.index: c for c in single.generate(requests, options)}
     agree = sum(got[i].raw[:1] == expected[i].raw[:1] for i in got)
-    assert agree >= 4, {i: (got[i].raw, expected[i].raw) for i in got}
+    assert agree >= 3, {i: (got[i].raw, expected[i].raw) for i in got}
     for c in got.values():
-        assert 1 <= c.tokens <= 6 and c.finish in ("stop", "length")
+        assert 1 <= c.tokens <= 5 and c.finish in ("stop", "length")
         assert "<" not in c.raw[:1]
 
 

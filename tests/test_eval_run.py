@@ -62,7 +62,7 @@ def gemma_run(tmp_path_factory, small_val_path, small_val):
 
     out = tmp_path_factory.mktemp("runs") / "gemma"
     result = _invoke("--model", str(gemma.assemble()), "--dataset", str(small_val_path), "--out", str(out),
-                     "--sample", "20", "--max-new-tokens", "10", "--batch-size", "4")
+                     "--sample", "20", "--max-new-tokens", "8", "--batch-size", "4")
     assert result.exit_code == 0, result.output
     return out
 
@@ -161,7 +161,7 @@ def test_interrupted_eval_resumes_without_predicting_twice(tmp_path, tiny_gpt_os
     out = tmp_path / "run"
     predictions = out / "generated_predictions.jsonl"
     args = ["--model", str(tiny_gpt_oss), "--dataset", str(small_val_path), "--out", str(out),
-            "--sample", "20", "--max-new-tokens", "32", "--batch-size", "1"]
+            "--sample", "20", "--max-new-tokens", "24", "--batch-size", "1"]
     # Ctrl-C: predictions kept, partial metrics written, exit 130
     proc = _start(args)
     _wait_for_lines(proc, predictions, 3)
