@@ -121,6 +121,7 @@ class Adapter:
             if m is None:
                 bare = key.removeprefix("base_model.model.")
                 bare = bare.replace(".modules_to_save.default.", ".").replace(".original_module.", ".")
+                bare = re.sub(r"(\.base_layer)+\.", ".", bare)  # embedding weights PEFT saves with the adapter
                 if bare in base:
                     if self.files.info(key).shape != base.info(bare).shape:
                         raise HaruhiError(f"adapter tensor {key} has shape {list(self.files.info(key).shape)} but the base's {bare} has {list(base.info(bare).shape)}; the adapter belongs to another model")
@@ -182,6 +183,7 @@ class Adapter:
     def _add_param_targets(self, base: Checkpoint, module: str, slots: list[tuple[int, dict[str, str]]],
                            order: tuple[str, ...]) -> None:
         wanted = [p.rpartition(".")[2] for p in self.config.get("target_parameters") or [] if module.endswith(p.rpartition(".")[0])]
+        wanted = wanted or list(order)  # an adapter config that does not list its target_parameters
         candidates = [p for p in order if p in wanted] + [p for p in wanted if p not in order]
         candidates = [p for p in candidates if self._param_shape(base, f"{module}.{p}") is not None]
         if not candidates:

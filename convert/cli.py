@@ -27,7 +27,7 @@ Examples:
 Architectures: gpt-oss (GptOssForCausalLM; bf16 or the original MXFP4 checkpoint), Gemma 3,
 Llama, Qwen2, Qwen3. The adapter is a PEFT LoRA folder; for gpt-oss it may target attention
 (q/k/v/o) and the 3-D expert weights (target_parameters). Tensors are merged and written one at a
-time, so memory stays a few GB whatever the model size. The output appears only when complete.
+time, so memory stays about 1 GB whatever the model size. The output appears only when complete.
 
 \b
 --adapter-only writes a GGUF LoRA adapter instead (llama.cpp --lora / Llama(lora_path=...)), on top
@@ -53,7 +53,7 @@ def _fmt_bytes(n: int) -> str:
     return f"{n} B"
 
 
-@app.command()
+@app.command(help=HELP)
 def convert_command(
     base: Path = typer.Option(..., "--base", "-b", help="Hugging Face model folder: config.json, *.safetensors, tokenizer.json."),
     out: Path = typer.Option(..., "--out", "-o", help="The GGUF file to write (replaced atomically if it exists)."),
@@ -61,6 +61,7 @@ def convert_command(
     out_type: str = typer.Option("auto", "--type", "-t", help=TYPE_HELP),
     adapter_only: bool = typer.Option(False, "--adapter-only", help="Write the LoRA as a GGUF adapter instead of merging it."),
     verify: bool = typer.Option(False, "--verify", help="Afterwards run the same tokens through the GGUF (llama.cpp) and the merged model (transformers) and compare logits; fails if they disagree beyond what --type explains."),
+    base_gguf: Optional[Path] = typer.Option(None, "--base-gguf", help="With --adapter-only --verify: a GGUF of the base to apply the adapter to."),
     name: Optional[str] = typer.Option(None, "--name", help="general.name stored in the GGUF (default: the adapter's or model's folder name)."),
     events: Optional[Path] = typer.Option(None, "--events", help="Folder to append progress events (events.jsonl) to, for the TUI launcher."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for merging/quantizing (default: all)."),
@@ -102,9 +103,11 @@ def convert_command(
             from .verify import verify_gguf
 
             console.print("verifying: llama.cpp vs transformers on the same tokens …")
-            report = verify_gguf(summary.output, base, adapter, summary.out_type, adapter_only=adapter_only)
+            report = verify_gguf(summary.output, base, adapter, summary.out_type, adapter_only=adapter_only, base_gguf=base_gguf)
         _print_summary(summary, report)
         if report is not None and not report.ok:
+            if log:
+                log.error(report.failure(), kind="verify")
             raise HaruhiError(report.failure())
         if log:
             metrics = summary.as_dict()

@@ -18,6 +18,8 @@ QK = 32  # block size of Q8_0 and MXFP4
 _MXFP4_THRESHOLDS = torch.tensor([0.5, 1.5, 2.5, 3.5, 5.0, 7.0, 10.0])
 _MXFP4_MAG_OF_HALF_UNIT = torch.tensor([int((_MXFP4_THRESHOLDS <= k / 2).sum()) for k in range(32)], dtype=torch.uint8)
 _MXFP4_VALUES = torch.tensor([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=torch.float32)
+# a byte holds two codes: its (low nibble, high nibble) values, looked up at once
+_MXFP4_BYTE_VALUES = torch.stack([_MXFP4_VALUES[torch.arange(256) & 0x0F], _MXFP4_VALUES[torch.arange(256) >> 4]], dim=1)
 
 BLOCKED = {QT.Q8_0, QT.MXFP4}
 
@@ -71,8 +73,8 @@ def quantize_mxfp4(t: torch.Tensor) -> np.ndarray:
     _, ex = torch.frexp(amax)
     e = torch.where(amax > 0, (ex - 1) - 2 + 127, torch.zeros_like(ex)).clamp(0, 254)
     # d = 2**(e - 128) (ggml_e8m0_to_fp32_half); scaling by its inverse is exact
-    scaled = x * torch.ldexp(torch.ones_like(amax), (128 - e).to(torch.float32))
-    scaled = torch.where(amax > 0, scaled, torch.zeros_like(scaled))
+    factor = torch.ldexp(torch.ones_like(amax), (128 - e).to(torch.float32))
+    scaled = x * torch.where(amax > 0, factor, torch.zeros_like(factor))  # an all-zero block stays zero
     # every threshold is a multiple of 1/2, so ceil(2|x|) - 1 names the half-unit interval (k/2, (k+1)/2]
     # a value falls in, and a table gives that interval's magnitude code
     k = scaled.abs().mul_(2).ceil_().sub_(1).clamp_(0, 31).to(torch.uint8)
@@ -87,11 +89,10 @@ def quantize_mxfp4(t: torch.Tensor) -> np.ndarray:
 def dequantize_mxfp4(data: np.ndarray | torch.Tensor, cols: int) -> torch.Tensor:
     """ggml MXFP4 bytes (rows of cols/32 blocks of 17 bytes) back to float32 rows."""
     raw = torch.as_tensor(np.ascontiguousarray(data)).reshape(-1, 1 + QK // 2)
-    e = raw[:, :1].to(torch.int32)
-    qs = raw[:, 1:]
-    codes = torch.cat([qs & 0x0F, qs >> 4], dim=1).long()
-    scale = torch.ldexp(torch.ones(e.shape), (e - 128).to(torch.float32))
-    return (_MXFP4_VALUES[codes] * scale).reshape(-1, cols)
+    pairs = _MXFP4_BYTE_VALUES[raw[:, 1:].long()]  # (n, 16, 2): element j low, j+16 high
+    values = torch.cat([pairs[..., 0], pairs[..., 1]], dim=1)
+    scale = torch.ldexp(torch.ones(raw.shape[0], 1), raw[:, :1].to(torch.float32) - 128)
+    return (values * scale).reshape(-1, cols)
 
 
 # --- the OpenAI MXFP4 checkpoint layout (``*_blocks`` / ``*_scales``) --------------------------------
@@ -114,10 +115,9 @@ def dequantize_hf_mxfp4(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Ten
     """``(..., nb, 16)`` blocks + ``(..., nb)`` scales to float32 ``(..., nb*32)``."""
     lead = blocks.shape[:-2]
     nb = blocks.shape[-2]
-    b = blocks.reshape(-1, 16)
-    codes = torch.stack([b & 0x0F, b >> 4], dim=-1).reshape(-1, QK).long()
-    scale = torch.ldexp(torch.ones(b.shape[0], 1), scales.reshape(-1, 1).to(torch.float32) - 128)
-    return (_MXFP4_VALUES[codes] * scale).reshape(*lead, nb * QK)
+    values = _MXFP4_BYTE_VALUES[blocks.reshape(-1, 16).long()].reshape(-1, QK)  # element 2j low, 2j+1 high
+    scale = torch.ldexp(torch.ones(values.shape[0], 1), scales.reshape(-1, 1).to(torch.float32) - 128)
+    return values.mul_(scale).reshape(*lead, nb * QK)
 
 
 def encode_hf_mxfp4(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

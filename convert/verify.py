@@ -183,7 +183,7 @@ def verify_gguf(path: Path, base: Path, adapter: Path | None, out_type: str, *, 
     """Compare the written GGUF (or base GGUF + adapter GGUF) with transformers + PEFT on one probe text."""
     if adapter_only:
         if base_gguf is None:
-            raise HaruhiError("--verify with --adapter-only needs a GGUF of the base model to apply the adapter to; convert the base first and check with it")
+            raise HaruhiError("--verify with --adapter-only needs --base-gguf: a GGUF of the base model to apply the adapter to")
         ids = tokenize(base_gguf)
         got = gguf_logits(base_gguf, ids, lora=path)
     else:

@@ -187,6 +187,95 @@ def test_adapter_only_export_applies_in_llama_cpp_like_the_merge(monkeypatch, ca
     assert np.abs(got - ref).max() < 1e-3 * ref.std()
 
 
+def _fancy_lora(base: Path, out: Path, *, full_copies: bool) -> Path:
+    """rsLoRA with per-module rank and alpha; with ``full_copies`` also LoRA on the embedding and a trained lm_head copy."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    modules = ["q_proj", "k_proj", "v_proj", "o_proj"] + (["embed_tokens"] if full_copies else [])
+    config = LoraConfig(r=4, lora_alpha=8, use_rslora=True, rank_pattern={"q_proj": 8}, alpha_pattern={"v_proj": 3},
+                        target_modules=modules, modules_to_save=["lm_head"] if full_copies else None,
+                        target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], init_lora_weights=False)
+    torch.manual_seed(3)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or "lora_embedding_B" in name:
+                param.mul_(0.1)
+            elif "modules_to_save" in name:
+                param.add_(torch.randn_like(param) * 0.01)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def test_rslora_patterns_embedding_and_saved_modules_merge_exactly(monkeypatch, capsys, tiny_gpt_oss, out_dir, tmp_path):
+    fancy = _fancy_lora(tiny_gpt_oss, tmp_path / "fancy", full_copies=True)
+    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-a", fancy, "-o", tmp_path / "m.gguf", "-t", "f32", "--verify")
+    assert code == 0, err
+    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-a", fancy, "--adapter-only", "-o", tmp_path / "a.gguf")
+    assert code == 1 and "modules_to_save" in err
+    # per-module scaling cannot be one alpha: it is folded into lora_b and alpha is 0
+    plain = _fancy_lora(tiny_gpt_oss, tmp_path / "plain", full_copies=False)
+    base_gguf = out_dir / "base_f32.gguf"
+    if not base_gguf.exists():
+        assert run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-o", base_gguf, "-t", "f32")[0] == 0
+    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-a", plain, "--adapter-only", "-o", tmp_path / "p.gguf",
+                        "-t", "f32", "--verify", "--base-gguf", base_gguf)
+    assert code == 0, err
+    assert GGUFIndex(tmp_path / "p.gguf").metadata["adapter.lora.alpha"] == 0.0
+
+
+def _tiny_dense(kind: str, out: Path) -> Path:
+    """A tiny random Llama 3 / Qwen2 / Qwen3 (with the o200k tokenizer: only the weights' layout matters here)."""
+    from tiny_models import save_harmony_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    common = dict(vocab_size=201088, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False)
+    config_class, model_class, extra = {
+        "llama": (LlamaConfig, LlamaForCausalLM, {"rope_parameters": {
+            "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}),
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+        "qwen3": (Qwen3Config, Qwen3ForCausalLM, {"head_dim": 32}),
+    }[kind]
+    torch.manual_seed(0)
+    model = model_class(config_class(**common, **extra))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(64**-0.5 / 0.02)  # logits with a clear top-1
+    model.save_pretrained(out)
+    save_harmony_tokenizer(out)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+def test_llama_and_qwen_merge_exactly(monkeypatch, capsys, tmp_path, kind):
+    """Same code path, per-architecture table: Llama's q/k rows are permuted for ggml's RoPE (the LoRA delta
+    with them), Llama 3 RoPE scaling becomes rope_freqs, Qwen2 keeps q/k/v biases, Qwen3 its q/k norms."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = _tiny_dense(kind, tmp_path / kind)
+    torch.manual_seed(1)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.1)
+    adapter = tmp_path / "lora"
+    peft_model.save_pretrained(adapter)
+    code, err = run_cli(monkeypatch, capsys, "-b", base, "-a", adapter, "-o", tmp_path / "m.gguf", "-t", "f32", "--verify")
+    assert code == 0, err
+    if kind == "llama":
+        assert "rope_freqs.weight" in GGUFIndex(tmp_path / "m.gguf").tensors
+        assert run_cli(monkeypatch, capsys, "-b", base, "-o", tmp_path / "base.gguf", "-t", "f32")[0] == 0
+        code, err = run_cli(monkeypatch, capsys, "-b", base, "-a", adapter, "--adapter-only", "-o", tmp_path / "a.gguf",
+                            "-t", "f32", "--verify", "--base-gguf", tmp_path / "base.gguf")
+        assert code == 0, err
+
+
 # -- chat through the embedded template ---------------------------------------------------------------
 
 def test_gguf_chats_with_the_harmony_template(reference):
