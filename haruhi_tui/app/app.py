@@ -21,7 +21,7 @@ from ..characters import Character, load_characters
 from ..errors import HaruhiError
 from ..llm import DEFAULT_N_CTX, Engine, Sampling, bundled_model, find_models, interactive_threads, open_gguf
 from ..models import BUNDLED_NAME
-from ..paths import default_characters_dir, models_dir
+from ..paths import data_dir, default_characters_dir, models_dir
 from ..store import MEMORY, Store, StoreError, default_db_path
 from .screens.chat import ChatScreen
 from .screens.dialogs import RenameDialog
@@ -66,6 +66,7 @@ class HaruhiApp(App[None]):
         self.show_thinking = False
         self.problems: list[str] = []  # every error shown this run, newest last (notifications expire)
         self.characters: dict[str, Character] = {}
+        self.imported: set[str] = set()  # folders of characters imported from cards (marked in the picker)
         self.characters_problem = ""
         self.engine = engine
         self.engine_choice = str(engine.path) if engine else ""
@@ -123,17 +124,44 @@ class HaruhiApp(App[None]):
         except StoreError:
             return []
 
-    @work(thread=True, group="characters")
-    def load_characters(self) -> None:
+    @property
+    def imported_dir(self) -> Path:
+        """Where imported character cards become character folders."""
+        return data_dir() / "characters"
+
+    def _read_characters(self) -> tuple[list[Character], set[str], str]:
+        """The configured characters plus the imported ones (a clash keeps the configured one)."""
         try:
             characters = load_characters(self.characters_dir)
             problem = ""
         except HaruhiError as exc:
             characters, problem = [], f"{exc}. Pass --characters or set $HARUHI_CHARACTERS."
-        self.call_from_thread(self._characters_loaded, characters, problem)
+        imported: set[str] = set()
+        own = self.imported_dir
+        if own.resolve() == self.characters_dir.resolve():
+            return characters, {c.folder for c in characters}, problem
+        if own.is_dir() and any(own.iterdir()):
+            try:
+                extra = load_characters(own)
+            except HaruhiError:
+                extra = []
+            known = {c.folder for c in characters}
+            for c in extra:
+                if c.folder not in known:
+                    characters.append(c)
+                    imported.add(c.folder)
+            if imported and problem:
+                problem = ""
+        return characters, imported, problem
 
-    async def _characters_loaded(self, characters: list[Character], problem: str) -> None:
+    @work(thread=True, group="characters")
+    def load_characters(self) -> None:
+        characters, imported, problem = self._read_characters()
+        self.call_from_thread(self._characters_loaded, characters, problem, imported)
+
+    async def _characters_loaded(self, characters: list[Character], problem: str, imported: set[str] = frozenset()) -> None:
         self.characters = {c.folder: c for c in characters}
+        self.imported = set(imported)
         self.characters_problem = problem
         if problem:
             self.report(problem, timeout=15)
@@ -303,7 +331,13 @@ class HaruhiApp(App[None]):
         yield SystemCommand("Delete chat", "Delete the current chat", chat.delete_chat)
         yield SystemCommand("Your name", "Who you play in this chat (default: the character's usual partner)",
                             self.ask_user_name)
-        yield SystemCommand("Export chat", "Write the chat as Markdown and ShareGPT JSON", self.export_chat)
+        yield SystemCommand("Export chat", "Write the chat as Markdown, JSONL or ShareGPT JSON", self.export_chat)
+        yield SystemCommand("Import character card", "A Character Card V2 .json or .png becomes a character",
+                            self.action_import_card)
+        yield SystemCommand("Export character card", "The current character as a Character Card V2 .png or .json",
+                            self.action_export_card)
+        yield SystemCommand("Download model", "A GGUF from the Hugging Face hub into the models folder",
+                            self.action_download_model)
         yield SystemCommand("Memory", "Pinned facts and the summary of earlier turns (F3)", chat.action_memory)
         yield SystemCommand("Compare replies", "Your line answered by two models side by side (ctrl+k)",
                             chat.action_compare)
@@ -341,23 +375,122 @@ class HaruhiApp(App[None]):
         self.notify(f"reasoning effort {effort} for {session.character.name}")
 
     def export_chat(self) -> None:
+        """Ask for a format and path (default: the exports folder), then write the chat through export.py."""
         session = self.chat_screen.session
         if session is None:
             self.notify("no chat to export", severity="warning")
             return
+        from .screens.cards import ExportChatDialog
+
+        def chosen(path: str | None) -> None:
+            if path:
+                self.write_chat_export(Path(path))
+
+        default = data_dir() / "exports" / f"chat-{session.chat.id}.md"
+        self.push_screen(ExportChatDialog(default), chosen)
+
+    def write_chat_export(self, path: Path) -> Path | None:
+        session = self.chat_screen.session
+        if session is None:
+            return None
         from ..export import ChatRecord, export_chat
-        from ..paths import data_dir
 
         turns = tuple(session._turn(m, "chat") for m in session.messages if m.role in ("user", "assistant") and m.content.strip())
         record = ChatRecord(session.title, session.character, turns, Path(session.chat.model).name)
-        stem = f"chat-{session.chat.id}"
-        out = data_dir() / "exports"
         try:
-            written = [export_chat(record, out / f"{stem}{suffix}") for suffix in (".md", ".json")]
+            written = export_chat(record, path)
         except HaruhiError as exc:
             self.report(str(exc))
+            return None
+        except OSError as exc:
+            self.report(f"cannot write {path}: {exc.strerror or exc}; choose another path")
+            return None
+        self.notify(f"exported: {written}", timeout=10)
+        return written
+
+    # -- character cards -------------------------------------------------------------------------
+    def action_import_card(self) -> None:
+        from .screens.cards import PathDialog
+
+        def chosen(path: str | None) -> None:
+            if path:
+                self.import_card(Path(path))
+
+        self.push_screen(PathDialog("Import character card", placeholder="path to a Character Card V2 .json or .png",
+                                    note=f"becomes a character folder in {self.imported_dir}"), chosen)
+
+    def import_card(self, path: Path) -> Character | None:
+        """Import a card into the app's characters folder; a bad card is a notification, nothing else."""
+        from ..cards import import_card
+        from ..characters import load_character
+
+        try:
+            character = import_card(path, self.imported_dir)
+            if character.folder in self.characters:  # a configured character of the same folder name
+                folder = self.imported_dir / character.folder
+                n = 1
+                while (target := self.imported_dir / f"{character.folder}_card{n if n > 1 else ''}").exists() \
+                        or target.name in self.characters:
+                    n += 1
+                folder.rename(target)
+                character = load_character(target, speaker=character.name)
+        except HaruhiError as exc:
+            self.report(f"cannot import {path.name}: {exc}")
+            return None
+        except OSError as exc:
+            self.report(f"cannot import {path.name}: {exc.strerror or exc}")
+            return None
+        self.characters[character.folder] = character
+        self.imported.add(character.folder)
+        self.characters_problem = ""
+        from .screens.pick import CharacterPicker
+
+        for screen in self.screen_stack:
+            if isinstance(screen, CharacterPicker):
+                screen.set_characters(self.character_list(), self.imported)
+        self.notify(f"imported {character.name} ({character.folder}): ctrl+n to talk to them")
+        return character
+
+    def action_export_card(self) -> None:
+        session = self.chat_screen.session
+        if session is None:
+            self.notify("no character yet: start a chat first", severity="warning")
             return
-        self.notify("exported: " + ", ".join(str(p) for p in written), timeout=10)
+        from .screens.cards import PathDialog
+
+        character = session.character
+
+        def chosen(path: str | None) -> None:
+            if path:
+                self.export_card(character, Path(path))
+
+        default = data_dir() / "exports" / f"{character.folder}.png"
+        self.push_screen(PathDialog(f"Export {character.name} as a character card", str(default),
+                                    note=".png (card inside the image) or .json"), chosen)
+
+    def export_card(self, character: Character, path: Path) -> Path | None:
+        from ..cards import export_card
+
+        try:
+            written = export_card(character, path)
+        except HaruhiError as exc:
+            self.report(str(exc))
+            return None
+        except OSError as exc:
+            self.report(f"cannot write {path}: {exc.strerror or exc}; choose another path")
+            return None
+        self.notify(f"card written: {written}", timeout=10)
+        return written
+
+    # -- downloads -------------------------------------------------------------------------------
+    def action_download_model(self) -> None:
+        from .screens.download import DownloadDialog
+
+        def done(path: str | None) -> None:
+            if path:
+                self.notify(f"downloaded {path}: ctrl+o picks it", timeout=15)
+
+        self.push_screen(DownloadDialog(), done)
 
     async def action_quit(self) -> None:
         await self.chat_screen.stop_and_wait()

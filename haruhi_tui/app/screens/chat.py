@@ -177,7 +177,7 @@ class ChatScreen(Screen[None]):
             self.notify("a reply is still coming: Esc stops it", severity="warning")
             return
         app = self.haruhi
-        picker = CharacterPicker(app.character_list(), app.characters_problem)
+        picker = CharacterPicker(app.character_list(), app.characters_problem, app.imported)
 
         async def picked(folder: str | None) -> None:
             if folder:

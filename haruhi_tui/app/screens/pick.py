@@ -21,19 +21,21 @@ BUNDLED = "bundled"
 
 
 class CharacterPicker(ModalScreen[str | None]):
-    """Characters from the ChatHaruhi folder: name, source work and a first line; type to filter,
-    up/down to move, Enter to pick."""
+    """Characters from the ChatHaruhi folder and imported cards: name, source work and a first line;
+    type to filter, up/down to move, Enter to pick, F5 to import a card."""
 
     BINDINGS = [
         Binding("escape", "dismiss(None)", "Cancel"),
         Binding("down", "move(1)", "Next", show=False),
         Binding("up", "move(-1)", "Previous", show=False),
+        Binding("f5", "import_card", "Import card"),
     ]
 
-    def __init__(self, characters: list[Character], problem: str = "") -> None:
+    def __init__(self, characters: list[Character], problem: str = "", imported: set[str] = frozenset()) -> None:
         super().__init__()
         self.characters = characters
         self.problem = problem
+        self.imported = set(imported)
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog picker"):
@@ -47,7 +49,7 @@ class CharacterPicker(ModalScreen[str | None]):
         needle = needle.casefold().strip()
         out = []
         for c in self.characters:
-            hay = f"{c.name} {c.folder} {c.source_work}".casefold()
+            hay = f"{c.name} {c.folder} {c.source_work}{' imported' if c.folder in self.imported else ''}".casefold()
             if needle and needle not in hay:
                 continue
             label = Text(c.name, style=f"bold {character_color(c.folder)}")
@@ -55,6 +57,8 @@ class CharacterPicker(ModalScreen[str | None]):
                 label.append(f"  {c.folder}", style="dim")
             if c.source_work:
                 label.append(f"  · {c.source_work}", style="italic")
+            if c.folder in self.imported:
+                label.append("  [imported]", style="bold green")
             if c.first_line:
                 line = c.first_line if len(c.first_line) <= 60 else c.first_line[:59] + "…"
                 label.append(f"\n  「{line}」", style="dim")
@@ -66,6 +70,20 @@ class CharacterPicker(ModalScreen[str | None]):
         if options.option_count:
             options.highlighted = 0
         self.query_one("#filter", Input).focus()
+
+    def set_characters(self, characters: list[Character], imported: set[str]) -> None:
+        """Show a new list (after an import), keeping the filter."""
+        self.characters, self.imported = characters, set(imported)
+        options = self.query_one("#characters", OptionList)
+        options.clear_options()
+        options.add_options(self._options(self.query_one("#filter", Input).value))
+        if options.option_count:
+            options.highlighted = 0
+        for problem in self.query(".problem"):
+            problem.remove()
+
+    def action_import_card(self) -> None:
+        self.app.action_import_card()  # type: ignore[attr-defined]
 
     def action_move(self, step: int) -> None:
         options = self.query_one("#characters", OptionList)

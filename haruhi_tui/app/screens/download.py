@@ -1,0 +1,96 @@
+"""Download a model from the Hugging Face hub into the models folder, with a progress bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, ProgressBar, Static
+
+from ...errors import HaruhiError
+from ...models import download
+
+
+class DownloadDialog(ModalScreen[str | None]):
+    """Repo id and optional file; Enter starts :func:`haruhi_tui.models.download` in a thread.
+
+    Dismisses with the downloaded path; a failure (offline, no such repo, full disk) stays on the
+    dialog as its one-line message so the user can fix the name and press Enter again.
+    """
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Close")]
+
+    def __init__(self, dest: Path | None = None) -> None:
+        super().__init__()
+        self.dest = dest
+        self.running = False
+        self.error = ""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label("Download model", classes="dialog-title")
+            yield Input(placeholder="repo id, e.g. unsloth/gpt-oss-20b-GGUF", id="repo")
+            yield Input(placeholder="file (optional: the only or the Q4_K_M GGUF is picked)", id="file")
+            yield ProgressBar(total=1.0, show_eta=False, id="download-progress")
+            yield Static("Enter starts; an interrupted download resumes when started again.", id="download-status",
+                         classes="note")
+
+    def on_mount(self) -> None:
+        self.query_one("#repo", Input).focus()
+
+    @on(Input.Submitted)
+    def _start(self) -> None:
+        repo = self.query_one("#repo", Input).value.strip()
+        filename = self.query_one("#file", Input).value.strip() or None
+        if self.running:
+            return
+        if "/" not in repo:
+            self._status("type a repo id like owner/name", error=True)
+            self.query_one("#repo", Input).focus()
+            return
+        self.running, self.error = True, ""
+        self.query_one("#download-progress", ProgressBar).update(total=None, progress=0)
+        self._status(f"asking the hub about {repo}…")
+        self.fetch(repo, filename)
+
+    def _status(self, text: str, error: bool = False) -> None:
+        status = self.query_one("#download-status", Static)
+        status.update(text)
+        status.set_class(error, "problem")
+
+    @work(thread=True, exclusive=True, group="download")
+    def fetch(self, repo: str, filename: str | None) -> None:
+        def progress(fraction: float | None, message: str) -> None:
+            self.app.call_from_thread(self._progress, fraction, message)
+
+        try:
+            path = download(repo, filename, self.dest, progress=progress)
+        except HaruhiError as exc:
+            self.app.call_from_thread(self._failed, str(exc))
+            return
+        except Exception as exc:  # a download must never take the app down
+            self.app.call_from_thread(self._failed, f"download of {repo} failed: {type(exc).__name__}: {exc}")
+            return
+        self.app.call_from_thread(self._done, path)
+
+    def _progress(self, fraction: float | None, message: str) -> None:
+        bar = self.query_one("#download-progress", ProgressBar)
+        if fraction is None:
+            bar.update(total=None)
+        else:
+            bar.update(total=1.0, progress=fraction)
+        self._status(message)
+
+    def _failed(self, message: str) -> None:
+        self.running, self.error = False, message
+        self.query_one("#download-progress", ProgressBar).update(total=1.0, progress=0)
+        self._status(message, error=True)
+        self.app.report(message)  # type: ignore[attr-defined]  # HaruhiApp keeps every problem shown
+
+    def _done(self, path: Path) -> None:
+        self.running = False
+        self.dismiss(str(path))
