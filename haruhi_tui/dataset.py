@@ -106,7 +106,8 @@ def _query(turns: list[Turn]) -> str:
 
 
 def _sample(builder: PersonaBuilder, history: list[Turn], target: Turn, scene: Scene) -> Sample:
-    prompt = builder.build(history, None, query=_query(history), exclude_scene_ids=[scene.scene_id])
+    """``history`` ends with the user turn ``target`` answers; that turn is kept whatever the budget."""
+    prompt = builder.build(history[:-1], history[-1], query=_query(history), exclude_scene_ids=[scene.scene_id])
     conv = Conversation(prompt.system, (*prompt.turns, target), prompt.character)
     return Sample(to_messages(conv), builder.character.name, scene.scene_id)
 

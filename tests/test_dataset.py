@@ -155,3 +155,12 @@ def test_extra_sharegpt_files_merge_into_train(tmp_path, characters_dir):
                                                      {"from": "assistant", "value": "哼"}], "character": "春日"}], ensure_ascii=False))
     result = build(characters_dir, BuildOptions(), only=["haruhi"], extra=[extra])
     assert result.extra_samples == 1 and result.train[-1].target == "哼"
+
+
+def test_tiny_history_budget_still_starts_every_sample_with_a_user_turn(characters_dir):
+    from haruhi_tui.persona import PromptBudget
+
+    result = build(characters_dir, BuildOptions(budget=PromptBudget(history=30)), only=["haruhi", "Harry"])
+    for sample in result.train + result.val:
+        assert [m["role"] for m in sample.messages[:2]] == ["system", "user"]
+        assert sample.messages[-1]["role"] == "assistant"
