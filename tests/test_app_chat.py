@@ -37,8 +37,9 @@ async def test_pick_a_character_send_a_line_and_the_reply_streams_in(engine, cha
         assert [(m.role, m.status) for m in saved] == [("user", "complete"), ("assistant", "complete")]
         assert saved[1].content == reply.content and saved[1].stats["generated_tokens"] > 0
         # the chat exports in the dataset builder's ShareGPT format (and Markdown)
-        app.export_chat()
         exported = data_dir() / "exports" / f"chat-{screen.session.chat.id}.md"
+        for suffix in (".md", ".json"):  # what the Export chat dialog writes for each format
+            assert app.write_chat_export(exported.with_suffix(suffix)) == exported.with_suffix(suffix)
         assert reply.content in exported.read_text(encoding="utf-8")
         assert exported.with_suffix(".json").is_file()
         # the message box remembers what was typed
