@@ -9,7 +9,7 @@ from textual.widgets import Input, OptionList
 from haruhi_tui.app.screens.cards import ExportChatDialog, PathDialog
 from haruhi_tui.app.screens.download import DownloadDialog
 from haruhi_tui.app.screens.pick import CharacterPicker, ModelPicker
-from haruhi_tui.cards import export_card
+from haruhi_tui.cards import export_card, read_card
 from haruhi_tui.characters import load_character
 from haruhi_tui.export import parse_jsonl
 from haruhi_tui.paths import data_dir
@@ -60,6 +60,18 @@ async def test_an_imported_card_appears_in_the_picker_and_a_malformed_one_is_a_m
         await pilot.press("enter")  # the app kept running: the imported character is chosen and talks
         await wait_for(pilot, lambda: app.chat_screen.session is not None, what="the chat")
         assert app.chat_screen.session.character.folder == imported
+
+        app.action_export_card()  # the current character, to exports/<folder>.png by default
+        written = data_dir() / "exports" / f"{imported}.png"
+        await wait_for(pilot, lambda: isinstance(app.screen, PathDialog), what="the export dialog")
+        await pilot.pause()
+        assert app.screen.query_one("#path", Input).value == str(written)
+        await pilot.press("enter")
+        await wait_for(pilot, written.exists, what="the card")
+        assert read_card(written)["name"] == "春日"
+        app.action_export_card()
+        await _submit(pilot, PathDialog, str(bad / "x.png"))  # under a file: refused, in the app
+        await wait_for(pilot, lambda: "cannot write" in app.problems[-1], what="the refusal")
 
     again = make_app(characters_dir, tmp_path / "s2.db", engine=None, model=tmp_path / "none.gguf")
     characters, marked, problem = again._read_characters()
