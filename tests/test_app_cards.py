@@ -139,6 +139,17 @@ async def test_download_dialog_shows_progress_then_the_model_is_in_the_picker(ch
         assert str(target) in _option_ids(app.screen.query_one("#models", OptionList))
         await pilot.press("escape")
 
+        app.action_download_model()  # Esc closes the dialog; the download goes on and says when it is done
+        await wait_for(pilot, lambda: isinstance(app.screen, DownloadDialog), what="the download dialog")
+        await pilot.pause()
+        app.screen.query_one("#file", Input).value = "a-F16.gguf"
+        await _submit(pilot, DownloadDialog, "haruhi/many-GGUF", "#repo")
+        await pilot.press("escape")
+        assert not isinstance(app.screen, DownloadDialog)
+        await wait_for(pilot, (data_dir() / "models" / "a-F16.gguf").exists, what="the background download")
+        await pilot.pause(0.2)
+        assert not app.problems or "a-F16" not in app.problems[-1]
+
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         app.action_download_model()
         await _submit(pilot, DownloadDialog, "haruhi/other-GGUF", "#repo")

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from textual import on, work
+from functools import partial
+
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -55,14 +57,14 @@ class DownloadDialog(ModalScreen[str | None]):
         self.running, self.error = True, ""
         self.query_one("#download-progress", ProgressBar).update(total=None, progress=0)
         self._status(f"asking the hub about {repo}…")
-        self.fetch(repo, filename)
+        # on the app, not this screen: Esc closes the dialog and the download goes on, reported when done
+        self.app.run_worker(partial(self.fetch, repo, filename), thread=True, group="download", exclusive=True)
 
     def _status(self, text: str, error: bool = False) -> None:
         status = self.query_one("#download-status", Static)
         status.update(text)
         status.set_class(error, "problem")
 
-    @work(thread=True, exclusive=True, group="download")
     def fetch(self, repo: str, filename: str | None) -> None:
         def progress(fraction: float | None, message: str) -> None:
             self.app.call_from_thread(self._progress, fraction, message)
@@ -78,6 +80,8 @@ class DownloadDialog(ModalScreen[str | None]):
         self.app.call_from_thread(self._done, path)
 
     def _progress(self, fraction: float | None, message: str) -> None:
+        if not self.is_attached:
+            return
         bar = self.query_one("#download-progress", ProgressBar)
         if fraction is None:
             bar.update(total=None)
@@ -87,10 +91,15 @@ class DownloadDialog(ModalScreen[str | None]):
 
     def _failed(self, message: str) -> None:
         self.running, self.error = False, message
+        self.app.report(message)  # type: ignore[attr-defined]  # HaruhiApp keeps every problem shown
+        if not self.is_attached:
+            return
         self.query_one("#download-progress", ProgressBar).update(total=1.0, progress=0)
         self._status(message, error=True)
-        self.app.report(message)  # type: ignore[attr-defined]  # HaruhiApp keeps every problem shown
 
     def _done(self, path: Path) -> None:
         self.running = False
-        self.dismiss(str(path))
+        if self.is_attached and self.app.screen is self:
+            self.dismiss(str(path))
+        else:
+            self.app.notify(f"downloaded {path}: ctrl+o picks it", timeout=15)
