@@ -18,15 +18,16 @@ def data_dir() -> Path:
 
 
 def default_characters_dir() -> Path:
-    """$HARUHI_CHARACTERS, else the app's characters folder if it has any, else the development data."""
+    """$HARUHI_CHARACTERS, else the development data beside a checkout, else <data dir>/characters.
+
+    Imported character cards always go to <data dir>/characters, which the app lists next to this folder,
+    so importing a card never hides the configured characters.
+    """
     if os.environ.get("HARUHI_CHARACTERS"):
         return Path(os.environ["HARUHI_CHARACTERS"]).expanduser()
-    own = data_dir() / "characters"
-    if own.is_dir() and any(own.iterdir()):
-        return own
     if _DEV_CHARACTERS.is_dir():
         return _DEV_CHARACTERS
-    return own
+    return data_dir() / "characters"
 
 
 def models_dir() -> Path:
