@@ -146,18 +146,7 @@ def plan_train(form: dict[str, Any], *, cwd: str | os.PathLike | None = None, av
     dataset = config.dataset.split(":")[0] if ":" in config.dataset and not Path(config.dataset).exists() else config.dataset
     if not (base_dir / dataset).exists():
         raise JobError(f"dataset not found: {config.dataset} (build one with `haruhi data build -o data/`)")
-    defaults = tc.TrainConfig().to_dict()
-    args = []
-    for name, value in config.to_dict().items():
-        if name != "output" and value == defaults[name]:
-            continue
-        flag = tc.flag_of(name)
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, list):
-            args += [flag, ",".join(value)]
-        else:
-            args += [flag, str(value)]
+    args = tc.to_cli_args(config, changed_only=True)
     if gpus > 1:
         args += ["--gpus", str(gpus)]
     if resume:

@@ -52,16 +52,7 @@ def config_for(base: Path, dataset: Path, output: Path, **values) -> tc.TrainCon
 
 
 def cli_args(config: tc.TrainConfig) -> list[str]:
-    args = []
-    for name, value in config.to_dict().items():
-        flag = tc.flag_of(name)
-        if isinstance(value, bool):
-            args.append(flag if value else "--no-" + flag[2:])
-        elif isinstance(value, list):
-            args += [flag, ",".join(value)]
-        else:
-            args += [flag, str(value)]
-    return args
+    return tc.to_cli_args(config)
 
 
 def haruhi(*args: str) -> list[str]:

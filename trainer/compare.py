@@ -50,6 +50,17 @@ def _fmt(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+
+def _character_cells(entry: dict, names: list[str]) -> list[str]:
+    """One per-character row: name, sample count, then each metric for each run ("–" where a run lacks it)."""
+    samples = next((v["samples"] for v in entry["runs"].values() if v), 0)
+    cells = [entry["character"], str(samples)]
+    for k in METRIC_KEYS:
+        for n in names:
+            v = entry["runs"][n]
+            cells.append(_fmt(v.get(f"predict_{k}")) if v else "–")
+    return cells
+
 def _delta(a: Any, b: Any) -> str:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return f"{b - a:+.2f}"
@@ -127,13 +138,7 @@ def to_markdown(data: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---", "---:"] + ["---:"] * (len(header) - 2)) + "|")
         for entry in data["per_character"]:
-            samples = next((v["samples"] for v in entry["runs"].values() if v), 0)
-            cells = [entry["character"], str(samples)]
-            for k in METRIC_KEYS:
-                for n in names:
-                    v = entry["runs"][n]
-                    cells.append(_fmt(v.get(f"predict_{k}")) if v else "–")
-            lines.append("| " + " | ".join(cells) + " |")
+            lines.append("| " + " | ".join(_character_cells(entry, names)) + " |")
         lines.append("")
     if data["notes"]:
         lines += ["## Notes", ""] + [f"- {note}" for note in data["notes"]] + [""]
@@ -168,13 +173,7 @@ def print_comparison(data: dict[str, Any], console) -> None:
             for n in names:
                 chars.add_column(f"{LABELS[k]}\n{n}", justify="right")
         for entry in data["per_character"]:
-            samples = next((v["samples"] for v in entry["runs"].values() if v), 0)
-            cells = [entry["character"], str(samples)]
-            for k in METRIC_KEYS:
-                for n in names:
-                    v = entry["runs"][n]
-                    cells.append(_fmt(v.get(f"predict_{k}")) if v else "–")
-            chars.add_row(*cells)
+            chars.add_row(*_character_cells(entry, names))
         console.print(chars)
     for note in data["notes"]:
         console.print(f"[yellow]note:[/] {note}")

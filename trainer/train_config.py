@@ -154,6 +154,24 @@ _FIELDS = {f.name: f for f in fields(TrainConfig)}
 SECTIONS = ("model", "data", "lora", "train", "output")
 
 
+def to_cli_args(config: TrainConfig, *, changed_only: bool = False) -> list[str]:
+    """The ``haruhi train`` flags that reproduce ``config`` (with ``changed_only``: those that differ
+    from the defaults, plus the output folder), for launchers and tests that start a run."""
+    defaults = TrainConfig().to_dict()
+    args: list[str] = []
+    for name, value in config.to_dict().items():
+        if changed_only and name != "output" and value == defaults[name]:
+            continue
+        flag = flag_of(name)
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, list):
+            args += [flag, ",".join(value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
 def settings() -> list:
     """The dataclass fields in order (name, type, default, section, help, choices)."""
     return list(fields(TrainConfig))

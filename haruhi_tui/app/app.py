@@ -397,16 +397,7 @@ class HaruhiApp(App[None]):
 
         turns = tuple(session._turn(m, "chat") for m in session.messages if m.role in ("user", "assistant") and m.content.strip())
         record = ChatRecord(session.title, session.character, turns, Path(session.chat.model).name)
-        try:
-            written = export_chat(record, path)
-        except HaruhiError as exc:
-            self.report(str(exc))
-            return None
-        except OSError as exc:
-            self.report(f"cannot write {path}: {exc.strerror or exc}; choose another path")
-            return None
-        self.notify(f"exported: {written}", timeout=10)
-        return written
+        return self._write_reported(lambda: export_chat(record, path), path, "exported")
 
     # -- character cards -------------------------------------------------------------------------
     def action_import_card(self) -> None:
@@ -468,19 +459,23 @@ class HaruhiApp(App[None]):
         self.push_screen(PathDialog(f"Export {character.name} as a character card", str(default),
                                     note=".png (card inside the image) or .json"), chosen)
 
-    def export_card(self, character: Character, path: Path) -> Path | None:
-        from ..cards import export_card
-
+    def _write_reported(self, write, path: Path, done: str) -> Path | None:
+        """Run a file export; a failure becomes a message in the app (the app keeps running)."""
         try:
-            written = export_card(character, path)
+            written = write()
         except HaruhiError as exc:
             self.report(str(exc))
             return None
         except OSError as exc:
             self.report(f"cannot write {path}: {exc.strerror or exc}; choose another path")
             return None
-        self.notify(f"card written: {written}", timeout=10)
+        self.notify(f"{done}: {written}", timeout=10)
         return written
+
+    def export_card(self, character: Character, path: Path) -> Path | None:
+        from ..cards import export_card
+
+        return self._write_reported(lambda: export_card(character, path), path, "card written")
 
     # -- downloads -------------------------------------------------------------------------------
     def action_download_model(self) -> None:
