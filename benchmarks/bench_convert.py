@@ -12,7 +12,8 @@ honestly, not quality.
     python benchmarks/bench_convert.py --workdir /tmp/bench --types mxfp4,q8_0   # the full 20B, MXFP4 base
 
 Mind the disk: MXFP4 base 13 GB + adapter 0.4 GB + output (mxfp4 12 GB, q8_0 22 GB, bf16 39 GB);
-each output is deleted after it is measured (``--keep`` keeps them).
+each output is deleted after it is measured. ``--keep`` keeps checkpoints and outputs, and a later run with
+the same ``--workdir`` reuses the checkpoints (to split the work across commands with a time limit).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,8 +127,15 @@ def layer_tensors(i: int, mxfp4: bool) -> dict:
 
 
 def build_checkpoint(out: Path, layers: int, mxfp4: bool) -> dict:
+    """Write the checkpoint, or reuse one a previous run completed (``.complete`` holds its description)."""
     from tiny_models import save_harmony_tokenizer
 
+    marker = out / ".complete"
+    if marker.is_file():
+        done = json.loads(marker.read_text())
+        if done.get("layers") == layers:
+            print(f"  reusing {out}", flush=True)
+            return {**done["info"], "reused": True}
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     shards = [("embed", {"model.embed_tokens.weight": normal_bf16((VOCAB, HIDDEN), 0.02)})]
@@ -144,12 +151,17 @@ def build_checkpoint(out: Path, layers: int, mxfp4: bool) -> dict:
     (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
     (out / "config.json").write_text(json.dumps(config(layers, mxfp4), indent=2))
     save_harmony_tokenizer(out)
-    return {"bytes": total, "seconds": round(time.monotonic() - started, 1)}
+    info = {"bytes": total, "seconds": round(time.monotonic() - started, 1)}
+    marker.write_text(json.dumps({"layers": layers, "info": info}))
+    return info
 
 
 def build_adapter(out: Path, layers: int, r: int) -> dict:
     """PEFT's on-disk layout for LoRA on q/k/v/o (target_modules) and the experts (target_parameters:
     gate_up_proj wrapped first, so it sits at ``experts.base_layer``; down_proj at ``experts``)."""
+    marker = out / ".complete"
+    if marker.is_file() and json.loads(marker.read_text()).get("key") == [layers, r]:
+        return json.loads(marker.read_text())["info"]
     out.mkdir(parents=True, exist_ok=True)
     t = {}
     for i in range(layers):
@@ -169,6 +181,7 @@ def build_adapter(out: Path, layers: int, r: int) -> dict:
         "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], "task_type": "CAUSAL_LM",
         "auto_mapping": {"base_model_class": "GptOssForCausalLM", "parent_library": "transformers.models.gpt_oss.modeling_gpt_oss"},
     }, indent=2))
+    marker.write_text(json.dumps({"key": [layers, r], "info": {"bytes": size}}))
     return {"bytes": size}
 
 
@@ -201,7 +214,7 @@ def main() -> None:
     ap.add_argument("--no-adapter-too", action="store_true", help="also time a plain conversion without the adapter")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_convert"))
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--keep", action="store_true", help="keep the checkpoints and outputs")
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoints (a later run reuses them) and outputs")
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     args = ap.parse_args()
 

@@ -18,7 +18,7 @@ llama.cpp's own converter uses); the per-architecture rules below mirror llama.c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import gguf

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from haruhi_tui.errors import HaruhiError
@@ -194,7 +193,3 @@ class Checkpoint(SafetensorsDir):
 
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
-
-
-def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
-    return (bits.astype(np.uint32) << 16).view(np.float32)

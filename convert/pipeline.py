@@ -20,7 +20,6 @@ from gguf import GGMLQuantizationType as QT
 
 from haruhi_tui.errors import HaruhiError
 
-from . import quant
 from .adapter import Adapter
 from .architectures import FILE_TYPE, ArchSpec, OutTensor, Planner, _permute_rows, resolve_type, spec_for
 from .checkpoint import Checkpoint
@@ -89,7 +88,13 @@ def _check_output(out: Path) -> None:
 
 
 def _general_metadata(gw: gguf.GGUFWriter, opts: ConvertOptions, ckpt: Checkpoint, adapter: Adapter | None) -> None:
-    name = opts.name or (opts.adapter.name if opts.adapter else ckpt.directory.name)
+    if opts.name:
+        name = opts.name
+    elif opts.adapter:  # the trainer writes <run>/adapter: the run's name says more
+        folder = Path(opts.adapter).resolve()
+        name = folder.parent.name if folder.name == "adapter" else folder.name
+    else:
+        name = ckpt.directory.resolve().name
     gw.add_name(name)
     if adapter is not None:
         gw.add_finetune("lora-merged" if not opts.adapter_only else "lora")

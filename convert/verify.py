@@ -106,9 +106,9 @@ def reference_logits(base: Path, adapter: Path | None, ids: list[int]) -> np.nda
     from .checkpoint import Checkpoint
 
     ckpt = Checkpoint(base)
-    params = sum(t.numel for t in ckpt.tensors.values())
-    if ckpt.config.get("quantization_config", {}).get("quant_method") == "mxfp4":
-        params = int(params * 1.9 * 2)  # 4-bit blocks unpack to 2 values per byte
+    # MXFP4 blocks hold two values per byte; their scales become part of those values
+    params = sum(t.numel * (2 if name.endswith("_blocks") else 0 if name.endswith("_scales") else 1)
+                 for name, t in ckpt.tensors.items())
     need = params * 4 * 1.2
     if need > _available_ram():
         raise HaruhiError(

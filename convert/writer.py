@@ -37,7 +37,7 @@ def remove_stale_temps(target: Path) -> list[Path]:
     """Remove temp files of earlier runs for ``target`` whose process is gone (killed with SIGKILL)."""
     removed = []
     for path in target.parent.glob(f".{target.name}.*{TEMP_SUFFIX}"):
-        pid_text = path.name[len(target.name) + 2 : -len(TEMP_SUFFIX)]
+        pid_text = path.name[len(target.name) + 2 : -len(TEMP_SUFFIX)].split(".")[0]
         try:
             pid = int(pid_text)
         except ValueError:

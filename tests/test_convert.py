@@ -16,7 +16,7 @@ import torch
 
 from convert import cli, quant
 from convert.gguf_index import GGUFIndex
-from convert.verify import BOUNDS, compare, gguf_logits, reference_logits, tokenize, verify_gguf
+from convert.verify import compare, gguf_logits, reference_logits, tokenize, verify_gguf
 from haruhi_tui import harmony
 
 pytestmark = pytest.mark.timeout(600)
@@ -431,7 +431,6 @@ def test_refuses_when_the_disk_is_too_small(monkeypatch, capsys, tiny_gpt_oss, t
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGKILL"])
 def test_interrupted_conversion_leaves_no_partial_model(gemma_hf, tmp_path, sig):
     """Ctrl-C or kill mid-write: no model.gguf; Ctrl-C/TERM remove the temp file, a KILLed one is swept next run."""
-    import os
     import signal
     import subprocess
     import time
