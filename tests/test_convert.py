@@ -172,6 +172,15 @@ def test_q4_k_m_through_llama_cpp(monkeypatch, capsys, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the bf16 intermediate is gone
 
 
+def test_verify_fails_when_the_gguf_is_not_the_merged_model(reference, tiny_gpt_oss, lora, out_dir, monkeypatch, capsys):
+    """--verify must catch a wrong model: here a GGUF of the base alone, checked against base + LoRA."""
+    ids, ref, _ = reference
+    base_gguf = out_dir / "base_only_bf16.gguf"
+    assert run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-o", base_gguf, "-t", "bf16")[0] == 0
+    report = compare(ref, gguf_logits(base_gguf, ids), "bf16")
+    assert not report.ok and "verification failed" in report.failure()
+
+
 # -- LoRA adapter GGUF --------------------------------------------------------------------------
 
 def test_adapter_only_export_applies_in_llama_cpp_like_the_merge(monkeypatch, capsys, tiny_gpt_oss, lora, out_dir, reference):
