@@ -33,8 +33,9 @@ wait_for() {  # wait_for TEXT SECONDS
         sleep 0.5
     done
 }
-field() {  # field VALUE: replace the focused input's text, then move on
-    tmux send-keys -t "$SESSION" C-u; tmux send-keys -t "$SESSION" -l "$1"; tmux send-keys -t "$SESSION" Tab
+field() {  # field VALUE: replace the focused input's text, then move on (paced: a terminal is not a pilot)
+    tmux send-keys -t "$SESSION" End; sleep 0.2; tmux send-keys -t "$SESSION" C-u; sleep 0.2
+    tmux send-keys -t "$SESSION" -l "$1"; sleep 0.4; tmux send-keys -t "$SESSION" Tab; sleep 0.3
 }
 
 tmux new-session -d -s "$SESSION" -x 120 -y 40 -c "$WORK" \
@@ -42,7 +43,9 @@ tmux new-session -d -s "$SESSION" -x 120 -y 40 -c "$WORK" \
 sleep 8
 tmux send-keys -t "$SESSION" F6
 wait_for "Start training" 60
-tmux send-keys -t "$SESSION" Tab Tab   # tabs -> base input
+sleep 2
+screen > "$WORK/form-opened.txt"
+tmux send-keys -t "$SESSION" Tab; sleep 0.3; tmux send-keys -t "$SESSION" Tab; sleep 0.3   # tabs -> base input
 field "$WORK/tiny"; field "data/haruhi_train.json"; field 16; field 32; field 5e-3; field 1; field 256; field 1
 field "runs/tmux"
 wait_for "haruhi train --base" 20
