@@ -396,6 +396,9 @@ class Engine:
         stats.stop_reason = "length"
         try:
             for n, token in enumerate(generator, start=1):
+                if cancel is not None and cancel.is_set():  # checked first: a stop during the prompt wins
+                    stats.stop_reason = "cancelled"
+                    break
                 now = time.perf_counter()
                 if n == 1:
                     stats.prompt_seconds = now - started
@@ -416,9 +419,6 @@ class Engine:
                 yield from deltas
                 if reply.finished:
                     stats.stop_reason = "stop"
-                    break
-                if cancel is not None and cancel.is_set():
-                    stats.stop_reason = "cancelled"
                     break
                 if n >= max_tokens:
                     break
