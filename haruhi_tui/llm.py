@@ -396,6 +396,7 @@ class Engine:
         stats.stop_reason = "length"
         try:
             for n, token in enumerate(generator, start=1):
+                stats.generated_tokens = n
                 if cancel is not None and cancel.is_set():  # checked first: a stop during the prompt wins
                     stats.stop_reason = "cancelled"
                     break
@@ -403,7 +404,6 @@ class Engine:
                 if n == 1:
                     stats.prompt_seconds = now - started
                     first_at = now
-                stats.generated_tokens = n
                 if on_token is not None:
                     on_token(token)
                 eog = self.is_end_of_generation(token)
