@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -50,3 +51,26 @@ async def send(pilot, app: HaruhiApp, text: str, wait: bool = True) -> None:
     await pilot.press("enter")
     if wait:
         await wait_for(pilot, lambda: screen.turns_done > before, what="the reply")
+
+
+def hold_after_first_token(engine, monkeypatch) -> threading.Event:
+    """Make the real stream wait after its first token until its ``cancel`` is set (Esc, quit).
+
+    With the persona prefix already in llama.cpp's KV cache a short in-character line can finish before a
+    key press arrives; holding the stream makes "press a key mid-reply" deterministic. Returns an event set
+    once the first token exists.
+    """
+    first_token = threading.Event()
+    real_stream = engine.stream
+
+    def held_stream(prompt, sampling=None, *, cancel=None, on_token=None):
+        def hold(token):
+            first_token.set()
+            if cancel is not None:
+                cancel.wait(timeout=30)
+            if on_token is not None:
+                on_token(token)
+        return real_stream(prompt, sampling, cancel=cancel, on_token=hold)
+
+    monkeypatch.setattr(engine, "stream", held_stream)
+    return first_token

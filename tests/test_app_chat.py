@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 
 import pytest
-from app_support import SIZE, make_app, pick_character, send, wait_for
+from app_support import SIZE, hold_after_first_token, make_app, pick_character, send, wait_for
 
 from haruhi_tui.app.widgets import MessageView, PromptInput
 from haruhi_tui.llm import bundled_model, open_gguf
@@ -53,21 +52,7 @@ async def test_pick_a_character_send_a_line_and_the_reply_streams_in(engine, cha
 
 async def test_stop_regenerate_and_thinking_toggle(engine, characters_dir, tmp_path, monkeypatch):
     app = make_app(characters_dir, tmp_path / "s.db", engine)
-    first_token = threading.Event()
-    real_stream = engine.stream
-
-    def held_stream(prompt, sampling=None, *, cancel=None, on_token=None):
-        # The real stream, held after its first token until Esc: with the persona prefix already in the
-        # KV cache a short in-character line can finish before any key press arrives.
-        def hold(token):
-            first_token.set()
-            if cancel is not None:
-                cancel.wait(timeout=30)
-            if on_token is not None:
-                on_token(token)
-        return real_stream(prompt, sampling, cancel=cancel, on_token=hold)
-
-    monkeypatch.setattr(engine, "stream", held_stream)
+    first_token = hold_after_first_token(engine, monkeypatch)
     async with app.run_test(size=SIZE) as pilot:
         await pick_character(pilot, app, "haruhi")
         screen = app.chat_screen
@@ -75,7 +60,7 @@ async def test_stop_regenerate_and_thinking_toggle(engine, characters_dir, tmp_p
         await wait_for(pilot, first_token.is_set, what="the first token")
         await pilot.press("escape")
         await wait_for(pilot, lambda: screen.turns_done == 1, what="the stopped reply")
-        monkeypatch.setattr(engine, "stream", real_stream)
+        monkeypatch.undo()
         stopped = screen.views()[-1]
         assert stopped.status == "stopped"
         assert "stopped" in str(stopped.query_one(".note").render())

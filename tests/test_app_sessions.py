@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from app_support import SIZE, make_app, pick_character, send, wait_for
+from app_support import SIZE, hold_after_first_token, make_app, pick_character, send, wait_for
 
 from haruhi_tui.app.screens.dialogs import ConfirmDialog, RenameDialog
 from haruhi_tui.app.widgets import ChatList, MessageView
@@ -116,13 +116,14 @@ async def test_kill_9_mid_reply_keeps_the_message_and_the_partial_reply(characte
         assert [v.status for v in screen.views() if isinstance(v, MessageView)] == ["complete", "complete"]
 
 
-async def test_quitting_mid_reply_stops_it_and_saves_it_as_stopped(engine, characters_dir, tmp_path):
+async def test_quitting_mid_reply_stops_it_and_saves_it_as_stopped(engine, characters_dir, tmp_path, monkeypatch):
     db = tmp_path / "s.db"
     app = make_app(characters_dir, db, engine)
+    first_token = hold_after_first_token(engine, monkeypatch)
     async with app.run_test(size=SIZE) as pilot:
         await pick_character(pilot, app, "haruhi")
         await send(pilot, app, "你好", wait=False)
-        await wait_for(pilot, lambda: app.chat_screen._reply_view is not None, what="the reply to start")
+        await wait_for(pilot, first_token.is_set, what="the reply to start")
         chat_id = app.chat_screen.session.chat.id
         await pilot.press("ctrl+q")
     assert app.return_code == 0
