@@ -77,7 +77,7 @@ class BM25Index:
 
     def _score_array(self, query: str) -> np.ndarray:
         total = np.zeros(self.size, dtype=np.float64)
-        for term in set(tokenize(query)):
+        for term in sorted(set(tokenize(query))):  # a fixed order: float sums must not depend on hash seeds
             posting = self._postings.get(term)
             if posting is not None:
                 total[posting[0]] += posting[1]
