@@ -68,6 +68,18 @@ def model_config(layers: int, tiny: bool):
                         pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=RETURN_ID)
 
 
+def release_gpu_memory() -> None:
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
 def build_random_model(config, device: str, attention: str):
     import torch
     from transformers import GptOssForCausalLM
@@ -124,6 +136,7 @@ def prepare_base(scratch: Path, layers: int, tiny: bool, tokenizer: str | None, 
         model = build_random_model(config, device, "eager")
         model.save_pretrained(base, max_shard_size="5GB")
         del model
+        release_gpu_memory()  # else this parent keeps ~39 GB cached while the engine's process trains
         print(f"  written in {time.time() - started:.0f} s", flush=True)
     return base
 
@@ -144,7 +157,7 @@ def prepare_dataset(scratch: Path, dataset: str | None, characters: str | None) 
         import rich  # noqa: F401
         import typer  # noqa: F401
 
-        subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": _pythonpath()})
     except ImportError:  # the CLI's own dependencies are missing: the same build through its functions
         from haruhi_tui.dataset import BuildOptions, build, write
 
@@ -200,10 +213,21 @@ def run_workload(engine: str, workload: str, args, base: Path, dataset: Path | N
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     records: list[dict] = []
+    profiler = StepProfiler(args.warmup, args.profile_steps, device == "cuda") if args.profile_steps else None
+
+    def on_step(record: dict) -> None:
+        records.append(record)
+        if profiler:
+            profiler.step()
+
     started = time.time()
-    result = run_training(config, sequences=sequences, on_step=records.append,
+    result = run_training(config, sequences=sequences, on_step=on_step,
                           engine=HFEngine(prebuilt) if prebuilt is not None else None)
     wall = time.time() - started
+    profile = None
+    if profiler:
+        profile = profiler.finish(Path(f"{args.out}-profile-{engine}-{workload}.txt"),
+                                  f"{engine} {workload}: batch {config.batch_size} x {config.max_length}")
     measured = [r for r in records if r["step"] > args.warmup and r.get("tokens_per_second")]
     rates = [r["tokens_per_second"] for r in measured]
     details = next((e for e in _events(out) if e.get("message") == "details"), {})
@@ -223,8 +247,88 @@ def run_workload(engine: str, workload: str, args, base: Path, dataset: Path | N
         "trainable_parameters": (details.get("engine") or {}).get("trainable_parameters"),
         "dataset_tokens": (details.get("data") or {}).get("tokens"),
         "dataset_trainable_tokens": (details.get("data") or {}).get("trainable_tokens"),
-        "wall_seconds": round(wall, 1), "status": result.status,
+        "wall_seconds": round(wall, 1), "status": result.status, "profile": profile,
     }
+
+
+#: Kernel-name patterns for the profile summary, first match wins (names as CUDA/Triton report them).
+KERNEL_GROUPS = [
+    ("expert grouped GEMM", ("grouped", "group_gemm", "groupproblemshape", "moe")),
+    ("host-device copies (offloaded activations)", ("memcpy dtoh", "memcpy htod")),
+    ("attention", ("flex", "attn", "attention", "triton_tem", "fmha", "sdpa")),
+    ("dense GEMM (projections, LoRA, LM head)", ("gemm", "cutlass", "xmma", "nvjet", "sm90", "cublas", "aten::mm",
+                                                 "addmm", "bmm")),
+    ("cross-entropy / softmax", ("cross_entropy", "softmax", "logsumexp")),
+    ("fused elementwise (Triton)", ("triton_",)),
+    ("copies and casts", ("copy", "cast", "cat", "fill", "memcpy", "memset")),
+]
+
+
+class StepProfiler:
+    """torch.profiler over ``active`` training steps right after the warm-up; writes the top kernels and
+    the GPU time per kernel group, so a missed target comes with what the step spends its time on."""
+
+    def __init__(self, warmup: int, active: int, cuda: bool) -> None:
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        self.cuda = cuda
+        self.active = active
+        self.started_at = 0.0
+        self.wall = 0.0
+        self.steps_seen = 0
+        self.first = warmup + 1  # the first profiled step (steps count from 1)
+        self.prof = profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU],
+                            schedule=schedule(wait=max(warmup - 1, 0), warmup=1, active=active, repeat=1))
+        self.prof.start()
+
+    def step(self) -> None:
+        import torch
+
+        self.steps_seen += 1
+        if self.cuda:
+            torch.cuda.synchronize()
+        if self.steps_seen == self.first - 1:
+            self.started_at = time.perf_counter()
+        elif self.steps_seen == self.first - 1 + self.active:
+            self.wall = time.perf_counter() - self.started_at
+        self.prof.step()
+
+    def finish(self, path: Path, title: str) -> dict:
+        self.prof.stop()
+        rows = []
+        for event in self.prof.key_averages():
+            if self.cuda:
+                device_us = getattr(event, "self_device_time_total", None)
+                if device_us is None:
+                    device_us = getattr(event, "self_cuda_time_total", 0)
+            else:
+                device_us = event.self_cpu_time_total
+            if device_us > 0:
+                rows.append((event.key, device_us / 1e6, event.count))
+        rows.sort(key=lambda r: -r[1])
+        total = sum(r[1] for r in rows) or 1e-9
+        groups: dict[str, float] = {}
+        for name, seconds, _ in rows:
+            low = name.lower()
+            group = next((g for g, keys in KERNEL_GROUPS if any(k in low for k in keys)), "other")
+            groups[group] = groups.get(group, 0.0) + seconds
+        per_step = {g: round(t / self.active, 4) for g, t in sorted(groups.items(), key=lambda kv: -kv[1])}
+        summary = {"steps": self.active, "wall_seconds_per_step": round(self.wall / self.active, 4) if self.wall else None,
+                   "gpu_kernel_seconds_per_step": round(total / self.active, 4),
+                   "gpu_seconds_per_step_by_group": per_step,
+                   "gpu_share_by_group": {g: round(t / total, 3) for g, t in groups.items()}}
+        lines = [f"# profile: {title}, {self.active} steps", "", json.dumps(summary, indent=2), "",
+                 f"{'GPU s/step':>10}  {'share':>6}  {'calls/step':>10}  kernel"]
+        for name, seconds, count in rows[:40]:
+            lines.append(f"{seconds / self.active:10.4f}  {seconds / total:6.1%}  {count / self.active:10.1f}  {name[:150]}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return summary
+
+
+def _pythonpath() -> str:
+    """The project first, then whatever the caller had (a --target install of the wheelhouse, say)."""
+    return os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 
 def _events(out: Path) -> list[dict]:
@@ -246,16 +350,11 @@ def worker(args) -> None:
             results.append(run_workload(engine, workload, args, base, dataset, scratch))
         except Exception as exc:  # keep the other measurements
             results.append({"engine": engine, "workload": workload, "error": f"{type(exc).__name__}: {exc}"[:500]})
+            import traceback
+
+            traceback.print_exception(exc.__context__ or exc)  # the cause behind a one-line HaruhiError
         print(json.dumps(results[-1]), flush=True)
-        import gc
-
-        gc.collect()
-        try:
-            import torch
-
-            torch.cuda.empty_cache()
-        except Exception:
-            pass
+        release_gpu_memory()
     Path(args.results).write_text(json.dumps(results), encoding="utf-8")
 
 
@@ -331,6 +430,8 @@ def main() -> None:
     parser.add_argument("--characters", default=None, help="ChatHaruhi characters folder: build haruhi_train here")
     parser.add_argument("--max-samples", type=int, default=0, help="CPU runs: use only this many samples")
     parser.add_argument("--tokenizer", default=None, help="o200k_harmony tokenizer folder, tokenizer.json or .json.gz")
+    parser.add_argument("--profile-steps", type=int, default=0,
+                        help="profile this many steps after the warm-up (CUDA): OUT-profile-ENGINE-WORKLOAD.txt")
     parser.add_argument("--scratch", default="/tmp/haruhi-bench-train")
     parser.add_argument("--out", required=True, help="report path without suffix: writes OUT.json and OUT.md")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -371,8 +472,7 @@ def main() -> None:
         if dataset:
             cmd += ["--dataset-path", str(dataset)]
         print(f"== {engine}: {' '.join(cmd)}", flush=True)
-        done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)})
+        done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": _pythonpath()})
         if results_file.is_file():
             results += json.loads(results_file.read_text(encoding="utf-8"))
         else:
@@ -401,6 +501,8 @@ def _passthrough(args) -> list[str]:
         flags.append("--no-gradient-checkpointing")
     if args.load_in_4bit:
         flags.append("--load-in-4bit")
+    if args.profile_steps:
+        flags += ["--profile-steps", str(args.profile_steps)]
     return flags
 
 

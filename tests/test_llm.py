@@ -292,3 +292,17 @@ def test_a_long_chat_keeps_a_cacheable_prefix_when_old_turns_leave_the_window(en
     history_block = next(b for b in ctx.prompt.blocks if b.kind == "history")
     assert history_block.cut == f"{ctx.prompt.dropped_turns} older turn(s) left out"
     assert stable >= 0.8 * steps
+
+
+@pytest.mark.parametrize("entry", ["haruhi_tui.app.main", "haruhi_tui.llm"])
+def test_llama_cpp_is_loaded_before_numpy(entry):
+    """A CUDA llama-cpp-python crashed loading a model when numpy's libraries were loaded first (seen on the
+    H100 machine); the chat app's entry points load llama.cpp's shared library before anything pulls numpy in."""
+    import subprocess
+    import sys
+
+    code = (f"import sys, {entry}; m = list(sys.modules); "
+            "print(m.index('llama_cpp.llama_cpp') < m.index('numpy') if 'numpy' in m else True)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "True"

@@ -111,6 +111,8 @@ def _run(model: Path, adapter: Optional[Path], dataset: str, out: Optional[Path]
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    if model is not None and model.suffix == ".gguf":
+        import haruhi_tui.llm  # noqa: F401  (loads llama.cpp before numpy: see its imports)
     from .evaluate import EvalConfig, Evaluation
     from .generate import SAMPLINGS, DecodingOptions, load_generator
 
