@@ -146,6 +146,17 @@ def _rope_parameters(hp: dict[str, Any]) -> dict[str, Any]:
     return rope
 
 
+def expert_parts(param: str) -> list[tuple[gguf.MODEL_TENSOR, int | None]]:
+    """The GGUF expert tensors one gpt-oss expert parameter becomes, with the output rows each takes:
+    ``gate_up_proj`` interleaves gate (even rows) and up (odd rows); ``down_proj`` stays whole (None).
+    Empty for any other name. Used for base weights and for adapter-only LoRA alike."""
+    if param == "gate_up_proj":
+        return [(gguf.MODEL_TENSOR.FFN_GATE_EXP, 0), (gguf.MODEL_TENSOR.FFN_UP_EXP, 1)]
+    if param == "down_proj":
+        return [(gguf.MODEL_TENSOR.FFN_DOWN_EXP, None)]
+    return []
+
+
 class Planner:
     """Turns a base checkpoint (+ adapter) into GGUF metadata and a list of output tensors."""
 
@@ -326,14 +337,10 @@ class Planner:
             n_exp, cols, rows = self.ckpt.info(param).shape  # stored (E, in, out)
         target = self._target(param)
         bid = int(name.split(".layers.")[1].split(".")[0])
-        if base == "gate_up_proj":
-            parts = [(gguf.MODEL_TENSOR.FFN_GATE_EXP, 0), (gguf.MODEL_TENSOR.FFN_UP_EXP, 1)]
-            out_rows = rows // 2
-        elif base == "down_proj":
-            parts = [(gguf.MODEL_TENSOR.FFN_DOWN_EXP, None)]
-            out_rows = rows
-        else:
+        parts = expert_parts(base)
+        if not parts:
             raise HaruhiError(f"unexpected expert tensor {name} in the base model")
+        out_rows = rows // len(parts)
         result = []
         for kind, parity in parts:
             gname = gguf.TENSOR_NAMES[kind].format(bid=bid) + ".weight"

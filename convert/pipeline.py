@@ -21,7 +21,8 @@ from gguf import GGMLQuantizationType as QT
 from haruhi_tui.errors import HaruhiError
 
 from .adapter import Adapter
-from .architectures import FILE_TYPE, ArchSpec, OutTensor, Planner, _permute_rows, resolve_type, spec_for
+from .architectures import (FILE_TYPE, ArchSpec, OutTensor, Planner, _permute_rows, expert_parts, resolve_type,
+                            spec_for)
 from .checkpoint import Checkpoint
 from .tokenizer import TokenizerInfo
 from .writer import GGUFStream, check_free_space, remove_stale_temps, temp_path_for, terminate_as_interrupt
@@ -303,14 +304,10 @@ def _expert_adapter_tensors(adapter: Adapter, target, qtype: QT, fold: float) ->
     e = target.experts
     lhs0, rhs0 = adapter.expert_factors(target, 0)  # (out, r), (r, in)
     out_dim, in_dim, r = lhs0.shape[0], rhs0.shape[1], rhs0.shape[0]
-    if param == "gate_up_proj":
-        parts = [(gguf.MODEL_TENSOR.FFN_GATE_EXP, slice(0, None, 2)), (gguf.MODEL_TENSOR.FFN_UP_EXP, slice(1, None, 2))]
-        rows = out_dim // 2
-    elif param == "down_proj":
-        parts = [(gguf.MODEL_TENSOR.FFN_DOWN_EXP, slice(None))]
-        rows = out_dim
-    else:
+    parts = [(kind, slice(None) if parity is None else slice(parity, None, 2)) for kind, parity in expert_parts(param)]
+    if not parts:
         raise HaruhiError(f"cannot export LoRA on {target.param} as a GGUF adapter")
+    rows = out_dim // len(parts)
     result = []
     for kind, sel in parts:
         base = gguf.TENSOR_NAMES[kind].format(bid=bid) + ".weight"
