@@ -55,9 +55,9 @@ class TrainConfig:
                               "gpt-oss on CUDA, eager for gpt-oss on CPU, sdpa otherwise.", ATTENTIONS)
     gradient_checkpointing: bool = _setting(True, "model", "Recompute activations in the backward pass "
                                             "(less memory, about a third more compute).")
-    template: str = _setting("auto", "model", "gpt-oss prompts: 'model' renders with the checkpoint's own chat "
-                             "template, 'haruhi' with our harmony renderer; auto = the model's template when it has one.",
-                             TEMPLATES)
+    template: str = _setting("auto", "model", "gpt-oss prompts: 'haruhi' renders with our harmony renderer, the "
+                             "prompt chat and eval build too; 'model' with the checkpoint's own chat template (its "
+                             "system message differs: ChatGPT identity, dates). auto = haruhi.", TEMPLATES)
     reasoning_effort: str = _setting("low", "model", "Reasoning effort written in the harmony system message.", EFFORTS)
     # [data]
     dataset: str = _setting("data/haruhi_train.json", "data",

@@ -355,7 +355,8 @@ def prepare_sequences(config: tc.TrainConfig, tokenizer: Any, style: str,
         samples = resolve_dataset(config.dataset)
     if config.max_samples:
         samples = samples[:config.max_samples]
-    renderer = PromptRenderer(tokenizer, style, use_template=config.template != "haruhi",  # type: ignore[arg-type]
+    # auto is our renderer: the fine-tune then sees in training the very prompt the chat app and eval send it
+    renderer = PromptRenderer(tokenizer, style, use_template=config.template == "model",  # type: ignore[arg-type]
                               reasoning_effort=config.reasoning_effort)
     return encode_samples(samples, renderer, config.max_length)
 
