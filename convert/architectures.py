@@ -146,6 +146,11 @@ def _rope_parameters(hp: dict[str, Any]) -> dict[str, Any]:
     return rope
 
 
+def layer_index(name: str) -> int:
+    """The block number in a checkpoint tensor name (``model.layers.7.mlp...`` -> 7)."""
+    return int(name.split(".layers.")[1].split(".")[0])
+
+
 def expert_parts(param: str) -> list[tuple[gguf.MODEL_TENSOR, int | None]]:
     """The GGUF expert tensors one gpt-oss expert parameter becomes, with the output rows each takes:
     ``gate_up_proj`` interleaves gate (even rows) and up (odd rows); ``down_proj`` stays whole (None).
@@ -336,7 +341,7 @@ class Planner:
         else:
             n_exp, cols, rows = self.ckpt.info(param).shape  # stored (E, in, out)
         target = self._target(param)
-        bid = int(name.split(".layers.")[1].split(".")[0])
+        bid = layer_index(name)
         parts = expert_parts(base)
         if not parts:
             raise HaruhiError(f"unexpected expert tensor {name} in the base model")
@@ -377,7 +382,7 @@ class Planner:
     def _plan_expert_bias(self, module: str, base: str) -> list[OutTensor]:
         name = f"{module}.{base}"
         n_exp, width = self.ckpt.info(name).shape
-        bid = int(name.split(".layers.")[1].split(".")[0])
+        bid = layer_index(name)
         if base == "gate_up_proj_bias":
             parts = [(gguf.MODEL_TENSOR.FFN_GATE_EXP, slice(0, None, 2)), (gguf.MODEL_TENSOR.FFN_UP_EXP, slice(1, None, 2))]
             cols = width // 2
@@ -436,7 +441,7 @@ def _tensor_order(name: str) -> tuple[int, int, str]:
     """Embeddings first, then layer by layer, then the output head (the order llama.cpp files use)."""
     if ".layers." in name:
         try:
-            return (1, int(name.split(".layers.")[1].split(".")[0]), name)
+            return (1, layer_index(name), name)
         except ValueError:
             pass
     return (0 if "embed" in name else 2, 0, name)

@@ -21,8 +21,8 @@ from gguf import GGMLQuantizationType as QT
 from haruhi_tui.errors import HaruhiError
 
 from .adapter import Adapter
-from .architectures import (FILE_TYPE, ArchSpec, OutTensor, Planner, _permute_rows, expert_parts, resolve_type,
-                            spec_for)
+from .architectures import (FILE_TYPE, ArchSpec, OutTensor, Planner, _permute_rows, expert_parts, layer_index,
+                            resolve_type, spec_for)
 from .checkpoint import Checkpoint
 from .tokenizer import TokenizerInfo
 from .writer import GGUFStream, check_free_space, remove_stale_temps, temp_path_for, terminate_as_interrupt
@@ -300,7 +300,7 @@ def _linear_adapter_tensors(planner: Planner, adapter: Adapter, target, qtype: Q
 
 def _expert_adapter_tensors(adapter: Adapter, target, qtype: QT, fold: float) -> list[OutTensor]:
     module, _, param = target.param.rpartition(".")
-    bid = int(module.split(".layers.")[1].split(".")[0])
+    bid = layer_index(module)
     e = target.experts
     lhs0, rhs0 = adapter.expert_factors(target, 0)  # (out, r), (r, in)
     out_dim, in_dim, r = lhs0.shape[0], rhs0.shape[1], rhs0.shape[0]
