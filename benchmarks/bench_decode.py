@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -35,8 +36,6 @@ from bench_chat import LINES, machine, raw_decode  # noqa: E402  (same lines and
 
 def gpu_name() -> str:
     try:
-        import subprocess
-
         out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=20)
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else ""
