@@ -151,14 +151,15 @@ def layer_index(name: str) -> int:
     return int(name.split(".layers.")[1].split(".")[0])
 
 
-def expert_parts(param: str) -> list[tuple[gguf.MODEL_TENSOR, int | None]]:
-    """The GGUF expert tensors one gpt-oss expert parameter becomes, with the output rows each takes:
-    ``gate_up_proj`` interleaves gate (even rows) and up (odd rows); ``down_proj`` stays whole (None).
-    Empty for any other name. Used for base weights and for adapter-only LoRA alike."""
+def expert_parts(param: str) -> list[tuple[gguf.MODEL_TENSOR, slice]]:
+    """The GGUF expert tensors one gpt-oss expert parameter (or its bias) becomes, with the output rows each
+    takes: ``gate_up_proj`` interleaves gate (even rows) and up (odd rows); ``down_proj`` stays whole.
+    Empty for any other name. Used for base weights, biases and adapter-only LoRA alike."""
+    param = param.removesuffix("_bias")
     if param == "gate_up_proj":
-        return [(gguf.MODEL_TENSOR.FFN_GATE_EXP, 0), (gguf.MODEL_TENSOR.FFN_UP_EXP, 1)]
+        return [(gguf.MODEL_TENSOR.FFN_GATE_EXP, slice(0, None, 2)), (gguf.MODEL_TENSOR.FFN_UP_EXP, slice(1, None, 2))]
     if param == "down_proj":
-        return [(gguf.MODEL_TENSOR.FFN_DOWN_EXP, None)]
+        return [(gguf.MODEL_TENSOR.FFN_DOWN_EXP, slice(None))]
     return []
 
 
@@ -347,17 +348,16 @@ class Planner:
             raise HaruhiError(f"unexpected expert tensor {name} in the base model")
         out_rows = rows // len(parts)
         result = []
-        for kind, parity in parts:
+        for kind, rows_sel in parts:
             gname = gguf.TENSOR_NAMES[kind].format(bid=bid) + ".weight"
             shape = (n_exp, out_rows, cols)
             qtype = self._expert_qtype(shape)
-            result.append(OutTensor(gname, shape, qtype, self._expert_producer(param, mxfp4, target, parity, qtype, n_exp), param))
+            result.append(OutTensor(gname, shape, qtype, self._expert_producer(param, mxfp4, target, rows_sel, qtype, n_exp), param))
         return result
 
-    def _expert_producer(self, param: str, mxfp4: bool, target: LoraTarget | None, parity: int | None,
+    def _expert_producer(self, param: str, mxfp4: bool, target: LoraTarget | None, rows_sel: slice,
                          qtype: QT, n_exp: int) -> Callable[[], Iterator[Chunk]]:
         ckpt, adapter = self.ckpt, self.adapter
-        rows_sel = slice(None) if parity is None else slice(parity, None, 2)
 
         def produce() -> Iterator[Chunk]:
             for e in range(n_exp):
@@ -383,12 +383,10 @@ class Planner:
         name = f"{module}.{base}"
         n_exp, width = self.ckpt.info(name).shape
         bid = layer_index(name)
-        if base == "gate_up_proj_bias":
-            parts = [(gguf.MODEL_TENSOR.FFN_GATE_EXP, slice(0, None, 2)), (gguf.MODEL_TENSOR.FFN_UP_EXP, slice(1, None, 2))]
-            cols = width // 2
-        else:
-            parts = [(gguf.MODEL_TENSOR.FFN_DOWN_EXP, slice(None))]
-            cols = width
+        parts = expert_parts(base)
+        if not parts:
+            raise HaruhiError(f"unexpected expert tensor {name} in the base model")
+        cols = width // len(parts)
         result = []
         for kind, sel in parts:
             gname = gguf.TENSOR_NAMES[kind].format(bid=bid) + ".bias"

@@ -304,7 +304,7 @@ def _expert_adapter_tensors(adapter: Adapter, target, qtype: QT, fold: float) ->
     e = target.experts
     lhs0, rhs0 = adapter.expert_factors(target, 0)  # (out, r), (r, in)
     out_dim, in_dim, r = lhs0.shape[0], rhs0.shape[1], rhs0.shape[0]
-    parts = [(kind, slice(None) if parity is None else slice(parity, None, 2)) for kind, parity in expert_parts(param)]
+    parts = expert_parts(param)
     if not parts:
         raise HaruhiError(f"cannot export LoRA on {target.param} as a GGUF adapter")
     rows = out_dim // len(parts)

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 try:  # llama.cpp's libraries before numpy's (prompt_format below pulls numpy in): with numpy loaded first, a
-    # CUDA build of llama-cpp-python crashed while loading a model on the H100 test machine (chat-gpu.md)
+    # CUDA build of llama-cpp-python crashed while loading a model on the H100 test machine
+    # (benchmarks/results/full-size/README.md)
     import llama_cpp as _llama_cpp  # noqa: F401
 except Exception:  # not installed or broken: open_gguf says so when a model is opened
     pass
