@@ -276,21 +276,23 @@ class StepProfiler:
         self.started_at = 0.0
         self.wall = 0.0
         self.steps_seen = 0
-        self.first = warmup + 1  # the first profiled step (steps count from 1)
+        wait = max(warmup - 1, 0)
+        self.first = wait + 2  # the first profiled step (steps count from 1; one profiler warm-up step before it)
         self.prof = profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU],
-                            schedule=schedule(wait=max(warmup - 1, 0), warmup=1, active=active, repeat=1))
+                            schedule=schedule(wait=wait, warmup=1, active=active, repeat=1))
         self.prof.start()
 
     def step(self) -> None:
-        import torch
-
         self.steps_seen += 1
-        if self.cuda:
-            torch.cuda.synchronize()
-        if self.steps_seen == self.first - 1:
-            self.started_at = time.perf_counter()
-        elif self.steps_seen == self.first - 1 + self.active:
-            self.wall = time.perf_counter() - self.started_at
+        if self.steps_seen in (self.first - 1, self.first - 1 + self.active):  # the profiled steps' bounds
+            if self.cuda:
+                import torch
+
+                torch.cuda.synchronize()
+            if self.steps_seen == self.first - 1:
+                self.started_at = time.perf_counter()
+            else:
+                self.wall = time.perf_counter() - self.started_at
         self.prof.step()
 
     def finish(self, path: Path, title: str) -> dict:
