@@ -41,18 +41,21 @@ llama_build() {  # CUDA llama-cpp-python into /tmp/site; /tmp/llama-build.rc say
     echo $? > /tmp/llama-build.rc' > /dev/null 2>&1 < /dev/null &
 }
 
+bench_train() {  # NAME SECONDS FLAGS...: report $OUT/train-h100-NAME.{json,md}, log $OUT/train-NAME.log
+  local name=$1 limit=$2; shift 2
+  timeout "$limit" python3 benchmarks/bench_train.py --layers 24 --characters $W/characters \
+    --tokenizer .gpu/data/tokenizer.json.gz --scratch $W/train --out $OUT/train-h100-$name "$@" > $OUT/train-$name.log 2>&1
+  echo "bench_train $name exit $?"; tail -n 4 $OUT/train-$name.log
+}
+
 case "$stage" in
   train)
     llama_build
-    timeout 540 python3 benchmarks/bench_train.py --engine unsloth --layers 24 --characters $W/characters \
-      --tokenizer .gpu/data/tokenizer.json.gz --scratch $W/train --out $OUT/train-h100-unsloth > $OUT/train-unsloth.log 2>&1
-    echo "bench_train exit $?"; tail -n 12 $OUT/train-unsloth.log
+    bench_train unsloth 540 --engine unsloth
     ;;
   tune)  # where the Unsloth step time goes: 8 x 1024 with gradient checkpointing, two steps profiled
     llama_build
-    timeout 540 python3 benchmarks/bench_train.py --engine unsloth --layers 24 --tokenizer .gpu/data/tokenizer.json.gz \
-      --scratch $W/train --workloads synthetic --profile-steps 2 --out $OUT/train-h100-unsloth-gc > $OUT/train-unsloth-gc.log 2>&1
-    echo "bench_train exit $?"; tail -n 3 $OUT/train-unsloth-gc.log
+    bench_train unsloth-gc 540 --engine unsloth --workloads synthetic --profile-steps 2
     ;;
   convert)
     llama_build   # a no-op when an earlier stage on this machine started it
@@ -68,26 +71,15 @@ case "$stage" in
     echo "bench_decode exit $?"; tail -n 10 $OUT/decode.log
     ;;
   tune2)  # real haruhi_train at 8 rows per micro-batch; synthetic without gradient checkpointing (both profiled)
-    timeout 300 python3 benchmarks/bench_train.py --engine unsloth --layers 24 --characters $W/characters \
-      --tokenizer .gpu/data/tokenizer.json.gz --scratch $W/train --workloads real --real-batch 8 --profile-steps 2 \
-      --out $OUT/train-h100-unsloth-real-b8 > $OUT/train-unsloth-real-b8.log 2>&1
-    echo "bench_train exit $?"; tail -n 3 $OUT/train-unsloth-real-b8.log
-    timeout 200 python3 benchmarks/bench_train.py --engine unsloth --layers 24 --scratch $W/train \
-      --tokenizer .gpu/data/tokenizer.json.gz --workloads synthetic --no-gradient-checkpointing --profile-steps 2 \
-      --out $OUT/train-h100-unsloth-nogc > $OUT/train-unsloth-nogc.log 2>&1
-    echo "bench_train exit $?"; tail -n 3 $OUT/train-unsloth-nogc.log
+    bench_train unsloth-real-b8 300 --engine unsloth --workloads real --real-batch 8 --profile-steps 2
+    bench_train unsloth-nogc 200 --engine unsloth --workloads synthetic --no-gradient-checkpointing --profile-steps 2
     ;;
   tune3)  # real haruhi_train, 4 rows, without gradient checkpointing
-    timeout 540 python3 benchmarks/bench_train.py --engine unsloth --layers 24 --characters $W/characters \
-      --tokenizer .gpu/data/tokenizer.json.gz --scratch $W/train --workloads real --real-batch 4 \
-      --no-gradient-checkpointing --out $OUT/train-h100-unsloth-real-b4-nogc > $OUT/train-unsloth-real-b4-nogc.log 2>&1
-    echo "bench_train exit $?"; tail -n 3 $OUT/train-unsloth-real-b4-nogc.log
+    bench_train unsloth-real-b4-nogc 540 --engine unsloth --workloads real --real-batch 4 --no-gradient-checkpointing
     rm -f $W/train/gpt-oss-20b-24l-random/*.safetensors   # 39 GB: convert needs the disk
     ;;
   hf)
-    timeout 560 python3 benchmarks/bench_train.py --engine hf --layers 24 --characters $W/characters \
-      --tokenizer .gpu/data/tokenizer.json.gz --scratch $W/train --out $OUT/train-h100-hf > $OUT/train-hf.log 2>&1
-    echo "bench_train exit $?"; tail -n 12 $OUT/train-hf.log
+    bench_train hf 560 --engine hf
     ;;
   q8)
     rm -f $W/convert/out-mxfp4-mxfp4.gguf
