@@ -107,6 +107,9 @@ async def test_kill_9_mid_reply_keeps_the_message_and_the_partial_reply(characte
     async with app.run_test(size=SIZE) as pilot:
         screen = app.chat_screen
         await wait_for(pilot, lambda: screen.session is not None, what="the interrupted chat to resume")
+        # the views are mounted with the session; their own parts (the status note) compose a moment later
+        await wait_for(pilot, lambda: len(screen.views()) == 2 and screen.views()[1].query(".note"),
+                       what="the resumed reply's status note")
         user, reply = screen.views()
         assert (user.role, user.content) == ("user", "给我讲讲SOS团的故事吧")
         assert reply.status == "incomplete" and reply.content.startswith(partial[0].strip()[:2])
