@@ -88,7 +88,7 @@ async def drive_app(args, engine) -> list[dict]:
     from haruhi_tui.app.app import HaruhiApp
     from haruhi_tui.app.screens.pick import CharacterPicker
     from haruhi_tui.app.widgets import PromptInput
-    from haruhi_tui.llm import Sampling
+    from haruhi_tui.core.llm import Sampling
 
     async def wait(pilot, predicate, timeout=300.0):
         deadline = time.monotonic() + timeout
@@ -137,8 +137,8 @@ async def drive_app(args, engine) -> list[dict]:
 
 
 def main() -> None:
-    from haruhi_tui.llm import bundled_model, default_threads, interactive_threads, open_gguf
-    from haruhi_tui.paths import default_characters_dir
+    from haruhi_tui.core.llm import bundled_model, default_threads, interactive_threads, open_gguf
+    from haruhi_tui.core.paths import default_characters_dir
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--characters", type=Path, default=default_characters_dir())
@@ -148,7 +148,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--threads", type=int, default=None,
-                   help="decode threads (default: what the app uses, haruhi_tui.llm.interactive_threads())")
+                   help="decode threads (default: what the app uses, haruhi_tui.core.llm.interactive_threads())")
     p.add_argument("--model", type=Path, default=None, help="GGUF (default: the bundled Gemma 3 270M)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "chat.md")
     args = p.parse_args()

@@ -65,14 +65,14 @@ def load_prompts(args) -> list[dict]:
         opener = gzip.open if str(args.prompts).endswith(".gz") else open
         with opener(args.prompts, "rt", encoding="utf-8") as fh:
             return [json.loads(line) for line in fh if line.strip()]
-    from haruhi_tui.prompt_format import conversation_from_messages, render_text
+    from haruhi_tui.core.prompt_format import conversation_from_messages, render_text
 
     if args.dataset:
-        from haruhi_tui.sharegpt import load_sharegpt
+        from haruhi_tui.core.sharegpt import load_sharegpt
 
         samples = load_sharegpt(args.dataset)
     elif args.characters:
-        from haruhi_tui.dataset import BuildOptions, build
+        from haruhi_tui.core.dataset import BuildOptions, build
 
         samples = build(args.characters, BuildOptions(seed=args.seed)).val
     else:
@@ -212,8 +212,8 @@ def probe(model, rows_list, prompt_len: int, steps: int) -> list[dict]:
 
 def bench_gguf(args) -> None:
     """llama.cpp path: the same prompts through GGUFGenerator with several --parallel values, prefix reuse on/off."""
-    from haruhi_tui.prompt_format import conversation_from_messages
-    from haruhi_tui.sharegpt import load_sharegpt
+    from haruhi_tui.core.prompt_format import conversation_from_messages
+    from haruhi_tui.core.sharegpt import load_sharegpt
     from trainer.evaluate import stratified_indices
     from trainer.generate import DecodingOptions, GGUFGenerator, Request, open_engine
 

@@ -95,7 +95,7 @@ def install_tokenizer(target: Path, source: str | None) -> None:
     """o200k_harmony with our harmony chat template, into ``target`` (tokenizer.json + tokenizer_config.json)."""
     from transformers import PreTrainedTokenizerFast
 
-    from haruhi_tui import harmony
+    from haruhi_tui.core import harmony
 
     target.mkdir(parents=True, exist_ok=True)
     if source and Path(source).is_dir():
@@ -159,7 +159,7 @@ def prepare_dataset(scratch: Path, dataset: str | None, characters: str | None) 
 
         subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": _pythonpath()})
     except ImportError:  # the CLI's own dependencies are missing: the same build through its functions
-        from haruhi_tui.dataset import BuildOptions, build, write
+        from haruhi_tui.core.dataset import BuildOptions, build, write
 
         write(build(characters, BuildOptions()), out)
     print(f"built haruhi_train in {time.time() - started:.0f} s", flush=True)
@@ -334,7 +334,7 @@ def _pythonpath() -> str:
 
 
 def _events(out: Path) -> list[dict]:
-    from haruhi_tui.events import read_events
+    from haruhi_tui.core.events import read_events
 
     return read_events(out)[0]
 
@@ -457,7 +457,7 @@ def main() -> None:
     if "real" in args.workloads.split(","):
         dataset = prepare_dataset(scratch, args.dataset, args.characters)
         if dataset is None and args.device == "cpu":
-            from haruhi_tui.paths import default_characters_dir
+            from haruhi_tui.core.paths import default_characters_dir
 
             dataset = prepare_dataset(scratch, None, str(default_characters_dir()))
         if dataset is not None and args.max_samples:

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from haruhi_tui.errors import HaruhiError
+from haruhi_tui.core.errors import HaruhiError
 
 from .checkpoint import Checkpoint, SafetensorsDir, load_json
 

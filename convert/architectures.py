@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as QT
 
-from haruhi_tui.errors import HaruhiError
+from haruhi_tui.core.errors import HaruhiError
 
 from . import quant
 from .adapter import Adapter, LoraTarget

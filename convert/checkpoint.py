@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from haruhi_tui.errors import HaruhiError
+from haruhi_tui.core.errors import HaruhiError
 
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 TORCH_DTYPE = {

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from haruhi_tui.errors import HaruhiError, friendly_errors
+from haruhi_tui.core.errors import HaruhiError, friendly_errors
 
 HELP = """Merge a LoRA adapter into its base model and write one GGUF that llama.cpp runs
 (llama-cpp-python, Ollama, LM Studio), or convert a base model without an adapter.
@@ -66,7 +66,7 @@ def convert_command(
     events: Optional[Path] = typer.Option(None, "--events", help="Folder to append progress events (events.jsonl) to, for the TUI launcher."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for merging/quantizing (default: all)."),
 ) -> None:
-    from haruhi_tui.events import EventLog
+    from haruhi_tui.core.events import EventLog
 
     from .pipeline import ConvertOptions, convert
 

@@ -18,7 +18,7 @@ import gguf
 import torch
 from gguf import GGMLQuantizationType as QT
 
-from haruhi_tui.errors import HaruhiError
+from haruhi_tui.core.errors import HaruhiError
 
 from .adapter import Adapter
 from .architectures import (FILE_TYPE, ArchSpec, OutTensor, Planner, _permute_rows, expert_parts, layer_index,

@@ -25,7 +25,7 @@ from typing import Any
 import gguf
 from gguf import TokenType
 
-from haruhi_tui.errors import HaruhiError
+from haruhi_tui.core.errors import HaruhiError
 
 # the probe text and known hashes of llama.cpp's convert_hf_to_gguf.py (get_vocab_base_pre)
 _PROBE = (

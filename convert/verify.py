@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from haruhi_tui.errors import HaruhiError
+from haruhi_tui.core.errors import HaruhiError
 
 BOUNDS: dict[str, tuple[float, float]] = {
     "f32": (0.01, 1.0), "f16": (0.03, 1.0), "bf16": (0.1, 1.0), "q8_0": (0.25, 0.95),

@@ -21,7 +21,7 @@ import gguf
 import numpy as np
 import torch
 
-from haruhi_tui.errors import HaruhiError
+from haruhi_tui.core.errors import HaruhiError
 
 from . import quant
 from .architectures import OutTensor

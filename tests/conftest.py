@@ -52,7 +52,7 @@ def tiny_gpt_oss_mxfp4(tmp_path_factory) -> Path:
     return build_tiny_gpt_oss(tmp_path_factory.mktemp("tiny_gpt_oss_mxfp4"), seed=0, mxfp4=True)
 
 
-#: Bump when haruhi_tui.models.gguf_to_hf changes what it writes: the cached checkpoint is keyed by it.
+#: Bump when haruhi_tui.services.models.gguf_to_hf changes what it writes: the cached checkpoint is keyed by it.
 GEMMA_HF_VERSION = "1"
 
 
@@ -64,7 +64,7 @@ def gemma_hf() -> Path:
     Read-only: copy it before changing anything in it."""
     import os
 
-    from haruhi_tui.models import default_gguf, gguf_to_hf
+    from haruhi_tui.services.models import default_gguf, gguf_to_hf
 
     cache = Path(os.environ.get("HARUHI_TEST_CACHE") or Path.home() / ".cache" / "haruhi-tests")
     target = cache / f"gemma-3-270m-hf-{GEMMA_HF_VERSION}"

@@ -13,8 +13,8 @@ EVAL_CHARACTERS = ["Luna", "jiumozhi", "haruhi"]
 def small_val_path(characters_dir, tmp_path_factory) -> Path:
     """haruhi_val.json of three real characters: role prompt and history, without retrieved scenes, so CPU
     runs stay quick."""
-    from haruhi_tui.dataset import BuildOptions, build, write
-    from haruhi_tui.persona import PromptBudget
+    from haruhi_tui.core.dataset import BuildOptions, build, write
+    from haruhi_tui.core.persona import PromptBudget
 
     result = build(characters_dir, BuildOptions(max_turns=4, budget=PromptBudget(scenes=0, max_scenes=0)),
                    only=EVAL_CHARACTERS)
@@ -24,6 +24,6 @@ def small_val_path(characters_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def small_val(small_val_path):
-    from haruhi_tui.sharegpt import load_sharegpt
+    from haruhi_tui.core.sharegpt import load_sharegpt
 
     return load_sharegpt(small_val_path)

@@ -9,10 +9,10 @@ from textual.widgets import Input, OptionList
 from haruhi_tui.app.screens.cards import ExportChatDialog, PathDialog
 from haruhi_tui.app.screens.download import DownloadDialog
 from haruhi_tui.app.screens.pick import CharacterPicker, ModelPicker
-from haruhi_tui.cards import export_card, read_card
-from haruhi_tui.characters import load_character
-from haruhi_tui.export import parse_jsonl
-from haruhi_tui.paths import data_dir
+from haruhi_tui.core.cards import export_card, read_card
+from haruhi_tui.core.characters import load_character
+from haruhi_tui.services.export import parse_jsonl
+from haruhi_tui.core.paths import data_dir
 
 
 def _option_ids(options: OptionList) -> list[str]:

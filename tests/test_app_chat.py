@@ -8,8 +8,8 @@ import pytest
 from app_support import SIZE, hold_after_first_token, make_app, pick_character, send, wait_for
 
 from haruhi_tui.app.widgets import MessageView, PromptInput
-from haruhi_tui.llm import bundled_model, open_gguf
-from haruhi_tui.paths import data_dir
+from haruhi_tui.core.llm import bundled_model, open_gguf
+from haruhi_tui.core.paths import data_dir
 
 
 @pytest.fixture(scope="module")

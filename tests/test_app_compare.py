@@ -9,7 +9,7 @@ from textual.widgets import Static
 
 from haruhi_tui.app.screens.compare import CompareScreen
 from haruhi_tui.app.widgets import PromptInput
-from haruhi_tui.llm import bundled_model, open_gguf
+from haruhi_tui.core.llm import bundled_model, open_gguf
 
 
 @pytest.fixture(scope="module")

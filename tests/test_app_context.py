@@ -7,7 +7,7 @@ from app_support import SIZE, make_app, pick_character, send, wait_for
 from textual.widgets import Collapsible, DataTable, TextArea
 
 from haruhi_tui.app.screens.context import ContextScreen
-from haruhi_tui.llm import bundled_model, open_gguf
+from haruhi_tui.core.llm import bundled_model, open_gguf
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from app_support import make_app, wait_for
 from test_jobs import write_dataset
 
 from haruhi_tui.app.screens.jobs import JobsScreen
-from haruhi_tui.llm import bundled_model, open_gguf
+from haruhi_tui.core.llm import bundled_model, open_gguf
 from textual.widgets import Input, ProgressBar, Static
 
 SIZE = (120, 50)

@@ -10,7 +10,7 @@ from textual.widgets import DataTable, Input, TextArea
 from haruhi_tui.app.screens.context import ContextScreen
 from haruhi_tui.app.screens.dialogs import RenameDialog
 from haruhi_tui.app.screens.memory import MemoryScreen
-from haruhi_tui.llm import bundled_model, open_gguf
+from haruhi_tui.core.llm import bundled_model, open_gguf
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from app_support import SIZE, make_app, pick_character, send, wait_for
 from textual.widgets import OptionList
 
 from haruhi_tui.app.screens.pick import BUNDLED, CharacterPicker, ModelPicker
-from haruhi_tui.llm import bundled_model
+from haruhi_tui.core.llm import bundled_model
 
 
 async def test_the_character_picker_shows_name_work_and_first_line_and_filters(characters_dir, tmp_path):
@@ -80,7 +80,7 @@ async def test_a_broken_model_is_a_message_then_the_bundled_one_is_picked_and_an
 
 @pytest.fixture(scope="module")
 def engine():
-    from haruhi_tui.llm import open_gguf
+    from haruhi_tui.core.llm import open_gguf
 
     return open_gguf(bundled_model(), n_ctx=2048)
 

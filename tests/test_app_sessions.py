@@ -16,7 +16,7 @@ from app_support import SIZE, hold_after_first_token, make_app, pick_character, 
 
 from haruhi_tui.app.screens.dialogs import ConfirmDialog, RenameDialog
 from haruhi_tui.app.widgets import ChatList, MessageView
-from haruhi_tui.llm import bundled_model, open_gguf
+from haruhi_tui.core.llm import bundled_model, open_gguf
 
 HERE = Path(__file__).resolve().parent
 

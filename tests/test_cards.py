@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from haruhi_tui.cards import character_to_card, export_card, import_card, read_card
-from haruhi_tui.characters import load_character
-from haruhi_tui.errors import HaruhiError
+from haruhi_tui.core.cards import character_to_card, export_card, import_card, read_card
+from haruhi_tui.core.characters import load_character
+from haruhi_tui.core.errors import HaruhiError
 
 
 @pytest.mark.parametrize("suffix", [".json", ".png"])
@@ -65,7 +65,7 @@ def test_png_without_card_and_oversized_card(tmp_path, monkeypatch):
     Image.new("RGB", (4, 4)).save(plain)
     with pytest.raises(HaruhiError, match="no character card"):
         read_card(plain)
-    monkeypatch.setattr("haruhi_tui.cards.MAX_CARD_BYTES", 10)
+    monkeypatch.setattr("haruhi_tui.core.cards.MAX_CARD_BYTES", 10)
     big = tmp_path / "big.json"
     big.write_text(json.dumps({"name": "x" * 100}))
     with pytest.raises(HaruhiError, match="too large"):

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from haruhi_tui.characters import Line, load_character, load_characters, parse_line, parse_scene
-from haruhi_tui.errors import HaruhiError
+from haruhi_tui.core.characters import Line, load_character, load_characters, parse_line, parse_scene
+from haruhi_tui.core.errors import HaruhiError
 
 
 @pytest.mark.parametrize(

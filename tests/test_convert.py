@@ -17,7 +17,7 @@ import torch
 from convert import cli, quant
 from convert.gguf_index import GGUFIndex
 from convert.verify import compare, gguf_logits, reference_logits, tokenize, verify_gguf
-from haruhi_tui import harmony
+from haruhi_tui.core import harmony
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -315,7 +315,7 @@ def test_gemma3_round_trip_matches_the_original_gguf(monkeypatch, capsys, gemma_
     """GGUF -> HF (haruhi models) -> GGUF (haruhi-convert): same weights, same vocabulary, same greedy tokens."""
     from llama_cpp import Llama
 
-    from haruhi_tui.models import default_gguf
+    from haruhi_tui.services.models import default_gguf
 
     original = default_gguf()
     out = tmp_path / "gemma.gguf"
@@ -356,7 +356,7 @@ def test_gemma3_round_trip_matches_the_original_gguf(monkeypatch, capsys, gemma_
 # -- events, errors, interruption ------------------------------------------------------------------
 
 def test_events_are_written_for_the_launcher(monkeypatch, capsys, tiny_gpt_oss, tmp_path):
-    from haruhi_tui.events import job_state, read_events
+    from haruhi_tui.core.events import job_state, read_events
 
     code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-o", tmp_path / "m.gguf", "-t", "bf16", "--events", tmp_path / "job")
     assert code == 0, err

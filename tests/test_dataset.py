@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from haruhi_tui.characters import load_character, parse_scene
-from haruhi_tui.dataset import BuildOptions, build, scene_turns
-from haruhi_tui.errors import HaruhiError
-from haruhi_tui.sharegpt import load_dataset_info, load_sharegpt, resolve_dataset
+from haruhi_tui.core.characters import load_character, parse_scene
+from haruhi_tui.core.dataset import BuildOptions, build, scene_turns
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.sharegpt import load_dataset_info, load_sharegpt, resolve_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -161,7 +161,7 @@ def test_extra_sharegpt_files_merge_into_train(tmp_path, characters_dir):
 
 
 def test_tiny_history_budget_still_starts_every_sample_with_a_user_turn(characters_dir):
-    from haruhi_tui.persona import PromptBudget
+    from haruhi_tui.core.persona import PromptBudget
 
     result = build(characters_dir, BuildOptions(budget=PromptBudget(history=30)), only=["haruhi", "Harry"])
     for sample in result.train + result.val:

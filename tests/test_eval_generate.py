@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from eval_fixtures import small_val, small_val_path  # noqa: F401 - fixtures
-from haruhi_tui import harmony
-from haruhi_tui.prompt_format import conversation_from_messages
+from haruhi_tui.core import harmony
+from haruhi_tui.core.prompt_format import conversation_from_messages
 from trainer.evaluate import stratified_indices
 from trainer.generate import DecodingOptions, FixedLengthStop, HFGenerator, Request, StopRule
 
@@ -133,7 +133,7 @@ def test_llama_cpp_continuous_batching_with_prefix_reuse(small_val):
 
     from trainer.generate import GGUFGenerator
 
-    from haruhi_tui.prompt_format import Conversation
+    from haruhi_tui.core.prompt_format import Conversation
 
     path = gemma.assemble()
     # short prompts (a slice of the persona, the last line) keep llama.cpp's CPU time small

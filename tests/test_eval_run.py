@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from eval_fixtures import small_val, small_val_path  # noqa: F401 - fixtures
 from haruhi_tui.cli import app
-from haruhi_tui.events import job_state, read_events
+from haruhi_tui.core.events import job_state, read_events
 from trainer.metrics import mean_scores, sample_scores
 
 ROOT = Path(__file__).resolve().parent.parent

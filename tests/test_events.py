@@ -1,4 +1,4 @@
-from haruhi_tui.events import EventLog, job_state, read_events
+from haruhi_tui.core.events import EventLog, job_state, read_events
 
 
 def test_events_roundtrip_and_torn_last_line(tmp_path):

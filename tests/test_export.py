@@ -2,12 +2,12 @@ import json
 
 import pytest
 
-from haruhi_tui.characters import load_character
-from haruhi_tui.dataset import BuildOptions, build
-from haruhi_tui.errors import HaruhiError
-from haruhi_tui.export import ChatRecord, export_chat, parse_jsonl, parse_markdown
-from haruhi_tui.persona import Turn
-from haruhi_tui.sharegpt import load_sharegpt
+from haruhi_tui.core.characters import load_character
+from haruhi_tui.core.dataset import BuildOptions, build
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.services.export import ChatRecord, export_chat, parse_jsonl, parse_markdown
+from haruhi_tui.core.persona import Turn
+from haruhi_tui.core.sharegpt import load_sharegpt
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 import pytest
 
-from haruhi_tui import harmony
-from haruhi_tui.harmony import HarmonyStreamParser, parse_reply, render, render_segments
+from haruhi_tui.core import harmony
+from haruhi_tui.core.harmony import HarmonyStreamParser, parse_reply, render, render_segments
 
 WITH_ANALYSIS = (
     "<|channel|>analysis<|message|>The user greets me; Haruhi is bossy.<|end|>"

@@ -1,4 +1,4 @@
-"""The launcher engine (haruhi_tui.jobs) without UI: forms to command lines, refusals, and real tiny training
+"""The launcher engine (haruhi_tui.services.jobs) without UI: forms to command lines, refusals, and real tiny training
 jobs started, followed, cancelled, re-attached from a second store connection, and resumed."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from haruhi_tui.jobs import JobError, Launcher, plan_train, train_fields
+from haruhi_tui.services.jobs import JobError, Launcher, plan_train, train_fields
 from haruhi_tui.store import SCHEMA_VERSION, Store
 from haruhi_tui.store.jobs import JobTable
 

@@ -9,10 +9,10 @@ import threading
 
 import pytest
 
-from haruhi_tui import harmony
-from haruhi_tui.characters import load_character
-from haruhi_tui.chat import ChatSession
-from haruhi_tui.llm import (
+from haruhi_tui.core import harmony
+from haruhi_tui.core.characters import load_character
+from haruhi_tui.services.chat import ChatSession
+from haruhi_tui.core.llm import (
     Engine, ModelError, ReplyStream, Sampling, bundled_model, check_fits, detect_model_style, open_gguf,
     read_gguf_info,
 )
@@ -294,7 +294,7 @@ def test_a_long_chat_keeps_a_cacheable_prefix_when_old_turns_leave_the_window(en
     assert stable >= 0.8 * steps
 
 
-@pytest.mark.parametrize("entry", ["haruhi_tui.app.main", "haruhi_tui.llm"])
+@pytest.mark.parametrize("entry", ["haruhi_tui.app.main", "haruhi_tui.core.llm"])
 def test_llama_cpp_is_loaded_before_numpy(entry):
     """A CUDA llama-cpp-python crashed loading a model when numpy's libraries were loaded first (seen on the
     H100 machine); the chat app's entry points load llama.cpp's shared library before anything pulls numpy in."""

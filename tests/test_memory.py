@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from haruhi_tui.characters import load_character
-from haruhi_tui.chat import ChatSession
-from haruhi_tui.llm import Sampling, bundled_model, open_gguf
-from haruhi_tui.memory import clean_summary, summary_prompt
-from haruhi_tui.persona import SUMMARY_HEADER, Turn
+from haruhi_tui.core.characters import load_character
+from haruhi_tui.services.chat import ChatSession
+from haruhi_tui.core.llm import Sampling, bundled_model, open_gguf
+from haruhi_tui.services.memory import clean_summary, summary_prompt
+from haruhi_tui.core.persona import SUMMARY_HEADER, Turn
 from haruhi_tui.store import Store
 
 GREEDY = Sampling(temperature=0.0, max_tokens=12, repeat_penalty=1.0)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from haruhi_tui import models
-from haruhi_tui.errors import HaruhiError
-from haruhi_tui.models import LocalModel, download, gguf_to_hf, list_local_models, read_local_model
+from haruhi_tui.services import models
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.services.models import LocalModel, download, gguf_to_hf, list_local_models, read_local_model
 
 
 def write_gguf(path: Path, arch: str = "llama", *, name: str = "Tiny", template: str | None = None,

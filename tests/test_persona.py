@@ -1,6 +1,6 @@
-from haruhi_tui.characters import load_character
-from haruhi_tui.persona import PersonaBuilder, PromptBudget, Turn, estimate_tokens
-from haruhi_tui.prompt_format import Conversation, render_text, reply_text, to_messages
+from haruhi_tui.core.characters import load_character
+from haruhi_tui.core.persona import PersonaBuilder, PromptBudget, Turn, estimate_tokens
+from haruhi_tui.core.prompt_format import Conversation, render_text, reply_text, to_messages
 
 
 def _haruhi(characters_dir, **budget):
@@ -75,7 +75,7 @@ def test_formats_share_conventions(characters_dir):
 
 
 def test_detect_style():
-    from haruhi_tui.prompt_format import detect_style
+    from haruhi_tui.core.prompt_format import detect_style
 
     assert detect_style("gpt-oss", None) == "harmony"
     assert detect_style("gpt_oss", "{{ messages }}") == "harmony"

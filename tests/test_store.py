@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from haruhi_tui.characters import load_character
-from haruhi_tui.chat import ChatSession
+from haruhi_tui.core.characters import load_character
+from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.store import SCHEMA_VERSION, Store, StoreError, current_version, upgrade
 
 

@@ -8,7 +8,7 @@ from hashlib import sha256
 import pytest
 import torch
 
-from haruhi_tui import harmony
+from haruhi_tui.core import harmony
 from tiny_models import EOS_IDS, TINY_SHAPE, VOCAB_SIZE, build_tiny_gpt_oss, mxfp4_dequantize, mxfp4_quantize
 
 EXTRA_LINES = [

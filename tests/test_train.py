@@ -20,7 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from haruhi_tui.cli import app
-from haruhi_tui.events import job_state, read_events
+from haruhi_tui.core.events import job_state, read_events
 from trainer import train_config as tc
 from trainer.train_loop import CHECKPOINT_MARKER, latest_checkpoint, run_training
 
@@ -92,7 +92,7 @@ def test_training_lowers_the_loss_and_writes_an_adapter_that_learned(tiny_gpt_os
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from haruhi_tui import harmony
+    from haruhi_tui.core import harmony
 
     out = tmp_path / "run"
     config = config_for(tiny_gpt_oss, dataset, out, max_steps=8, save_steps=3)
@@ -206,7 +206,7 @@ def test_gemma_3_270m_base_trains_on_the_play_script(gemma_hf, dataset, tmp_path
     from transformers import AutoTokenizer
 
     from trainer.train_data import PromptRenderer, conversation_of
-    from haruhi_tui.sharegpt import resolve_dataset
+    from haruhi_tui.core.sharegpt import resolve_dataset
 
     tokenizer = AutoTokenizer.from_pretrained(str(gemma_hf))
     encoded = PromptRenderer(tokenizer, "script", use_template=False).encode(

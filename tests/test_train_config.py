@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from haruhi_tui.cli import app
-from haruhi_tui.errors import HaruhiError
+from haruhi_tui.core.errors import HaruhiError
 from trainer import train_config as tc
 from trainer.train_loop import resume_config
 

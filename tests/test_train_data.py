@@ -11,9 +11,9 @@ import random
 import pytest
 import torch
 
-from haruhi_tui import harmony
-from haruhi_tui.prompt_format import SCRIPT_CLOSE, detect_style
-from haruhi_tui.sharegpt import Sample
+from haruhi_tui.core import harmony
+from haruhi_tui.core.prompt_format import SCRIPT_CLOSE, detect_style
+from haruhi_tui.core.sharegpt import Sample
 from trainer.train_data import (IGNORE_INDEX, DataStats, PromptRenderer, collate, conversation_of, encode_samples,
                                 fit_conversation, plan_grouped, plan_packed)
 
@@ -118,7 +118,7 @@ def test_one_exchange_too_long_loses_the_start_of_its_user_turn(tokenizer):
 
 def test_samples_without_trainable_text_leave_a_clear_error(tokenizer):
     renderer = PromptRenderer(tokenizer, "harmony", use_template=False)
-    from haruhi_tui.errors import HaruhiError
+    from haruhi_tui.core.errors import HaruhiError
 
     with pytest.raises(HaruhiError, match="raise --max-length"):
         encode_samples([sample()], renderer, 8)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from haruhi_tui import harmony
+from haruhi_tui.core import harmony
 
 #: Bump when the tokenizer build changes: the cached tokenizer.json is keyed by it.
 TOKENIZER_VERSION = "o200k_harmony-1"
@@ -64,7 +64,7 @@ def cache_root() -> Path:
 # -- tokenizer ------------------------------------------------------------------------------------
 
 def special_tokens() -> dict[int, str]:
-    """Every harmony special token by id: the named ones from :mod:`haruhi_tui.harmony`, reserved ones between."""
+    """Every harmony special token by id: the named ones from :mod:`haruhi_tui.core.harmony`, reserved ones between."""
     named = {i: t for t, i in harmony.SPECIAL_TOKEN_IDS.items()}
     return {i: named.get(i, f"<|reserved_{i}|>") for i in range(N_REGULAR_TOKENS, VOCAB_SIZE)}
 

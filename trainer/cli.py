@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import typer
 
-from haruhi_tui.errors import HaruhiError, friendly_errors
+from haruhi_tui.core.errors import HaruhiError, friendly_errors
 
 from . import train_config as tc
 

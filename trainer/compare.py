@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from haruhi_tui.errors import HaruhiError
-from haruhi_tui.fsutil import read_json, write_json, write_text
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.fsutil import read_json, write_json, write_text
 
 from .evaluate import METRICS_FILE
 from .metrics import METRIC_KEYS

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from haruhi_tui.errors import HaruhiError
+from haruhi_tui.core.errors import HaruhiError
 
 from .train_config import TrainConfig
 
@@ -140,7 +140,7 @@ def load_tokenizer(base_dir: Path):
 
 
 def model_type(base_dir: Path) -> str:
-    from haruhi_tui.fsutil import read_json
+    from haruhi_tui.core.fsutil import read_json
 
     config = read_json(base_dir / "config.json", "model config")
     return str(config.get("model_type", ""))

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from haruhi_tui.errors import HaruhiError, friendly_errors
+from haruhi_tui.core.errors import HaruhiError, friendly_errors
 
 EVAL_HELP = (
     "BLEU-4 / ROUGE of a model's replies on haruhi_val, scored exactly like LLaMA-Factory.\n\n"
@@ -112,7 +112,7 @@ def _run(model: Path, adapter: Optional[Path], dataset: str, out: Optional[Path]
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     if model is not None and model.suffix == ".gguf":
-        import haruhi_tui.llm  # noqa: F401  (loads llama.cpp before numpy: see its imports)
+        import haruhi_tui.core.llm  # noqa: F401  (loads llama.cpp before numpy: see its imports)
     from .evaluate import EvalConfig, Evaluation
     from .generate import SAMPLINGS, DecodingOptions, load_generator
 

@@ -10,7 +10,7 @@ Outputs in ``--out``:
 * ``metrics.json`` — LLaMA-Factory's ``predict_*`` keys, ``per_character``, and how it was made
   (``scoring``, ``decoding``, engine, model, ``complete``).
 * ``run.json`` — the settings that decide the predictions (checked on resume); ``events.jsonl`` — progress
-  for the TUI launcher (:mod:`haruhi_tui.events`).
+  for the TUI launcher (:mod:`haruhi_tui.core.events`).
 
 An interrupted run (Ctrl-C, kill, crash) keeps every finished prediction; the same command continues
 with the samples not yet predicted (matched by index and prompt hash). Ctrl-C also writes ``metrics.json``
@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from haruhi_tui.errors import Cancelled, HaruhiError
-from haruhi_tui.events import EventLog
-from haruhi_tui.fsutil import read_json, write_json
-from haruhi_tui.prompt_format import conversation_from_messages, reply_text
-from haruhi_tui.sharegpt import Sample, resolve_dataset
+from haruhi_tui.core.errors import Cancelled, HaruhiError
+from haruhi_tui.core.events import EventLog
+from haruhi_tui.core.fsutil import read_json, write_json
+from haruhi_tui.core.prompt_format import conversation_from_messages, reply_text
+from haruhi_tui.core.sharegpt import Sample, resolve_dataset
 
 from .generate import DecodingOptions, Request
 from .metrics import (METRIC_KEYS, ScoringMode, mean_scores, per_group_scores, prefixed, sample_scores,

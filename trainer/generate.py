@@ -1,6 +1,6 @@
 """Batched generation for evaluation: transformers (HF checkpoints, + LoRA adapter) and llama.cpp (GGUF).
 
-Both engines take token ids built by :mod:`haruhi_tui.prompt_format` and stream :class:`Completion`\\ s back
+Both engines take token ids built by :mod:`haruhi_tui.core.prompt_format` and stream :class:`Completion`\\ s back
 as sequences finish, so the evaluator can append each prediction to disk at once.
 
 * **transformers**: prompts sorted by length and left-padded into large batches; the prompt is prefilled in
@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal, Sequence
 
-from haruhi_tui import harmony
-from haruhi_tui.errors import HaruhiError
-from haruhi_tui.prompt_format import Conversation, Style, detect_style, render_text, stop_strings, to_messages
+from haruhi_tui.core import harmony
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.prompt_format import Conversation, Style, detect_style, render_text, stop_strings, to_messages
 
 Sampling = Literal["greedy", "lf"]
 SAMPLINGS: tuple[str, ...] = ("greedy", "lf")
@@ -536,8 +536,8 @@ def _attach_adapter(model, adapter_dir: Path, base: Path):
 # -- llama.cpp ------------------------------------------------------------------------------------
 
 def open_engine(path: str | os.PathLike, *, n_gpu_layers: int = -1, n_threads: int | None = None):
-    """Load a GGUF through the shared loader (:func:`haruhi_tui.llm.open_gguf`: friendly errors, style)."""
-    from haruhi_tui.llm import open_gguf
+    """Load a GGUF through the shared loader (:func:`haruhi_tui.core.llm.open_gguf`: friendly errors, style)."""
+    from haruhi_tui.core.llm import open_gguf
 
     return open_gguf(path, n_ctx=512, n_gpu_layers=n_gpu_layers, n_threads=n_threads)
 
@@ -558,7 +558,7 @@ class _Slot:
 class GGUFGenerator:
     """A GGUF model on llama.cpp, generating ``parallel`` sequences at once (continuous batching).
 
-    Prompts, tokens and end-of-generation come from the shared :class:`haruhi_tui.llm.Engine`; only the
+    Prompts, tokens and end-of-generation come from the shared :class:`haruhi_tui.core.llm.Engine`; only the
     multi-sequence decoding loop is ours (a second context on the same weights).
     """
 

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from haruhi_tui.errors import Cancelled, HaruhiError
-from haruhi_tui.events import EVENTS_FILE, EventLog, read_events
+from haruhi_tui.core.errors import Cancelled, HaruhiError
+from haruhi_tui.core.events import EVENTS_FILE, EventLog, read_events
 
 from . import train_config as tc
 from .engines import cuda_count

@@ -21,7 +21,7 @@ import math
 from collections import defaultdict
 from typing import Iterable, Literal, Mapping
 
-from haruhi_tui import harmony
+from haruhi_tui.core import harmony
 
 METRIC_KEYS: tuple[str, ...] = ("bleu-4", "rouge-1", "rouge-2", "rouge-l")
 ScoringMode = Literal["final", "lf-raw"]

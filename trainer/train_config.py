@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from haruhi_tui.errors import HaruhiError
-from haruhi_tui.fsutil import write_text
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.fsutil import write_text
 
 CONFIG_FILE = "train_config.toml"
 

@@ -1,7 +1,7 @@
 """From ShareGPT samples to training batches: prompts, label masks, packing. Shared by every engine.
 
-A sample's messages become a :class:`~haruhi_tui.prompt_format.Conversation`, rendered in the model's style
-(:func:`~haruhi_tui.prompt_format.detect_style`) into segments that say which text carries the loss: the
+A sample's messages become a :class:`~haruhi_tui.core.prompt_format.Conversation`, rendered in the model's style
+(:func:`~haruhi_tui.core.prompt_format.detect_style`) into segments that say which text carries the loss: the
 character's speech and the token that ends it, never the prompt. Segments are tokenized one by one, so a
 label boundary is always a token boundary and the prompt is tokenized as it is at inference (the prompt
 alone, then the reply). Models with a chat template we do not control (``chat`` style, or a gpt-oss
@@ -21,12 +21,12 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from haruhi_tui import prompt_format
-from haruhi_tui.errors import HaruhiError
-from haruhi_tui.harmony import Segment
-from haruhi_tui.persona import Turn
-from haruhi_tui.prompt_format import Conversation, Style
-from haruhi_tui.sharegpt import Sample
+from haruhi_tui.core import prompt_format
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.harmony import Segment
+from haruhi_tui.core.persona import Turn
+from haruhi_tui.core.prompt_format import Conversation, Style
+from haruhi_tui.core.sharegpt import Sample
 
 IGNORE_INDEX = -100
 PAD_MULTIPLE = 8

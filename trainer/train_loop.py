@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from haruhi_tui.errors import Cancelled, HaruhiError
-from haruhi_tui.events import EVENTS_FILE, EventLog
-from haruhi_tui.fsutil import read_json, write_json
+from haruhi_tui.core.errors import Cancelled, HaruhiError
+from haruhi_tui.core.events import EVENTS_FILE, EventLog
+from haruhi_tui.core.fsutil import read_json, write_json
 
 from . import train_config as tc
 from .engines import (LoadedModel, Placement, engine_for, load_tokenizer, model_type, resolve_base, resolve_device,
@@ -349,7 +349,7 @@ def steps_for(plan_batches_count: int, config: tc.TrainConfig, world_size: int) 
 def prepare_sequences(config: tc.TrainConfig, tokenizer: Any, style: str,
                       samples: Sequence | None = None) -> tuple[list[Encoded], DataStats]:
     """The dataset (or ``samples``) rendered, tokenized and fitted to ``max_length``."""
-    from haruhi_tui.sharegpt import resolve_dataset
+    from haruhi_tui.core.sharegpt import resolve_dataset
 
     if samples is None:
         samples = resolve_dataset(config.dataset)
@@ -370,7 +370,7 @@ def sequence_stats(sequences: Sequence[Encoded]) -> DataStats:
 
 def previous_packing(output: Path) -> str | None:
     """The batch layout of the run being resumed (its data order depends on it)."""
-    from haruhi_tui.events import read_events
+    from haruhi_tui.core.events import read_events
 
     packing = None
     for record in read_events(output)[0]:
@@ -554,7 +554,7 @@ def _finish_from_checkpoint(run: Run, checkpoint: Path, tokenizer: Any, base_dir
 
 def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None,
          given_sequences: Sequence[Encoded] | None = None, given_engine: Any = None) -> RunResult:
-    from haruhi_tui.prompt_format import detect_style
+    from haruhi_tui.core.prompt_format import detect_style
 
     config, placement = run.config, run.placement
     engine_name = resolve_engine(config, placement.device)
@@ -579,7 +579,7 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None,
         run.last_checkpoint = checkpoint[1]
 
     if samples is None and given_sequences is None:
-        from haruhi_tui.sharegpt import resolve_dataset
+        from haruhi_tui.core.sharegpt import resolve_dataset
 
         if ":" not in config.dataset and not Path(config.dataset).exists():
             raise HaruhiError(f"dataset not found: {config.dataset}; build it with `haruhi data build -o "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from haruhi_tui.errors import Cancelled, HaruhiError
+from haruhi_tui.core.errors import Cancelled, HaruhiError
 
 from . import train_config as tc
 from .train_loop import run_training

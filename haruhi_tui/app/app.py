@@ -17,12 +17,12 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual import work
 
-from ..characters import Character, load_characters
-from ..errors import HaruhiError
-from ..llm import DEFAULT_N_CTX, Engine, Sampling, bundled_model, find_models, interactive_threads, open_gguf
-from ..models import BUNDLED_NAME
-from ..paths import data_dir, default_characters_dir, models_dir
-from ..store import MEMORY, Store, StoreError, default_db_path
+from haruhi_tui.core.characters import Character, load_characters
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.llm import DEFAULT_N_CTX, Engine, Sampling, bundled_model, find_models, interactive_threads, open_gguf
+from haruhi_tui.services.models import BUNDLED_NAME
+from haruhi_tui.core.paths import data_dir, default_characters_dir, models_dir
+from haruhi_tui.store import MEMORY, Store, StoreError, default_db_path
 from .screens.chat import ChatScreen
 from .screens.dialogs import RenameDialog
 from .screens.help import HelpScreen
@@ -393,7 +393,7 @@ class HaruhiApp(App[None]):
         session = self.chat_screen.session
         if session is None:
             return None
-        from ..export import ChatRecord, export_chat
+        from haruhi_tui.services.export import ChatRecord, export_chat
 
         turns = tuple(session._turn(m, "chat") for m in session.messages if m.role in ("user", "assistant") and m.content.strip())
         record = ChatRecord(session.title, session.character, turns, Path(session.chat.model).name)
@@ -412,8 +412,8 @@ class HaruhiApp(App[None]):
 
     def import_card(self, path: Path) -> Character | None:
         """Import a card into the app's characters folder; a bad card is a notification, nothing else."""
-        from ..cards import import_card
-        from ..characters import load_character
+        from haruhi_tui.core.cards import import_card
+        from haruhi_tui.core.characters import load_character
 
         try:
             character = import_card(path, self.imported_dir)
@@ -473,7 +473,7 @@ class HaruhiApp(App[None]):
         return written
 
     def export_card(self, character: Character, path: Path) -> Path | None:
-        from ..cards import export_card
+        from haruhi_tui.core.cards import export_card
 
         return self._write_reported(lambda: export_card(character, path), path, "card written")
 

@@ -6,9 +6,9 @@ import argparse
 import os
 from pathlib import Path
 
-from ..errors import HaruhiError, friendly_errors
-from ..llm import DEFAULT_N_CTX
-from ..paths import default_characters_dir, models_dir
+from haruhi_tui.core.errors import HaruhiError, friendly_errors
+from haruhi_tui.core.llm import DEFAULT_N_CTX
+from haruhi_tui.core.paths import default_characters_dir, models_dir
 
 
 def parser() -> argparse.ArgumentParser:

@@ -11,6 +11,6 @@ __all__ = [
 
 def default_db_path():
     """``<data dir>/sessions.db``."""
-    from ..paths import data_dir
+    from haruhi_tui.core.paths import data_dir
 
     return data_dir() / "sessions.db"

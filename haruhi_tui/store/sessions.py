@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import HaruhiError
+from haruhi_tui.core.errors import HaruhiError
 from . import schema
 
 Role = Literal["system", "user", "assistant"]

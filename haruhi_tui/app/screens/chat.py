@@ -1,7 +1,7 @@
 """The main screen: saved chats on the left, the conversation, the status line and the message box.
 
 The reply is generated in a thread worker (:meth:`ChatScreen.run_turn`) that drives the UI-free
-:class:`~haruhi_tui.chat.ChatSession`; it posts messages back for every piece of text, so the UI never
+:class:`~haruhi_tui.services.chat.ChatSession`; it posts messages back for every piece of text, so the UI never
 waits on the model and a stop key takes effect between two tokens.
 """
 
@@ -19,16 +19,16 @@ from textual.message import Message as TMessage
 from textual.screen import Screen
 from textual.widgets import Footer, ProgressBar, Static
 
-from ...chat import ChatSession
-from ...errors import HaruhiError
-from ...store import Message, StoreError
-from ..widgets import ChatList, MessageView, PromptInput, character_color
+from haruhi_tui.services.chat import ChatSession
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.store import Message, StoreError
+from haruhi_tui.app.widgets import ChatList, MessageView, PromptInput, character_color
 from .context import ContextScreen
 from .dialogs import ConfirmDialog, RenameDialog
 from .pick import CharacterPicker
 
 if TYPE_CHECKING:
-    from ..app import HaruhiApp
+    from haruhi_tui.app.app import HaruhiApp
 
 
 class ChatScreen(Screen[None]):

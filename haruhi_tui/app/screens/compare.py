@@ -19,10 +19,10 @@ from textual.message import Message as TMessage
 from textual.screen import Screen
 from textual.widgets import Footer, Label, Static
 
-from ...chat import ChatSession
-from ...errors import HaruhiError
-from ...llm import Engine, Sampling
-from ...store import Message
+from haruhi_tui.services.chat import ChatSession
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.llm import Engine, Sampling
+from haruhi_tui.store import Message
 
 
 class CompareScreen(Screen["int | None"]):

@@ -10,7 +10,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Collapsible, DataTable, Footer, Label, Static, TextArea
 
-from ...chat import ContextSnapshot
+from haruhi_tui.services.chat import ContextSnapshot
 
 
 def summary_line(ctx: ContextSnapshot) -> str:

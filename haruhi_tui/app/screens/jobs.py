@@ -1,4 +1,4 @@
-"""The launcher panel: train, watch, convert, evaluate and the job history, on :mod:`haruhi_tui.jobs`.
+"""The launcher panel: train, watch, convert, evaluate and the job history, on :mod:`haruhi_tui.services.jobs`.
 
 Jobs are separate processes; this screen only reads their events twice a second, so it can be closed
 (or the app quit) while they run, and picks them up again from the store when it opens.
@@ -20,8 +20,8 @@ from textual.widgets import (Button, Collapsible, DataTable, Footer, Input, Labe
                              TabbedContent, TabPane)
 from textual_plotext import PlotextPlot
 
-from ...errors import HaruhiError
-from ...jobs import CONVERT_TYPES, Job, JobError, Launcher, train_fields
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.services.jobs import CONVERT_TYPES, Job, JobError, Launcher, train_fields
 
 
 def _clock(seconds: Any) -> str:

@@ -14,8 +14,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
-from ...chat import ChatSession
-from ...store import StoreError
+from haruhi_tui.services.chat import ChatSession
+from haruhi_tui.store import StoreError
 from .dialogs import RenameDialog
 
 

@@ -10,7 +10,7 @@ from textual.message import Message
 from textual.widgets import OptionList
 from textual.widgets.option_list import Option
 
-from ...store import Chat
+from haruhi_tui.store import Chat
 
 
 def _when(ts: float) -> str:

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .characters import Character
-from .errors import HaruhiError
-from .fsutil import atomic_open, write_text
-from .persona import PersonaBuilder, Turn
-from .prompt_format import Conversation, to_messages
-from .sharegpt import Sample, write_samples
+from haruhi_tui.core.characters import Character
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.fsutil import atomic_open, write_text
+from haruhi_tui.core.persona import PersonaBuilder, Turn
+from haruhi_tui.core.prompt_format import Conversation, to_messages
+from haruhi_tui.core.sharegpt import Sample, write_samples
 
 FORMATS = ("markdown", "jsonl", "sharegpt")
 _MD_TURN = re.compile(r"^\*\*(?P<speaker>.+?)\*\*(?P<role> \(you\))?: (?P<text>.*)$")

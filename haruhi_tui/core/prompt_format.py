@@ -2,7 +2,7 @@
 
 Three styles, chosen by what the model is:
 
-* ``harmony`` — gpt-oss: our renderer in :mod:`haruhi_tui.harmony`; the persona is the developer message.
+* ``harmony`` — gpt-oss: our renderer in :mod:`haruhi_tui.core.harmony`; the persona is the developer message.
 * ``chat`` — a model with its own chat template: a list of ``{"role", "content"}`` messages, which the
   engine (llama.cpp or the HF tokenizer) formats with that template.
 * ``script`` — a base model without a template (the bundled Gemma 3 270M): a play script that ends on

@@ -12,9 +12,9 @@ from __future__ import annotations
 import threading
 from typing import Sequence
 
-from .llm import Engine, Sampling
-from .persona import Turn
-from .prompt_format import Conversation
+from haruhi_tui.core.llm import Engine, Sampling
+from haruhi_tui.core.persona import Turn
+from haruhi_tui.core.prompt_format import Conversation
 
 INSTRUCTION = (
     "You keep the memory of a role-play conversation. Write a short summary in plain sentences, "

@@ -86,7 +86,7 @@ class Block:
 
 @dataclass
 class PersonaPrompt:
-    """A built prompt, independent of any model's format (see :mod:`haruhi_tui.prompt_format`)."""
+    """A built prompt, independent of any model's format (see :mod:`haruhi_tui.core.prompt_format`)."""
 
     character: str
     user: str

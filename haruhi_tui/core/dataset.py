@@ -2,7 +2,7 @@
 
 Each scene becomes turns: the character's lines are assistant turns, everybody else's lines are user
 turns (who speaks is kept: ``阿虚:「…」``), narration and headings are context folded into the next
-user turn. The system message comes from the shared :class:`~haruhi_tui.persona.PersonaBuilder`
+user turn. The system message comes from the shared :class:`~haruhi_tui.core.persona.PersonaBuilder`
 (role prompt + other scenes retrieved for the conversation, never the sample's own scene).
 
 Scenes are split per character, deterministically for a seed, so no scene is in both splits.

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 #: The development copy of the ChatHaruhi characters, beside the project checkout.
-_DEV_CHARACTERS = Path(__file__).resolve().parent.parent.parent / "shared" / "chatharuhi" / "characters"
+_DEV_CHARACTERS = Path(__file__).resolve().parents[3] / "shared" / "chatharuhi" / "characters"
 
 
 def data_dir() -> Path:

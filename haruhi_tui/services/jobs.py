@@ -1,7 +1,7 @@
 """The launcher's engine, free of UI: build command lines from forms, start jobs, follow them, stop them.
 
 A job is a separate process (its own session, so it survives the app and Ctrl-C in the app's terminal
-never reaches it) that writes ``events.jsonl`` into its output folder (:mod:`haruhi_tui.events`) and its
+never reaches it) that writes ``events.jsonl`` into its output folder (:mod:`haruhi_tui.core.events`) and its
 stdout/stderr to ``launcher.log`` beside it. The ``jobs`` table remembers the command, the folder and
 the pid, so an app opened later re-attaches: it replays the events and checks whether the pid lives.
 Cancel sends SIGINT to the process group, exactly like Ctrl-C in a terminal (the trainer saves a
@@ -20,11 +20,11 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import HaruhiError
-from .events import EVENTS_FILE, JobState, read_events
-from .paths import models_dir
-from .store import Store
-from .store.jobs import JobRow, JobTable
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.events import EVENTS_FILE, JobState, read_events
+from haruhi_tui.core.paths import models_dir
+from haruhi_tui.store import Store
+from haruhi_tui.store.jobs import JobRow, JobTable
 
 LOG_FILE = "launcher.log"
 #: The training settings people change; the rest sit in the form's "advanced" section.

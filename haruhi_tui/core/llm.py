@@ -2,7 +2,7 @@
 
 Streaming is our own token loop over ``Llama.generate`` rather than ``create_completion``, because:
 
-* gpt-oss output must be detokenized *with* special tokens so :class:`~haruhi_tui.harmony.HarmonyStreamParser`
+* gpt-oss output must be detokenized *with* special tokens so :class:`~haruhi_tui.core.harmony.HarmonyStreamParser`
   sees ``<|channel|>`` and can keep the analysis channel apart from what the character says;
 * the loop knows exactly how many prompt tokens came from the KV cache (the persona prefix is stable
   across turns, so a follow-up turn only evaluates the new tail), which the app shows and tests check;
@@ -70,7 +70,7 @@ class GGUFInfo:
 def read_gguf_info(path: str | Path) -> GGUFInfo:
     """Check a GGUF and read what the engine needs from its header; :class:`ModelError` says what is wrong
     (missing, not a GGUF, cut short, split parts missing) and what to do."""
-    from . import models
+    from haruhi_tui.services import models
 
     p = Path(path).expanduser()
     if not p.exists():
@@ -179,7 +179,7 @@ def _held_back(buffer: str, stops: Sequence[str]) -> int:
 class ReplyStream:
     """Turns detokenized text, in any chunking, into channel deltas for one reply.
 
-    harmony: the :class:`~haruhi_tui.harmony.HarmonyStreamParser` splits analysis from final speech, and
+    harmony: the :class:`~haruhi_tui.core.harmony.HarmonyStreamParser` splits analysis from final speech, and
     the reply ends at ``<|return|>``/``<|call|>`` or when the final message is closed. Other styles: all
     text is speech, and the reply ends at the style's stop strings (the ``」`` of the play script),
     which are held back until it is clear they are not one.
@@ -533,13 +533,13 @@ def open_gguf(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | 
 
 def bundled_model(progress: Callable[[float | None, str], None] | None = None) -> Path:
     """The offline default model's GGUF, assembled on first use (progress is reported while it is)."""
-    from .models import default_gguf
+    from haruhi_tui.services.models import default_gguf
 
     return Path(default_gguf(progress))
 
 
 def find_models(dirs: Iterable[str | Path], paths: Sequence[str | Path] = ()):
-    """GGUF models in ``dirs`` and ``paths`` as :class:`~haruhi_tui.models.LocalModel` (broken ones say why)."""
-    from .models import list_local_models
+    """GGUF models in ``dirs`` and ``paths`` as :class:`~haruhi_tui.services.models.LocalModel` (broken ones say why)."""
+    from haruhi_tui.services.models import list_local_models
 
     return list_local_models(list(dirs), paths)

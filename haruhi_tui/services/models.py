@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 from urllib.parse import urlsplit
 
-from .errors import HaruhiError
-from .paths import models_dir
-from .prompt_format import Style, detect_style
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.paths import models_dir
+from haruhi_tui.core.prompt_format import Style, detect_style
 
 Progress = Callable[[float | None, str], None]
 
@@ -476,7 +476,7 @@ def spm_tokenizer_from_gguf(gguf_path: str | os.PathLike):
 def _portable_tokenizer_config(folder: Path) -> None:
     """Load tokenizer.json as written (every transformers version knows PreTrainedTokenizerFast; a model-specific
     class such as GemmaTokenizer would rebuild the pipeline and tokenize differently)."""
-    from .fsutil import read_json, write_json
+    from haruhi_tui.core.fsutil import read_json, write_json
 
     config_file = folder / "tokenizer_config.json"
     config = read_json(config_file, "tokenizer config")

@@ -1,9 +1,9 @@
 """A chat with one character, without any UI: the app, the tests and the benchmark all drive this.
 
 :class:`ChatSession` owns the branch of the message tree on screen, builds every prompt through
-:class:`~haruhi_tui.persona.PersonaBuilder` (with the model's real token counter and the chat's sticky
+:class:`~haruhi_tui.core.persona.PersonaBuilder` (with the model's real token counter and the chat's sticky
 scenes, so the system block stays a stable prefix and llama.cpp reuses its KV cache), streams the reply
-from an :class:`~haruhi_tui.llm.Engine`, and writes everything to the :class:`~haruhi_tui.store.Store`
+from an :class:`~haruhi_tui.core.llm.Engine`, and writes everything to the :class:`~haruhi_tui.store.Store`
 as it happens: the user's message before generation starts, the reply while it streams (throttled,
 ``incomplete`` until it ends), then ``complete`` or ``stopped``.
 
@@ -18,13 +18,13 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
-from . import harmony
-from .characters import Character
-from .harmony import Delta
-from .llm import Engine, GenerationStats, ModelError, Sampling
-from .persona import PersonaBuilder, PersonaPrompt, PromptBudget, Turn
-from .prompt_format import Conversation
-from .store import Chat, Message, Pin, Store, StoreError
+from haruhi_tui.core import harmony
+from haruhi_tui.core.characters import Character
+from haruhi_tui.core.harmony import Delta
+from haruhi_tui.core.llm import Engine, GenerationStats, ModelError, Sampling
+from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, PromptBudget, Turn
+from haruhi_tui.core.prompt_format import Conversation
+from haruhi_tui.store import Chat, Message, Pin, Store, StoreError
 
 DeltaCallback = Callable[[Message, Delta], None]
 ErrorCallback = Callable[[str], None]

@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import HaruhiError, friendly_errors
-from .paths import default_characters_dir
+from haruhi_tui.core.errors import HaruhiError, friendly_errors
+from haruhi_tui.core.paths import default_characters_dir
 
 app = typer.Typer(
     name="haruhi",
@@ -61,9 +61,9 @@ def data_build(
     """Build haruhi_train / haruhi_val (ShareGPT) and LLaMA-Factory's dataset_info.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .characters import list_character_folders
-    from .dataset import BuildOptions, build, write
-    from .persona import PromptBudget
+    from haruhi_tui.core.characters import list_character_folders
+    from haruhi_tui.core.dataset import BuildOptions, build, write
+    from haruhi_tui.core.persona import PromptBudget
 
     if train_unit not in ("scene", "reply"):
         raise HaruhiError(f"--train-unit is 'scene' or 'reply', not {train_unit!r}")
@@ -106,7 +106,7 @@ def data_check(
     dataset: str = typer.Argument(..., help="A ShareGPT .json/.jsonl file, or DATASET_INFO_DIR:NAME (LLaMA-Factory)."),
 ) -> None:
     """Validate a dataset the trainer or evaluator would read; errors name the sample and the problem."""
-    from .sharegpt import resolve_dataset
+    from haruhi_tui.core.sharegpt import resolve_dataset
 
     samples = resolve_dataset(dataset)
     turns = sum(len(s.messages) for s in samples)
@@ -119,7 +119,7 @@ def _register_optional() -> None:
     from trainer.cli import register as register_trainer
     from trainer.eval_cli import register as register_eval
 
-    from .models_cli import register as register_models
+    from .models import register as register_models
 
     register_trainer(app)
     register_eval(app)

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import friendly_errors
+from haruhi_tui.core.errors import friendly_errors
 
 models_app = typer.Typer(
     help="Find, prepare and download models: GGUF files for chat and evaluation, HF checkpoints for training.",
@@ -45,8 +45,8 @@ def list_command(
                                       "($HARUHI_MODELS or <data dir>/models) and the bundled model."),
 ) -> None:
     """Show the GGUF models on this machine: architecture, parameters, quantization, prompt style, size."""
-    from .models import list_local_models
-    from .paths import models_dir
+    from haruhi_tui.services.models import list_local_models
+    from haruhi_tui.core.paths import models_dir
 
     folders = [d for d in (dirs or []) if not d.is_file()]
     files = [d for d in (dirs or []) if d.is_file()]
@@ -61,7 +61,7 @@ def list_command(
                             ("style", "left"), ("size", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     table.add_column("path", overflow="fold")
-    from .models import human_bytes
+    from haruhi_tui.services.models import human_bytes
 
     for m in models:
         if m.broken:
@@ -77,7 +77,7 @@ def list_command(
 @friendly_errors
 def default_command() -> None:
     """Assemble the bundled offline model (Gemma 3 270M, Q4_K_M) if needed and print its path."""
-    from .models import default_gguf
+    from haruhi_tui.services.models import default_gguf
 
     with _progress_bar() as progress:
         path = default_gguf(progress)
@@ -97,7 +97,7 @@ def to_hf_command(
     The tokenizer is rebuilt to tokenize exactly like llama.cpp (BOS included where the GGUF asks for it),
     so what you train on is what the chat app feeds the model.
     """
-    from .models import gguf_to_hf
+    from haruhi_tui.services.models import gguf_to_hf
 
     with _progress_bar() as progress:
         path = gguf_to_hf(gguf_file, out, dtype=dtype, overwrite=overwrite, progress=progress)
@@ -118,7 +118,7 @@ def download_command(
     Free disk space is checked first and every file is verified against the hub's hash. Set HF_ENDPOINT for a
     mirror and HF_TOKEN (or `hf auth login`) for gated repos.
     """
-    from .models import download
+    from haruhi_tui.services.models import download
 
     with _progress_bar() as progress:
         path = download(repo, file, dest, revision=revision, progress=progress)
