@@ -45,8 +45,8 @@ def gpu_name() -> str:
 
 def run_turns(engine, args) -> list[dict]:
     from haruhi_tui.core.characters import load_character
-    from haruhi_tui.services.chat import ChatSession
     from haruhi_tui.core.llm import Sampling
+    from haruhi_tui.services.chat import ChatSession
     from haruhi_tui.store.sessions import Store
 
     character = load_character(Path(args.characters) / args.character)

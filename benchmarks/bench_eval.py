@@ -196,7 +196,8 @@ def probe(model, rows_list, prompt_len: int, steps: int) -> list[dict]:
                      "prefill_tokens_per_second": round(rows * prompt_len / prefill),
                      "decode_ms_per_step": round(sorted(times[2:])[len(times[2:]) // 2] * 1000, 2)}
             if rows == rows_list[0]:
-                from torch.profiler import ProfilerActivity, profile as torch_profile
+                from torch.profiler import ProfilerActivity
+                from torch.profiler import profile as torch_profile
 
                 mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
                 with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:

@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from haruhi_tui.core.characters import load_character  # noqa: E402
-from haruhi_tui.services.chat import ChatSession, ChatSettings  # noqa: E402
 from haruhi_tui.core.llm import open_gguf  # noqa: E402
 from haruhi_tui.core.paths import default_characters_dir  # noqa: E402
+from haruhi_tui.services.chat import ChatSession, ChatSettings  # noqa: E402
 from haruhi_tui.store.sessions import Store  # noqa: E402
 
 

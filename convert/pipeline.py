@@ -21,8 +21,17 @@ from gguf import GGMLQuantizationType as QT
 from haruhi_tui.core.errors import HaruhiError
 
 from .adapter import Adapter
-from .architectures import (FILE_TYPE, ArchSpec, OutTensor, Planner, _permute_rows, expert_parts, layer_index,
-                            resolve_type, spec_for)
+from .architectures import (
+    FILE_TYPE,
+    ArchSpec,
+    OutTensor,
+    Planner,
+    _permute_rows,
+    expert_parts,
+    layer_index,
+    resolve_type,
+    spec_for,
+)
 from .checkpoint import Checkpoint
 from .tokenizer import TokenizerInfo
 from .writer import GGUFStream, check_free_space, remove_stale_temps, temp_path_for, terminate_as_interrupt

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType as QT
 from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as QT
 
 QK = 32  # block size of Q8_0 and MXFP4
 # Thresholds between consecutive E2M1 magnitudes in ggml's doubled units (0,1,2,3,4,6,8,12): a value

@@ -152,7 +152,6 @@ def gguf_logits(path: Path, ids: list[int], lora: Path | None = None) -> np.ndar
 
 def tokenize(path: Path, text: str = PROBE_TEXT) -> list[int]:
     from llama_cpp import Llama
-
     from llama_cpp._utils import suppress_stdout_stderr
 
     with suppress_stdout_stderr(disable=False):

@@ -1,10 +1,13 @@
-"""Shared fixtures: the real ChatHaruhi data beside the checkout, and an isolated app home per test."""
+"""Shared fixtures: the real ChatHaruhi data beside the checkout, an isolated app home per test, tiny models,
+the bundled model on llama.cpp and a hub on 127.0.0.1. Helpers the tests import live in tests/support/ (on the
+path through pyproject's pytest ``pythonpath``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from fake_hub import hub  # noqa: F401  - the hub on 127.0.0.1 fixture (tests/support/fake_hub.py)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_CHARACTERS = ROOT.parent / "shared" / "chatharuhi" / "characters"
@@ -25,7 +28,7 @@ def isolated_home(tmp_path_factory, monkeypatch):
     return home
 
 
-# -- tiny gpt-oss models and the real harmony tokenizer (tests/tiny_models.py) -----------------------
+# -- tiny gpt-oss models and the real harmony tokenizer (tests/support/tiny_models.py) -----------------------
 
 @pytest.fixture(scope="session")
 def harmony_tokenizer_dir(tmp_path_factory) -> Path:
@@ -76,3 +79,14 @@ def gemma_hf() -> Path:
             if not all((target / name).is_file() for name in expected):  # lost a race with another builder
                 raise
     return target
+
+
+# -- the real bundled model on llama.cpp ---------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def engine():
+    """The bundled Gemma 3 270M GGUF on llama.cpp with a 2048-token context, one per test module (a module's
+    tests share its KV cache, as one app run would)."""
+    from haruhi_tui.core.llm import bundled_model, open_gguf
+
+    return open_gguf(bundled_model(), n_ctx=2048)

@@ -392,8 +392,8 @@ class UnslothEngine:
     name = "unsloth"
 
     def load(self, config: TrainConfig, base_dir: Path, placement: Placement) -> LoadedModel:
-        import unsloth  # noqa: F401  (patches transformers; imported before the model is built)
         import torch
+        import unsloth  # noqa: F401  (patches transformers; imported before the model is built)
         from unsloth import FastLanguageModel
 
         started = time.time()

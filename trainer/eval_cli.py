@@ -109,7 +109,14 @@ def _run(model: Path, adapter: Optional[Path], dataset: str, out: Optional[Path]
          max_new_tokens: int, limit: Optional[int], sample: Optional[int], seed: int, batch_size: Optional[int],
          device: Optional[str], dtype: Optional[str], gpu_layers: int, restart: bool) -> None:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     if model is not None and model.suffix == ".gguf":
         import haruhi_tui.core.llm  # noqa: F401  (loads llama.cpp before numpy: see its imports)

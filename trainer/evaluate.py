@@ -37,8 +37,16 @@ from haruhi_tui.core.prompt_format import conversation_from_messages, reply_text
 from haruhi_tui.core.sharegpt import Sample, resolve_dataset
 
 from .generate import DecodingOptions, Request
-from .metrics import (METRIC_KEYS, ScoringMode, mean_scores, per_group_scores, prefixed, sample_scores,
-                      scoring_texts, speech_of_lf_text)
+from .metrics import (
+    METRIC_KEYS,
+    ScoringMode,
+    mean_scores,
+    per_group_scores,
+    prefixed,
+    sample_scores,
+    scoring_texts,
+    speech_of_lf_text,
+)
 
 PREDICTIONS_FILE = "generated_predictions.jsonl"
 METRICS_FILE = "metrics.json"

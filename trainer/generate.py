@@ -19,7 +19,6 @@ end of the *final* message, the play script's closing ``」``.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os

@@ -30,8 +30,17 @@ from haruhi_tui.core.events import EVENTS_FILE, EventLog
 from haruhi_tui.core.fsutil import read_json, write_json
 
 from . import train_config as tc
-from .engines import (LoadedModel, Placement, engine_for, load_tokenizer, model_type, resolve_base, resolve_device,
-                      resolve_engine)
+from .engines import (
+    LoadedModel,
+    Placement,
+    engine_for,
+    load_tokenizer,
+    model_type,
+    resolve_base,
+    resolve_device,
+    resolve_engine,
+)
+
 if TYPE_CHECKING:
     from .progress import TrainProgress
 from .train_data import DataStats, Encoded, PlannedBatches, PromptRenderer, encode_samples, plan_batches, unwrap_batch

@@ -12,17 +12,26 @@ import threading
 from pathlib import Path
 from typing import Iterable
 
+from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
-from textual import work
 
 from haruhi_tui.core.characters import Character, load_characters
 from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.core.llm import DEFAULT_N_CTX, Engine, Sampling, bundled_model, find_models, interactive_threads, open_gguf
-from haruhi_tui.services.models import BUNDLED_NAME
+from haruhi_tui.core.llm import (
+    DEFAULT_N_CTX,
+    Engine,
+    Sampling,
+    bundled_model,
+    find_models,
+    interactive_threads,
+    open_gguf,
+)
 from haruhi_tui.core.paths import data_dir, default_characters_dir, models_dir
+from haruhi_tui.services.models import BUNDLED_NAME
 from haruhi_tui.store import MEMORY, Store, StoreError, default_db_path
+
 from .screens.chat import ChatScreen
 from .screens.dialogs import RenameDialog
 from .screens.help import HelpScreen

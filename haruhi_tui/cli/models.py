@@ -45,8 +45,8 @@ def list_command(
                                       "($HARUHI_MODELS or <data dir>/models) and the bundled model."),
 ) -> None:
     """Show the GGUF models on this machine: architecture, parameters, quantization, prompt style, size."""
-    from haruhi_tui.services.models import list_local_models
     from haruhi_tui.core.paths import models_dir
+    from haruhi_tui.services.models import list_local_models
 
     folders = [d for d in (dirs or []) if not d.is_file()]
     files = [d for d in (dirs or []) if d.is_file()]

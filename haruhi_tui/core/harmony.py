@@ -121,6 +121,24 @@ class ParsedReply:
 
 
 _MARKERS = (START, END, MESSAGE, CHANNEL, RETURN, CALL, CONSTRAIN, ENDOFTEXT)
+#: Markers that end the assistant's turn whatever channel they close.
+TURN_END_MARKERS = (RETURN, CALL, ENDOFTEXT)
+
+
+def channel_of(header: str) -> str:
+    """The channel a message header names (``<|channel|>final``, ``to=functions.x<|channel|>commentary json``);
+    a header without one is the final message (plain speech)."""
+    match = re.search(re.escape(CHANNEL) + r"\s*([A-Za-z_]+)", header)
+    return match.group(1) if match else "final"
+
+
+def ends_reply(marker: str, channel: str | None) -> bool:
+    """The one rule for when a harmony reply is over, for every generator (the chat on llama.cpp, evaluation on
+    transformers or llama.cpp): at ``<|return|>``, ``<|call|>`` or ``<|endoftext|>``; and when the message on
+    the final channel is closed (``<|end|>`` or a new ``<|start|>``): the character has spoken, and whatever a
+    model writes after that is not part of the reply. The analysis message's ``<|end|>`` does not end it.
+    ``channel`` is the channel of the message the marker closes (None while no message body is open)."""
+    return marker in TURN_END_MARKERS or (marker in (END, START) and channel == "final")
 
 
 def _partial_marker_len(buffer: str) -> int:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from haruhi_tui.core.errors import HaruhiError
+
 from . import schema
 
 Role = Literal["system", "user", "assistant"]

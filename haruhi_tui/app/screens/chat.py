@@ -19,10 +19,11 @@ from textual.message import Message as TMessage
 from textual.screen import Screen
 from textual.widgets import Footer, ProgressBar, Static
 
-from haruhi_tui.services.chat import ChatSession
-from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.store import Message, StoreError
 from haruhi_tui.app.widgets import ChatList, MessageView, PromptInput, character_color
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.services.chat import ChatSession
+from haruhi_tui.store import Message, StoreError
+
 from .context import ContextScreen
 from .dialogs import ConfirmDialog, RenameDialog
 from .pick import CharacterPicker

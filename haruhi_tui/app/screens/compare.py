@@ -19,9 +19,9 @@ from textual.message import Message as TMessage
 from textual.screen import Screen
 from textual.widgets import Footer, Label, Static
 
-from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.core.llm import Engine, Sampling
+from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.store import Message
 
 

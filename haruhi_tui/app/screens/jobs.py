@@ -7,7 +7,6 @@ Jobs are separate processes; this screen only reads their events twice a second,
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from rich.console import Group
@@ -16,8 +15,20 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import (Button, Collapsible, DataTable, Footer, Input, Label, Log, ProgressBar, Select, Static,
-                             TabbedContent, TabPane)
+from textual.widgets import (
+    Button,
+    Collapsible,
+    DataTable,
+    Footer,
+    Input,
+    Label,
+    Log,
+    ProgressBar,
+    Select,
+    Static,
+    TabbedContent,
+    TabPane,
+)
 from textual_plotext import PlotextPlot
 
 from haruhi_tui.core.errors import HaruhiError

@@ -6,7 +6,6 @@ has left out. Both are stored with the chat, so they outlive the app.
 
 from __future__ import annotations
 
-from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -16,6 +15,7 @@ from textual.widgets.option_list import Option
 
 from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.store import StoreError
+
 from .dialogs import RenameDialog
 
 

@@ -13,9 +13,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from haruhi_tui.app.widgets.message import character_color
 from haruhi_tui.core.characters import Character
 from haruhi_tui.services.models import BUNDLED_NAME, LocalModel, human_bytes
-from haruhi_tui.app.widgets.message import character_color
 
 BUNDLED = "bundled"
 

@@ -1,0 +1,111 @@
+"""The character and model pickers, and what the app does when characters or models are missing or broken."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from app_support import SIZE, make_app, pick_character, send, wait_for
+from textual.widgets import OptionList
+
+from haruhi_tui.app.screens.pick import BUNDLED, CharacterPicker, ModelPicker
+from haruhi_tui.core.llm import bundled_model
+
+
+@pytest.mark.slow
+async def test_the_character_picker_shows_name_work_and_first_line_and_filters(characters_dir, tmp_path):
+    app = make_app(characters_dir, tmp_path / "s.db", engine=None, model=tmp_path / "none.gguf")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, CharacterPicker), what="the picker")
+        await pilot.pause()
+        options = app.screen.query_one("#characters", OptionList)
+        assert options.option_count == len(app.characters) >= 30
+        labels = {options.get_option_at_index(i).id: str(options.get_option_at_index(i).prompt) for i in range(options.option_count)}
+        assert "韦小宝" in labels["weixiaobao"] and "鹿鼎记" in labels["weixiaobao"]
+        assert app.characters["weixiaobao"].first_line[:10] in labels["weixiaobao"]
+        assert "Harry Potter" in labels["Hermione"]
+        await pilot.press(*"鹿鼎")
+        assert [options.get_option_at_index(i).id for i in range(options.option_count)] == ["weixiaobao"]
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.chat_screen.session is not None, what="the chat")
+        assert app.chat_screen.session.character.name == "韦小宝"
+        assert app.chat_screen.session.settings.user_name == app.characters["weixiaobao"].interlocutor
+
+
+async def test_an_empty_characters_folder_is_a_message_and_the_app_keeps_running(tmp_path):
+    empty = tmp_path / "characters"
+    empty.mkdir()
+    app = make_app(empty, tmp_path / "s.db", engine=None, model=tmp_path / "none.gguf")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, CharacterPicker), what="the picker")
+        await pilot.pause()
+        assert "no character folders" in str(app.screen.query_one(".problem").render())
+        assert any("HARUHI_CHARACTERS" in p for p in app.problems)
+        await pilot.press("escape")
+        await pilot.press("f1")  # still alive and answering keys
+        assert type(app.screen).__name__ == "HelpScreen"
+
+
+@pytest.mark.slow
+async def test_a_broken_model_is_a_message_then_the_bundled_one_is_picked_and_answers(characters_dir, tmp_path):
+    broken = tmp_path / "models" / "broken.gguf"
+    broken.parent.mkdir()
+    broken.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 7)  # a header cut short
+    (tmp_path / "models" / "gemma.gguf").symlink_to(bundled_model())
+    app = make_app(characters_dir, tmp_path / "s.db", engine=None, model=broken)
+    async with app.run_test(size=SIZE) as pilot:
+        await pick_character(pilot, app, "haruhi")
+        await wait_for(pilot, lambda: app.engine_error, what="the model error")
+        assert "broken.gguf cannot be used" in app.engine_error
+        assert "no model" in str(app.chat_screen.query_one("#title").render())
+        await send(pilot, app, "有人吗？")  # said while no model is loaded: kept, not lost
+        assert [v.role for v in app.chat_screen.views()] == ["user"]
+        assert [m.content for m in app.store.branch(app.chat_screen.session.chat.id)] == ["有人吗？"]
+
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, ModelPicker), what="the model picker")
+        await pilot.pause()
+        models = app.screen.query_one("#models", OptionList)
+        ids = [models.get_option_at_index(i).id for i in range(models.option_count)]
+        assert ids[0] == BUNDLED and str(tmp_path / "models" / "gemma.gguf") in ids
+        broken_option = models.get_option_at_index(ids.index(str(broken)))
+        assert broken_option.disabled and "not a usable GGUF" in str(broken_option.prompt)
+        models.highlighted = ids.index(str(tmp_path / "models" / "gemma.gguf"))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.engine is not None and not app.model_loading, what="the model to load")
+        assert app.engine.style == "script"
+        await pilot.press("ctrl+r")  # reply to the message that waited
+        await wait_for(pilot, lambda: app.chat_screen.turns_done == 2, what="the reply")
+        assert [v.role for v in app.chat_screen.views()] == ["user", "assistant"]
+        assert app.chat_screen.views()[-1].content
+
+
+
+@pytest.mark.slow
+async def test_a_typed_path_that_is_not_a_model_keeps_the_current_one(characters_dir, tmp_path, engine):
+    app = make_app(characters_dir, tmp_path / "s.db", engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pick_character(pilot, app, "haruhi")
+        await pilot.press("ctrl+o")
+        await wait_for(pilot, lambda: isinstance(app.screen, ModelPicker), what="the model picker")
+        await pilot.pause()
+        app.screen.query_one("#model-path").focus()
+        app.screen.query_one("#model-path").value = str(tmp_path / "missing.gguf")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.engine_error, what="the error")
+        assert "not found" in app.engine_error and app.engine is engine
+        await send(pilot, app, "你好")
+        assert app.chat_screen.views()[-1].content
+
+
+@pytest.mark.slow
+async def test_an_unreadable_database_falls_back_to_memory_with_a_message(characters_dir, tmp_path, engine):
+    db = tmp_path / "s.db"
+    db.write_bytes(os.urandom(4096))
+    app = make_app(characters_dir, db, engine)
+    async with app.run_test(size=SIZE) as pilot:
+        await pick_character(pilot, app, "haruhi")
+        assert app.store.path == ":memory:"
+        assert any("damaged" in p for p in app.problems)
+        await send(pilot, app, "你好")
+        assert [v.role for v in app.chat_screen.views()] == ["user", "assistant"]

