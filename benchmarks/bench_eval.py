@@ -1,5 +1,5 @@
 """How fast `haruhi eval` predicts haruhi_val on the transformers path: gpt-oss-20b architecture, random bf16
-weights built on the GPU, real haruhi_val prompts, our batched generator (trainer.generate.HFGenerator).
+weights built on the GPU, real haruhi_val prompts, our batched generator (trainer.generation.hf.HFGenerator).
 
 Random weights never say <|return|>, so reply lengths are simulated: ``--stop label`` ends each reply after
 as many tokens as a fine-tuned model's reply to that sample would have (``<|channel|>final<|message|>`` +
@@ -12,7 +12,8 @@ Prompts, in order of preference:
 
 Examples (from the project root, on the GPU machine):
   python benchmarks/bench_eval.py --characters ../shared/chatharuhi/characters --layers 4 --samples 256
-  python benchmarks/bench_eval.py --characters ../shared/chatharuhi/characters --check --out benchmarks/results/bench_eval.jsonl
+  python benchmarks/bench_eval.py --characters ../shared/chatharuhi/characters --check \
+      --out benchmarks/results/bench_eval.jsonl
 
 Prints one JSON line per run (and appends it to --out): samples/s, prefill and decode split, peak memory.
 """
@@ -91,7 +92,7 @@ def build_model(layers: int, attn: str, experts: str | None, device: str = "cuda
     import torch
     from transformers import GptOssConfig, GptOssForCausalLM
 
-    from trainer.generate import SINK_ATTENTION, register_sink_attention
+    from trainer.generation.sink_attention import SINK_ATTENTION, register_sink_attention
 
     if attn == SINK_ATTENTION:
         register_sink_attention()
@@ -114,7 +115,7 @@ def check_attention(model, prompts) -> dict:
 
     import torch
 
-    from trainer.generate import register_sink_attention
+    from trainer.generation.sink_attention import register_sink_attention
 
     rows = sorted(prompts, key=lambda p: -len(p["ids"]))[:4]
     width = max(len(p["ids"]) for p in rows)
@@ -175,8 +176,9 @@ def probe(model, rows_list, prompt_len: int, steps: int) -> list[dict]:
             t0 = time.perf_counter()
             for begin in range(0, prompt_len, chunk):
                 end = min(prompt_len, begin + chunk)
-                out = model(input_ids=ids[:, begin:end], attention_mask=mask[:, :end], position_ids=positions[:, begin:end],
-                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+                out = model(input_ids=ids[:, begin:end], attention_mask=mask[:, :end],
+                            position_ids=positions[:, begin:end], past_key_values=cache, use_cache=True,
+                            logits_to_keep=1)
             torch.cuda.synchronize()
             prefill = time.perf_counter() - t0
             token = out.logits[:, -1].argmax(-1)
@@ -204,7 +206,8 @@ def probe(model, rows_list, prompt_len: int, steps: int) -> list[dict]:
                     out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position + 1,
                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
                     out.logits[:, -1].argmax(-1).tolist()
-                entry["profile"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=50)
+                entry["profile"] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=14,
+                                                             max_name_column_width=50)
         del cache, out
         torch.cuda.empty_cache()
         results.append(entry)
@@ -216,7 +219,8 @@ def bench_gguf(args) -> None:
     from haruhi_tui.core.prompt_format import conversation_from_messages
     from haruhi_tui.core.sharegpt import load_sharegpt
     from trainer.evaluate import stratified_indices
-    from trainer.generate import DecodingOptions, GGUFGenerator, Request, open_engine
+    from trainer.generation.decoding import DecodingOptions, Request
+    from trainer.generation.gguf import GGUFGenerator, open_engine
 
     if not args.dataset:
         raise SystemExit("--gguf needs --dataset (a haruhi_val.json)")
@@ -224,8 +228,8 @@ def bench_gguf(args) -> None:
     chosen = stratified_indices(samples, args.samples or len(samples), args.seed)
     engine = open_engine(args.gguf, n_gpu_layers=-1 if args.device.startswith("cuda") else 0)
     probe = GGUFGenerator(engine, parallel=1)
-    requests = [Request(i, tuple(probe.encode(conversation_from_messages(samples[i].messages[:-1], samples[i].character))[1]))
-                for i in chosen]
+    convs = {i: conversation_from_messages(samples[i].messages[:-1], samples[i].character) for i in chosen}
+    requests = [Request(i, tuple(probe.encode(convs[i])[1])) for i in chosen]
     options = DecodingOptions(max_new_tokens=args.max_new_tokens)
     for parallel in [int(x) for x in args.parallel.split(",")]:
         for reuse in (False, True):
@@ -233,7 +237,8 @@ def bench_gguf(args) -> None:
             t0 = time.perf_counter()
             tokens = sum(c.tokens for c in generator.generate(requests, options))
             wall = time.perf_counter() - t0
-            line = json.dumps({"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "bench": "bench_eval --gguf",
+            line = json.dumps({"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                               "bench": "bench_eval --gguf",
                                "model": str(args.gguf), "machine": platform.node(), "samples": len(requests),
                                "prompt_tokens": sum(len(r.ids) for r in requests), "generated_tokens": tokens,
                                "parallel": parallel, "prefix_reuse": reuse, "seconds": round(wall, 2),
@@ -252,18 +257,21 @@ def main() -> None:
     parser.add_argument("--tokenizer", help="HF tokenizer folder (default: quicktok o200k_harmony)")
     parser.add_argument("--save-prompts", help="write the tokenized prompts (jsonl, .gz ok) and exit")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--layers", type=int, default=24, help="decoder layers (24 = gpt-oss-20b; fewer for a quick run)")
+    parser.add_argument("--layers", type=int, default=24,
+                        help="decoder layers (24 = gpt-oss-20b; fewer for a quick run)")
     parser.add_argument("--samples", type=int, default=0, help="first N prompts (0: all of haruhi_val)")
     parser.add_argument("--batch-size", type=int, default=0, help="rows per batch (0: HFGenerator's automatic choice)")
     parser.add_argument("--prefill-tokens", type=int, default=0, help="tokens per prefill forward (0: default)")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--stop", choices=("label", "fixed"), default="label")
     parser.add_argument("--attn", default="haruhi_sinks", help="haruhi_sinks (ours), eager or flex_attention")
-    parser.add_argument("--experts", default=None, help="transformers experts implementation (default: grouped_mm if possible)")
+    parser.add_argument("--experts", default=None,
+                        help="transformers experts implementation (default: grouped_mm if possible)")
     parser.add_argument("--device", default="cuda", help="cuda (the benchmark); cpu only to smoke-test the script")
     parser.add_argument("--check", action="store_true", help="also compare our attention with eager on 4 real prompts")
     parser.add_argument("--out", help="append the result line to this jsonl file")
-    parser.add_argument("--probe", default="", help="comma-separated batch sizes: time prefill and decode steps at each "
+    parser.add_argument("--probe", default="",
+                        help="comma-separated batch sizes: time prefill and decode steps at each "
                         "(random ids, --probe-len tokens) instead of the haruhi_val run")
     parser.add_argument("--probe-len", type=int, default=1200)
     parser.add_argument("--gguf", help="instead: time the llama.cpp path on this GGUF (with --dataset, --samples)")
@@ -297,7 +305,9 @@ def main() -> None:
     import torch
     import transformers
 
-    from trainer.generate import DecodingOptions, FixedLengthStop, HFGenerator, Request
+    from trainer.generation.decoding import DecodingOptions, Request
+    from trainer.generation.hf import HFGenerator
+    from trainer.generation.stops import FixedLengthStop
 
     cuda = args.device.startswith("cuda")
 
@@ -346,7 +356,8 @@ def main() -> None:
         "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
         "layers": args.layers, "attention": model.config._attn_implementation,
         "experts": getattr(model.config, "_experts_implementation", None),
-        "samples": len(requests), "batch_size": generator.batch_size, "prefill_tokens_per_forward": generator.prefill_tokens,
+        "samples": len(requests), "batch_size": generator.batch_size,
+        "prefill_tokens_per_forward": generator.prefill_tokens,
         "stop": args.stop, "max_new_tokens": args.max_new_tokens,
         "prompt_tokens": sum(len(r.ids) for r in requests), "generated_tokens": generated,
         "seconds": round(wall, 2), "samples_per_second": round(len(requests) / wall, 2),
@@ -356,7 +367,8 @@ def main() -> None:
         "decode_seconds": round(wall - stats["prefill_seconds"], 2), "decode_steps": stats["decode_steps"],
         "decode_ms_per_step": round((wall - stats["prefill_seconds"]) / max(stats["decode_steps"], 1) * 1000, 2),
         "batches": stats["batches"], "evicted": generator.evicted, "first_result_seconds": round(first or 0, 2),
-        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None, "model_build_seconds": round(build_seconds, 1),
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1) if cuda else None,
+        "model_build_seconds": round(build_seconds, 1),
         "command": " ".join(sys.argv),
     })
     line = json.dumps(result, ensure_ascii=False)

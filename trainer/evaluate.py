@@ -36,7 +36,7 @@ from haruhi_tui.core.fsutil import read_json, write_json
 from haruhi_tui.core.prompt_format import conversation_from_messages, reply_text
 from haruhi_tui.core.sharegpt import Sample, resolve_dataset
 
-from .generate import DecodingOptions, Request
+from .generation.decoding import DecodingOptions, Request
 from .metrics import (
     METRIC_KEYS,
     ScoringMode,
@@ -278,7 +278,8 @@ class Evaluation:
             raise
         except KeyboardInterrupt:
             events.end("cancelled", outputs=outputs)
-            raise Cancelled("interrupted before any prediction was finished; run the same command again to continue") from None
+            raise Cancelled("interrupted before any prediction was finished; run the same command again to "
+                            "continue") from None
         except HaruhiError as exc:
             events.error(str(exc))
             events.end("failed", outputs=outputs)
@@ -297,7 +298,8 @@ class Evaluation:
         generator = self.generator or self.generator_factory()
         preparation = time.perf_counter() - loaded
         style = generator.style
-        events.emit("log", level="info", message=f"model ready in {preparation:.1f}s: " + json.dumps(generator.describe(), ensure_ascii=False))
+        described = json.dumps(generator.describe(), ensure_ascii=False)
+        events.emit("log", level="info", message=f"model ready in {preparation:.1f}s: {described}")
 
         self.on_status("building prompts")
         prompts: dict[int, tuple[str, list[int]]] = {}
@@ -313,8 +315,8 @@ class Evaluation:
             if i in wanted:
                 if record.get("id") != wanted[i]:
                     raise HaruhiError(
-                        f"{self.predictions_path}: sample {i} was predicted from a different prompt (the dataset or the "
-                        "model's prompt style changed): pass a new --out, or --restart")
+                        f"{self.predictions_path}: sample {i} was predicted from a different prompt (the dataset or "
+                        "the model's prompt style changed): pass a new --out, or --restart")
                 done[i] = record
         sessions = [r.get("session", 0) for r in existing if isinstance(r.get("session"), int)]
         session = (max(sessions) + 1) if sessions else 0
@@ -367,8 +369,9 @@ class Evaluation:
                     if now - last_event >= 1.0 or len(records) == len(chosen):
                         last_event = now
                         eta = (len(chosen) - len(records)) / rate if rate > 0 else None
-                        events.emit("progress", done=len(records), total=len(chosen), rate=round(rate, 3), unit="sample",
-                                    elapsed=round(elapsed, 1), eta=round(eta, 1) if eta is not None else None)
+                        events.emit("progress", done=len(records), total=len(chosen), rate=round(rate, 3),
+                                    unit="sample", elapsed=round(elapsed, 1),
+                                    eta=round(eta, 1) if eta is not None else None)
         except KeyboardInterrupt:
             status = "cancelled"
 
@@ -421,7 +424,8 @@ def score_file(path: str | os.PathLike, out: str | os.PathLike, *, mode: Scoring
     rescored = []
     for n, record in enumerate(records, 1):
         if not isinstance(record.get("predict"), str) or not isinstance(record.get("label"), str):
-            raise HaruhiError(f"{src}, line {n}: needs 'predict' and 'label' strings (LLaMA-Factory's generated_predictions.jsonl format)")
+            raise HaruhiError(f"{src}, line {n}: needs 'predict' and 'label' strings (LLaMA-Factory's "
+                              "generated_predictions.jsonl format)")
         predict, label = record["predict"], record["label"]
         style = record.get("style") or ("harmony" if "<|start|>" in str(record.get("prompt", "")) else "chat")
         if mode == "final":

