@@ -153,7 +153,10 @@ def prompt_hash(prompt: str) -> str:
 
 def read_predictions(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
     """Records of a predictions file. A torn last line (a run killed mid-write) is dropped, and with
-    ``repair`` cut from the file so appending continues cleanly."""
+    ``repair`` cut from the file so appending continues cleanly.
+
+    Lines end at ``\n`` only: JSON writers (ours, LLaMA-Factory's) leave U+2028, U+2029 and U+0085 unescaped
+    inside strings, and :meth:`str.splitlines` would break a record there."""
     if not path.is_file():
         return []
     data = path.read_bytes()
@@ -164,7 +167,7 @@ def read_predictions(path: Path, *, repair: bool = False) -> list[dict[str, Any]
             with path.open("r+b") as fh:
                 fh.truncate(cut)
     records = []
-    for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+    for n, line in enumerate(data.decode("utf-8", "replace").split("\n"), 1):
         if not line.strip():
             continue
         try:

@@ -30,7 +30,7 @@ def _invoke(*args: str):
 
 
 def _records(run: Path) -> list[dict]:
-    lines = (run / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()
+    lines = (run / "generated_predictions.jsonl").read_text(encoding="utf-8").split("\n")
     return [json.loads(line) for line in lines if line.strip()]
 
 
@@ -97,7 +97,8 @@ def test_tiny_gpt_oss_end_to_end(tiny_run, small_val):
 
 @pytest.mark.slow
 def test_compare_renders_the_table(tmp_path, gemma_run, tiny_run):
-    result = _invoke("compare", str(gemma_run), str(tiny_run), "--name", "gemma", "--name", "tiny", "--out", str(tmp_path))
+    result = _invoke("compare", str(gemma_run), str(tiny_run), "--name", "gemma", "--name", "tiny",
+                     "--out", str(tmp_path))
     assert result.exit_code == 0, result.output
     assert "BLEU-4" in result.output and "36.42" in result.output
     md = (tmp_path / "comparison.md").read_text(encoding="utf-8")
@@ -111,7 +112,8 @@ def test_compare_renders_the_table(tmp_path, gemma_run, tiny_run):
 
 def test_score_rescores_a_llama_factory_file(tmp_path):
     rows = [
-        {"prompt": "p1", "predict": "analysisThinking.assistantfinal今天天气很好。", "label": "analysisassistantfinal今天天气很好。"},
+        {"prompt": "p1", "predict": "analysisThinking.assistantfinal今天天气很好。",
+         "label": "analysisassistantfinal今天天气很好。"},
         {"prompt": "p2", "predict": "analysisHm.assistantfinal我不去", "label": "analysisassistantfinal我要去公园"},
         {"prompt": "p3", "predict": "", "label": "analysisassistantfinal好的"},
     ]
@@ -128,8 +130,49 @@ def test_score_rescores_a_llama_factory_file(tmp_path):
     assert result.exit_code == 0, result.output
     final = json.loads((tmp_path / "final" / "metrics.json").read_text(encoding="utf-8"))
     speech = [("今天天气很好。", "今天天气很好。"), ("我不去", "我要去公园"), ("", "好的")]
-    assert final["predict_rouge-l"] == pytest.approx(mean_scores(sample_scores(p, ref) for p, ref in speech)["rouge-l"], abs=1e-4)
+    expected_final = mean_scores(sample_scores(p, ref) for p, ref in speech)
+    assert final["predict_rouge-l"] == pytest.approx(expected_final["rouge-l"], abs=1e-4)
     assert final["predict_bleu-4"] < metrics["predict_bleu-4"]  # the shared header words no longer count
+
+
+#: Characters str.splitlines() breaks at, which JSON writers (ours, LLaMA-Factory's) leave unescaped in strings.
+UNICODE_LINE_BREAKS = ("\u2028", "\u2029", "\u0085")
+
+
+def test_score_reads_predictions_holding_unicode_line_breaks(tmp_path):
+    rows = [{"prompt": f"p{i}", "predict": f"今天{ch}天气很好。", "label": f"今天天气{ch}很好。"}
+            for i, ch in enumerate(UNICODE_LINE_BREAKS)]
+    src = tmp_path / "generated_predictions.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert all(ch in src.read_text(encoding="utf-8") for ch in UNICODE_LINE_BREAKS)  # unescaped, as written
+    result = _invoke("score", str(src), "--out", str(tmp_path / "scored"))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "scored" / "metrics.json").read_text(encoding="utf-8"))
+    expected = mean_scores(sample_scores(r["predict"], r["label"]) for r in rows)
+    assert metrics["samples"] == 3
+    assert metrics["predict_rouge-l"] == pytest.approx(expected["rouge-l"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_resume_reads_predictions_holding_unicode_line_breaks(tmp_path, tiny_gpt_oss, small_val_path):
+    out = tmp_path / "run"
+    args = ["--model", str(tiny_gpt_oss), "--dataset", str(small_val_path), "--out", str(out), "--limit", "4",
+            "--max-new-tokens", "4"]
+    assert _invoke(*args).exit_code == 0
+    records = _records(out)
+    for record, ch in zip(records, UNICODE_LINE_BREAKS):  # three finished predictions, one with each character
+        record["raw"] = record["reply"] = record["predict"] = f"笨蛋{ch}我才不去"
+        record["scores"] = sample_scores(record["predict"], record["label"])
+    kept = records[:3]
+    (out / "generated_predictions.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept), encoding="utf-8")
+    result = _invoke(*args)
+    assert result.exit_code == 0, result.output
+    resumed = _records(out)
+    assert resumed[:3] == kept and len(resumed) == 4 and resumed[3]["index"] == records[3]["index"]
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["samples"] == 4 and metrics["complete"] is True
+    assert metrics["predict_rouge-l"] == pytest.approx(mean_scores(r["scores"] for r in resumed)["rouge-l"], abs=1e-4)
 
 
 def test_score_recomputes_our_own_run(tmp_path, tiny_run):
@@ -201,11 +244,14 @@ def test_interrupted_eval_resumes_without_predicting_twice(tmp_path, tiny_gpt_os
 def test_bad_input_is_one_line(tmp_path, tiny_gpt_oss, small_val_path):
     no_reference = tmp_path / "no_ref.json"
     no_reference.write_text(json.dumps([{"conversations": [{"from": "user", "value": "你好"}]}]), encoding="utf-8")
+    val = str(small_val_path)
     cases = [
-        (["--model", str(tiny_gpt_oss), "--dataset", str(no_reference), "--out", str(tmp_path / "a")], "no reference reply"),
-        (["--model", str(tmp_path / "missing.gguf"), "--dataset", str(small_val_path), "--out", str(tmp_path / "b")], "model not found"),
-        (["--model", str(small_val_path), "--dataset", str(small_val_path), "--out", str(tmp_path / "c")], "not a GGUF"),
-        (["--model", str(tiny_gpt_oss), "--adapter", str(tmp_path), "--dataset", str(small_val_path), "--out", str(tmp_path / "d")],
+        (["--model", str(tiny_gpt_oss), "--dataset", str(no_reference), "--out", str(tmp_path / "a")],
+         "no reference reply"),
+        (["--model", str(tmp_path / "missing.gguf"), "--dataset", val, "--out", str(tmp_path / "b")],
+         "model not found"),
+        (["--model", val, "--dataset", val, "--out", str(tmp_path / "c")], "not a GGUF"),
+        (["--model", str(tiny_gpt_oss), "--adapter", str(tmp_path), "--dataset", val, "--out", str(tmp_path / "d")],
          "not a LoRA adapter"),
         (["--model", str(tiny_gpt_oss), "--dataset", str(small_val_path), "--sampling", "beam"], "--sampling"),
     ]
@@ -238,10 +284,12 @@ def test_lora_adapter_and_a_mismatched_one(tmp_path, tiny_gpt_oss, small_val_pat
     from transformers import AutoModelForCausalLM, GptOssForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_gpt_oss, dtype=torch.float32)
-    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
     lora.save_pretrained(tmp_path / "adapter")
-    result = _invoke("--model", str(tiny_gpt_oss), "--adapter", str(tmp_path / "adapter"), "--dataset", str(small_val_path),
-                     "--out", str(tmp_path / "run"), "--limit", "2", "--max-new-tokens", "4")
+    result = _invoke("--model", str(tiny_gpt_oss), "--adapter", str(tmp_path / "adapter"),
+                     "--dataset", str(small_val_path), "--out", str(tmp_path / "run"), "--limit", "2",
+                     "--max-new-tokens", "4")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["adapter"] == str(tmp_path / "adapter") and metrics["samples"] == 2
@@ -251,6 +299,7 @@ def test_lora_adapter_and_a_mismatched_one(tmp_path, tiny_gpt_oss, small_val_pat
     other = get_peft_model(GptOssForCausalLM(config), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     other.save_pretrained(tmp_path / "other")
     result = CliRunner().invoke(app, ["eval", "--model", str(tiny_gpt_oss), "--adapter", str(tmp_path / "other"),
-                                      "--dataset", str(small_val_path), "--out", str(tmp_path / "run2"), "--limit", "1"])
+                                      "--dataset", str(small_val_path), "--out", str(tmp_path / "run2"),
+                                      "--limit", "1"])
     assert result.exit_code == 1
     assert "does not match the base model" in result.output and "Traceback" not in result.output
