@@ -27,7 +27,7 @@ from haruhi_tui.core.events import EVENTS_FILE, EventLog, read_events
 from . import train_config as tc
 from .engines import cuda_count
 from .progress import TrainProgress, format_duration
-from .train_loop import JOB, RunResult
+from .run_state import JOB, RunResult
 
 LOG_FILE = "train.log"
 DISTRIBUTED_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}

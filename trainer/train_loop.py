@@ -1,8 +1,10 @@
 """One training run, the same for both engines: data -> batches -> transformers' Trainer -> adapter.
 
-The engine (:mod:`trainer.engines`) only loads the model and wraps it with LoRA. Everything else is
-here: prompts and label masks (:mod:`trainer.train_data`), the batch plan, the loss, per-step events,
-Ctrl-C/SIGTERM handling, checkpoints, resume and the final adapter.
+The engine (:mod:`trainer.engines`) only loads the model and wraps it with LoRA. The rest of a run is
+here: prompts and label masks (:mod:`trainer.train_data`), the batch plan, Ctrl-C/SIGTERM handling,
+checkpoints, resume, the final adapter and the start/error/end events. The Trainer's own pieces (the loss,
+per-step events) are in :mod:`trainer.hf_trainer`, imported once a run starts; the state both share is in
+:mod:`trainer.run_state`.
 
 * Checkpoints are the Trainer's (``<output>/checkpoint-N``: adapter, optimizer, scheduler, RNG, state)
   plus a marker written once the save is complete; resume takes the newest checkpoint with a marker,
@@ -18,10 +20,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import signal
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -40,35 +39,27 @@ from .engines import (
     resolve_device,
     resolve_engine,
 )
+from .run_state import (
+    CHECKPOINT_MARKER,
+    CHECKPOINT_PREFIX,
+    JOB,
+    GracefulStop,
+    Run,
+    RunResult,
+    finite_number,
+    gpu_memory_gb,
+    latest_checkpoint,
+)
+from .train_data import DataStats, Encoded, PlannedBatches, PromptRenderer, encode_samples, plan_batches, unwrap_batch
 
 if TYPE_CHECKING:
     from .progress import TrainProgress
-from .train_data import DataStats, Encoded, PlannedBatches, PromptRenderer, encode_samples, plan_batches, unwrap_batch
 
-JOB = "train"
-CHECKPOINT_PREFIX = "checkpoint-"
-CHECKPOINT_MARKER = "haruhi_checkpoint.json"
 ADAPTER_DIR = "adapter"
 ADAPTER_INFO = "haruhi_adapter.json"
 
 
 # -- output folder ----------------------------------------------------------------------------------
-
-def checkpoints(output: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (their marker written), oldest first."""
-    found = []
-    if output.is_dir():
-        for path in output.glob(CHECKPOINT_PREFIX + "*"):
-            suffix = path.name[len(CHECKPOINT_PREFIX):]
-            if suffix.isdigit() and (path / CHECKPOINT_MARKER).is_file():
-                found.append((int(suffix), path))
-    return sorted(found)
-
-
-def latest_checkpoint(output: Path) -> tuple[int, Path] | None:
-    found = checkpoints(output)
-    return found[-1] if found else None
-
 
 def check_output(config: tc.TrainConfig, resume: bool) -> None:
     """Refuse to start a new run on top of an old one (it would mix two runs' checkpoints and events)."""
@@ -101,252 +92,7 @@ def resume_config(config_values: dict[str, Any], flag_values: dict[str, Any]) ->
     return merged
 
 
-# -- signals ----------------------------------------------------------------------------------------
-
-class GracefulStop:
-    """SIGINT/SIGTERM: before training, stop at once; during training, ask the loop to save and stop at
-    the end of the step; a second signal (after a moment, so one Ctrl-C delivered twice counts once)
-    stops at once."""
-
-    def __init__(self) -> None:
-        self.requested: str | None = None
-        self.graceful = False
-        self._first = 0.0
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "GracefulStop":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if not self.graceful:
-            self.requested = self.requested or name
-            raise KeyboardInterrupt
-        if self.requested is None:
-            self.requested, self._first = name, time.time()
-        elif time.time() - self._first > 2.0:
-            raise KeyboardInterrupt
-
-
-# -- the trainer ------------------------------------------------------------------------------------
-
-def _trainer_classes():
-    """transformers' Trainer pieces, imported when a run starts (keeps ``--help`` instant)."""
-    import torch
-    import torch.nn.functional as F
-    from transformers import Trainer, TrainerCallback
-
-    class HaruhiTrainer(Trainer):
-        """Counts tokens per step, and, for engines without a fused loss, computes logits only where a
-        label is (the lm head and the softmax over a 200k vocabulary are skipped for the prompt)."""
-
-        def __init__(self, *args: Any, token_counter: list[int], sparse_logits: bool, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.token_counter = token_counter
-            self.sparse_logits = sparse_logits
-            self._keep: Any = None
-            if sparse_logits:
-                self.model.get_output_embeddings().register_forward_pre_hook(self._select_rows)
-
-        def _select_rows(self, module: Any, args: tuple) -> tuple | None:
-            if self._keep is None:
-                return None
-            return (args[0][self._keep].unsqueeze(0), *args[1:])
-
-        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-            counts = inputs.pop("haruhi_tokens", None)
-            if counts is not None:
-                for k, value in enumerate(counts.tolist()):
-                    self.token_counter[k] += int(value)
-            return super().training_step(model, inputs, num_items_in_batch)
-
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            if not self.sparse_logits or "labels" not in inputs:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            inputs = dict(inputs)
-            labels = inputs.pop("labels")
-            targets = F.pad(labels[:, 1:], (0, 1), value=-100)
-            keep = targets != -100
-            self._keep = keep
-            try:
-                outputs = model(**inputs)
-            finally:
-                self._keep = None
-            logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])
-            loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-            if num_items_in_batch is not None:
-                loss = loss / num_items_in_batch
-                if self.args.average_tokens_across_devices and self.model_accepts_loss_kwargs:
-                    loss = loss * self.accelerator.num_processes
-            else:
-                loss = loss / keep.sum().clamp(min=1)
-            return (loss, outputs) if return_outputs else loss
-
-    class RunCallback(TrainerCallback):
-        """Per-step bookkeeping on every rank (token counts, the shared stop flag) and, on rank 0, the
-        events and the progress view."""
-
-        def __init__(self, run: "Run") -> None:
-            self.run = run
-            self.pending: tuple[int, int, int] = (0, 0, 0)
-            self.step_time = 0.0
-            self.last = time.time()
-            self.times: list[float] = []
-            self.reals: list[int] = []
-            self.cancelled = False
-
-        def throughput(self) -> float | None:
-            """Real tokens per second over this session's steps, the first (warm-up) step left out."""
-            times, reals = (self.times[1:], self.reals[1:]) if len(self.times) > 1 else (self.times, self.reals)
-            return round(sum(reals) / sum(times), 1) if times and sum(times) > 0 else None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.run.stop.graceful = True
-            self.run.first_step = self.run.steps_done = state.global_step
-            self.last = time.time()
-            if self.run.placement.is_main and state.max_steps != self.run.total_steps:
-                self.run.log(f"the trainer plans {state.max_steps} steps, the run planned {self.run.total_steps}")
-                self.run.total_steps = state.max_steps
-            self.run.sink_start(state.global_step)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            counter = self.run.token_counter
-            values = [counter[0], counter[1], counter[2], 1 if self.run.stop.requested else 0]
-            counter[:] = [0, 0, 0]
-            if self.run.placement.distributed:
-                import torch.distributed as dist
-
-                tensor = torch.tensor(values, dtype=torch.long, device=self.run.placement.torch_device)
-                dist.all_reduce(tensor)
-                values = tensor.tolist()
-            now = time.time()
-            self.run.steps_done = state.global_step
-            self.step_time, self.last = now - self.last, now
-            self.times.append(self.step_time)
-            self.reals.append(values[1])
-            self.pending = (values[0], values[1], values[2])
-            self.run.tokens_total += values[1]
-            self.run.padded_total += values[0]
-            if values[3] and not self.cancelled:
-                self.cancelled = True
-                control.should_save = True
-                control.should_training_stop = True
-            return control
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "loss" not in logs or not self.run.placement.is_main:
-                return
-            padded, real, _ = self.pending
-            recent = self.times[1:][-50:] or self.times[-1:]
-            per_step = sum(recent) / len(recent) if recent else 0.0
-            remaining = max(0, state.max_steps - state.global_step)
-            record = {
-                "step": state.global_step,
-                "total": state.max_steps,
-                "epoch": round(float(state.epoch or 0.0), 4),
-                "loss": _number(logs.get("loss")),
-                "learning_rate": _number(logs.get("learning_rate")),
-                "grad_norm": _number(logs.get("grad_norm")),
-                "tokens_per_second": round(real / self.step_time, 1) if self.step_time > 0 else None,
-                "real_token_share": round(real / padded, 4) if padded else None,
-                "elapsed": round(self.run.elapsed(), 1),
-                "eta": round(per_step * remaining, 1),
-                "gpu_memory_gb": _gpu_memory(),
-            }
-            self.run.last_loss = record["loss"]
-            self.run.events.emit("step", **record)
-            if self.run.sink:
-                self.run.sink.step(record)
-            if self.run.on_step:
-                self.run.on_step(record)
-
-        def on_save(self, args, state, control, **kwargs):
-            if not self.run.placement.is_main:
-                return
-            path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
-            if path.is_dir():
-                write_json(path / CHECKPOINT_MARKER, {"step": state.global_step, "elapsed": round(self.run.elapsed(), 1),
-                                                      "tokens": self.run.tokens_total, "padded": self.run.padded_total,
-                                                      "time": round(time.time(), 3)})
-                self.run.last_checkpoint = path
-                self.run.events.emit("checkpoint", step=state.global_step, path=str(path))
-
-    return HaruhiTrainer, RunCallback
-
-
-def _number(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _gpu_memory() -> float | None:
-    import torch
-
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    return None
-
-
 # -- the run ----------------------------------------------------------------------------------------
-
-@dataclass
-class Run:
-    """The state of one run that the callbacks and the final bookkeeping share."""
-
-    config: tc.TrainConfig
-    placement: Placement
-    events: EventLog
-    stop: GracefulStop
-    sink: TrainProgress | None = None
-    on_step: Callable[[dict[str, Any]], None] | None = None
-    total_steps: int = 0
-    steps_done: int = 0
-    first_step: int = 0
-    started: float = field(default_factory=time.time)
-    elapsed_before: float = 0.0
-    tokens_total: int = 0
-    padded_total: int = 0
-    last_loss: float | None = None
-    last_checkpoint: Path | None = None
-    token_counter: list[int] = field(default_factory=lambda: [0, 0, 0])
-
-    def elapsed(self) -> float:
-        return self.elapsed_before + time.time() - self.started
-
-    def note(self, message: str) -> None:
-        """Shown to the person watching, not recorded (before the start event)."""
-        if self.sink and self.placement.is_main:
-            self.sink.note(message)
-
-    def log(self, message: str, level: str = "info") -> None:
-        if self.placement.is_main:
-            self.events.emit("log", level=level, message=message)
-            if self.sink:
-                self.sink.note(message)
-
-    def sink_start(self, done: int) -> None:
-        if self.sink and self.placement.is_main:
-            self.sink.start(self.total_steps, done)
-
-
-@dataclass
-class RunResult:
-    status: str
-    steps: int
-    metrics: dict[str, Any]
-    outputs: dict[str, str]
-
 
 def steps_for(plan_batches_count: int, config: tc.TrainConfig, world_size: int) -> int:
     """Optimizer steps of the run, as the Trainer counts them (batches are sharded evenly over ranks)."""
@@ -393,48 +139,6 @@ def _emit_start(run: Run, config: tc.TrainConfig, resolved: dict[str, Any], chec
     run.events.emit("start", config={**config.to_dict(), "resolved": resolved}, total=run.total_steps, unit="step",
                     pid=job_pid or int(os.environ.get("HARUHI_JOB_PID", 0) or os.getpid()),
                     resumed_from=checkpoint[0] if checkpoint else None)
-
-
-def _training_arguments(config: tc.TrainConfig, placement: Placement, total_steps: int, dtype_name: str, engine: str):
-    from transformers import TrainingArguments
-
-    optimizer = config.optimizer
-    if optimizer == "auto":
-        optimizer = "adamw_torch_fused" if placement.device == "cuda" else "adamw_torch"
-    return TrainingArguments(
-        output_dir=str(config.output_dir),
-        per_device_train_batch_size=1,  # every dataset item is a planned batch
-        gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler,
-        warmup_steps=config.warmup_steps(total_steps),
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
-        optim=optimizer,
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps if config.max_steps > 0 else -1,
-        logging_strategy="steps",
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.keep_checkpoints or None,
-        seed=config.seed,
-        data_seed=config.seed,
-        bf16=placement.device == "cuda" and dtype_name == "bfloat16",
-        fp16=placement.device == "cuda" and dtype_name == "float16",
-        use_cpu=placement.device == "cpu",
-        ddp_backend=("nccl" if placement.device == "cuda" else "gloo") if placement.distributed else None,
-        # hf: LoRA on the whole expert tensors, so every adapter weight gets a gradient each step;
-        # unsloth: its own DDP defaults decide (its expert kernels may skip unrouted experts).
-        ddp_find_unused_parameters=False if engine == "hf" else None,
-        dataloader_num_workers=0,
-        dataloader_pin_memory=placement.device == "cuda",
-        remove_unused_columns=False,
-        report_to="none",
-        disable_tqdm=True,
-        save_only_model=False,
-        logging_nan_inf_filter=False,
-    )
 
 
 def save_adapter(loaded: LoadedModel, tokenizer: Any, config: tc.TrainConfig, base_spec: str, base_dir: Path,
@@ -518,10 +222,11 @@ def _explain(exc: Exception, config: tc.TrainConfig) -> str | None:
 
 def _metrics(run: Run) -> dict[str, Any]:
     elapsed = run.elapsed()
-    return {"steps": run.steps_done, "total_steps": run.total_steps, "loss": run.last_loss, "elapsed": round(elapsed, 1),
+    return {"steps": run.steps_done, "total_steps": run.total_steps, "loss": run.last_loss,
+            "elapsed": round(elapsed, 1),
             "tokens": run.tokens_total,
             "real_token_share": round(run.tokens_total / run.padded_total, 4) if run.padded_total else None,
-            "gpu_memory_gb": _gpu_memory()}
+            "gpu_memory_gb": gpu_memory_gb()}
 
 
 def _outputs(run: Run) -> dict[str, str]:
@@ -643,13 +348,16 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None,
     if resume and not checkpoint:
         run.log("no complete checkpoint to resume from: starting at step 0", "warning")
 
-    HaruhiTrainer, RunCallback = _trainer_classes()
-    args = _training_arguments(config, placement, run.total_steps, loaded.info.get("dtype", ""), loaded.engine)
-    callback = RunCallback(run)
-    trainer = HaruhiTrainer(model=loaded.model, args=args, train_dataset=PlannedBatches(sequences, plan, tokenizer.pad_token_id),
-                            data_collator=unwrap_batch, callbacks=[callback],
-                            token_counter=run.token_counter, sparse_logits=loaded.sparse_logits)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from .hf_trainer import HaruhiTrainer, RunCallback, training_arguments
+
+    args = training_arguments(config, placement, run.total_steps, loaded.info.get("dtype", ""), loaded.engine)
+    callback = RunCallback(run)
+    trainer = HaruhiTrainer(model=loaded.model, args=args,
+                            train_dataset=PlannedBatches(sequences, plan, tokenizer.pad_token_id),
+                            data_collator=unwrap_batch, callbacks=[callback],
+                            token_counts=run.step_tokens, sparse_logits=loaded.sparse_logits)
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -657,7 +365,7 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None,
     output = trainer.train(resume_from_checkpoint=str(checkpoint[1]) if checkpoint else None)
     steps = trainer.state.global_step
     metrics = _metrics(run)
-    metrics.update({"steps": steps, "train_loss": _number(output.training_loss)})
+    metrics.update({"steps": steps, "train_loss": finite_number(output.training_loss)})
     metrics["tokens_per_second"] = callback.throughput()
     if callback.cancelled:
         if placement.is_main:

@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 from haruhi_tui.cli import app
 from haruhi_tui.core.events import job_state, read_events
 from trainer import train_config as tc
-from trainer.train_loop import CHECKPOINT_MARKER, latest_checkpoint, run_training
+from trainer.run_state import CHECKPOINT_MARKER, latest_checkpoint
+from trainer.train_loop import run_training
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP_FIELDS = ("step", "total", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second",
@@ -223,7 +224,8 @@ def test_gemma_3_270m_base_trains_on_the_play_script(gemma_hf, dataset, tmp_path
     result = run_training(config)
     records = events_of(out)
     start = records[0]
-    assert start["config"]["resolved"]["style"] == "script" and start["config"]["resolved"]["model_type"] == "gemma3_text"
+    resolved = start["config"]["resolved"]
+    assert resolved["style"] == "script" and resolved["model_type"] == "gemma3_text"
     losses = [r["loss"] for r in records if r["event"] == "step"]
     assert result.status == "completed" and len(losses) == 2 and losses[-1] < losses[0]
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
@@ -241,7 +243,8 @@ def test_bad_input_gets_one_line_errors(tiny_gpt_oss, dataset, tmp_path):
     runner = CliRunner()
     base = ["train", "--base", str(tiny_gpt_oss), "--max-steps", "1"]
 
-    missing = one_line_error(runner.invoke(app, base + ["--dataset", str(tmp_path / "nope.json"), "-o", str(tmp_path / "a")]))
+    missing = one_line_error(runner.invoke(app, base + ["--dataset", str(tmp_path / "nope.json"),
+                                                        "-o", str(tmp_path / "a")]))
     assert "dataset not found" in missing
     records = read_events(tmp_path / "a")[0]
     assert [r["event"] for r in records] == ["error", "end"] and records[-1]["status"] == "failed"
@@ -265,7 +268,8 @@ def test_bad_input_gets_one_line_errors(tiny_gpt_oss, dataset, tmp_path):
         app, base + ["--dataset", str(dataset), "--lora-dropout", "0.1", "-o", str(tmp_path / "g")]))
     (tmp_path / "h").mkdir()
     (tmp_path / "h" / "events.jsonl").write_text("", encoding="utf-8")
-    assert "--resume" in one_line_error(runner.invoke(app, base + ["--dataset", str(dataset), "-o", str(tmp_path / "h")]))
+    assert "--resume" in one_line_error(runner.invoke(app, base + ["--dataset", str(dataset),
+                                                                   "-o", str(tmp_path / "h")]))
 
 
 def test_out_of_memory_is_explained_not_dumped():

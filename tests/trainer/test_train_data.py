@@ -100,7 +100,8 @@ def test_script_style_trains_the_lines_and_adds_the_missing_bos(tokenizer):
 
 def test_long_samples_are_split_between_turns_and_every_reply_trains_once(tokenizer):
     renderer = PromptRenderer(tokenizer, "harmony", use_template=False)
-    exchanges = [(f"阿虚:「第{i}个问题。" + "这是很长的一段叙述。" * 12 + "」", f"第{i}个回答,绝对不一样。") for i in range(6)]
+    exchanges = [(f"阿虚:「第{i}个问题。" + "这是很长的一段叙述。" * 12 + "」", f"第{i}个回答,绝对不一样。")
+                 for i in range(6)]
     conv = conversation_of(sample(exchanges))
     whole = len(renderer.encode(conv))
     stats = DataStats()
@@ -196,16 +197,16 @@ def test_sparse_logits_give_the_models_own_loss(tokenizer, tiny_gpt_oss, tmp_pat
     """The hf engine computes logits only where a label is; the loss must equal transformers' loss."""
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from trainer.train_loop import _trainer_classes
+    from trainer.hf_trainer import HaruhiTrainer
+    from trainer.run_state import TokenCounts
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_gpt_oss), dtype=torch.float32, attn_implementation="eager")
     renderer = PromptRenderer(tokenizer, "harmony", use_template=False)
     seqs = [renderer.encode(conversation_of(sample())), renderer.encode(conversation_of(sample(EXCHANGES[1:])))]
     batch = collate([[0], [1]], seqs, "grouped", pad_id=tokenizer.pad_token_id)
     batch.pop("haruhi_tokens")
-    HaruhiTrainer, _ = _trainer_classes()
     args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", disable_tqdm=True)
-    trainer = HaruhiTrainer(model=model, args=args, token_counter=[0, 0, 0], sparse_logits=True)
+    trainer = HaruhiTrainer(model=model, args=args, token_counts=TokenCounts(), sparse_logits=True)
     with torch.no_grad():
         ours = trainer.compute_loss(model, dict(batch))
         theirs = model(**batch).loss
