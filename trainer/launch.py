@@ -7,6 +7,10 @@ forwards Ctrl-C/SIGTERM to torchrun (which passes it to every worker: each finis
 saves a checkpoint) and reports how the run ended from the ``end`` event. If the workers die without
 one (killed, crashed), the launcher writes the ``error``/``end`` events itself.
 
+torchrun's options differ between torch versions (torch 2.13's has ``--shutdown-timeout``; torch 2.11's
+stops with "unrecognized arguments" at it), so the command carries only the options the installed
+torchrun's own argument parser has.
+
 NVLink multicast (NVLS) is switched off for NCCL and torch's symmetric memory: it is not available on
 every machine we lend, and a run that needs it fails at start-up.
 """
@@ -19,7 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from haruhi_tui.core.errors import Cancelled, HaruhiError
 from haruhi_tui.core.events import EVENTS_FILE, EventLog, read_events
@@ -31,8 +35,11 @@ from .run_state import JOB, RunResult
 
 LOG_FILE = "train.log"
 DISTRIBUTED_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
-#: How long torchrun lets workers finish their step and save after a stop signal before it kills them.
+#: How long torchrun lets workers finish their step and save after a stop signal before it kills them
+#: (``--shutdown-timeout``, where torchrun has it; an older torchrun waits its fixed 30 s).
 SHUTDOWN_SECONDS = 900
+#: Options we pass only where the installed torchrun has them (the others are in every torch 2.x).
+OPTIONAL_TORCHRUN_OPTIONS = {"--shutdown-timeout": str(SHUTDOWN_SECONDS)}
 
 
 def check_gpu_count(gpus: int) -> None:
@@ -43,10 +50,21 @@ def check_gpu_count(gpus: int) -> None:
         raise HaruhiError(f"--gpus {gpus}, but this machine has {what}{hint}")
 
 
+def torchrun_options() -> frozenset[str]:
+    """Every option string the installed torch's distributed runner accepts, read from its own parser."""
+    from torch.distributed.run import get_args_parser
+
+    # argparse has no public list of a parser's options; each action carries its option strings.
+    return frozenset(option for action in get_args_parser()._actions for option in action.option_strings)
+
+
 def launch_command(config_path: Path, *, nproc: int, nnodes: int, node_rank: int, master_addr: str,
-                   master_port: int, resume: bool) -> list[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-           f"--shutdown-timeout={SHUTDOWN_SECONDS}"]
+                   master_port: int, resume: bool, runner_options: Collection[str] | None = None) -> list[str]:
+    """``python -m torch.distributed.run ... -m trainer.worker CONFIG``; ``runner_options`` are the options
+    the torchrun that will run it accepts (default: the installed one's)."""
+    available = torchrun_options() if runner_options is None else runner_options
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
+    cmd += [f"{option}={value}" for option, value in OPTIONAL_TORCHRUN_OPTIONS.items() if option in available]
     if nnodes == 1:
         cmd.append("--standalone")
     else:
