@@ -45,21 +45,40 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def eval_run(
         ctx: typer.Context,
-        model: Optional[Path] = typer.Option(None, "--model", "-m", help="A .gguf file, or a Hugging Face model folder (base model for --adapter)."),
-        adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="LoRA adapter folder (from `haruhi train`) on top of a folder --model."),
-        dataset: str = typer.Option("data/haruhi_val.json", "--dataset", "-d", help="ShareGPT file whose last turn in each sample is the reference, or DATASET_INFO_DIR:NAME."),
+        model: Optional[Path] = typer.Option(
+            None, "--model", "-m", help="A .gguf file, or a Hugging Face model folder (base model for --adapter)."),
+        adapter: Optional[Path] = typer.Option(
+            None, "--adapter", "-a", help="LoRA adapter folder (from `haruhi train`) on top of a folder --model."),
+        dataset: str = typer.Option(
+            "data/haruhi_val.json", "--dataset", "-d",
+            help="ShareGPT file whose last turn in each sample is the reference, or DATASET_INFO_DIR:NAME."),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder. Default: runs/eval-<model name>."),
-        lf_raw: bool = typer.Option(False, "--lf-raw", help="Score like LLaMA-Factory: special tokens stripped from the whole output (channel words and analysis stay in), "
-                                    "label with its template's empty-thought header. Default: final-channel speech only."),
-        sampling: str = typer.Option("greedy", "--sampling", help="'greedy' (reproducible) or 'lf' (LLaMA-Factory's defaults: temperature 0.95, top_p 0.7, top_k 50)."),
-        max_new_tokens: int = typer.Option(1024, "--max-new-tokens", help="Most tokens generated per reply (LLaMA-Factory's default is 1024; analysis counts)."),
-        limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate only the first N (selected) samples: a quick look."),
-        sample: Optional[int] = typer.Option(None, "--sample", help="Evaluate N samples drawn per character in proportion (stratified, fixed by --seed)."),
+        lf_raw: bool = typer.Option(
+            False, "--lf-raw",
+            help="Score like LLaMA-Factory: special tokens stripped from the whole output (channel words and analysis "
+                 "stay in), label with its template's empty-thought header. Default: final-channel speech only."),
+        sampling: str = typer.Option(
+            "greedy", "--sampling",
+            help="'greedy' (reproducible) or 'lf' (LLaMA-Factory's defaults: temperature 0.95, top_p 0.7, top_k 50)."),
+        max_new_tokens: int = typer.Option(
+            1024, "--max-new-tokens",
+            help="Most tokens generated per reply (LLaMA-Factory's default is 1024; analysis counts)."),
+        limit: Optional[int] = typer.Option(
+            None, "--limit", help="Evaluate only the first N (selected) samples: a quick look."),
+        sample: Optional[int] = typer.Option(
+            None, "--sample",
+            help="Evaluate N samples drawn per character in proportion (stratified, fixed by --seed)."),
         seed: int = typer.Option(42, "--seed", help="Seed of --sample and of --sampling lf."),
-        batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Prompts generated at once (transformers: rows per batch, auto on GPU; llama.cpp: parallel sequences, default 4)."),
-        device: Optional[str] = typer.Option(None, "--device", help="transformers device (cuda, cuda:1, cpu). Default: cuda if available."),
-        dtype: Optional[str] = typer.Option(None, "--dtype", help="transformers weights dtype: bf16 (GPU default), fp16 or fp32 (CPU default)."),
-        gpu_layers: int = typer.Option(-1, "--gpu-layers", help="llama.cpp layers offloaded to the GPU (-1: all, 0: CPU only)."),
+        batch_size: Optional[int] = typer.Option(
+            None, "--batch-size", "-b",
+            help="Prompts generated at once (transformers: rows per batch, auto on GPU; llama.cpp: parallel "
+                 "sequences, default 4)."),
+        device: Optional[str] = typer.Option(
+            None, "--device", help="transformers device (cuda, cuda:1, cpu). Default: cuda if available."),
+        dtype: Optional[str] = typer.Option(
+            None, "--dtype", help="transformers weights dtype: bf16 (GPU default), fp16 or fp32 (CPU default)."),
+        gpu_layers: int = typer.Option(
+            -1, "--gpu-layers", help="llama.cpp layers offloaded to the GPU (-1: all, 0: CPU only)."),
         restart: bool = typer.Option(False, "--restart", help="Discard predictions already in --out and start over."),
     ) -> None:
         if ctx.invoked_subcommand is not None:
@@ -74,8 +93,10 @@ def register(app: typer.Typer) -> None:
     @friendly_errors
     def eval_compare(
         runs: list[Path] = typer.Argument(..., help="Run folders (each with metrics.json), e.g. runs/base runs/ft."),
-        name: list[str] = typer.Option([], "--name", "-n", help="Column name per run, in order (default: the folder names)."),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where comparison.md and comparison.json go. Default: the runs' parent folder."),
+        name: list[str] = typer.Option(
+            [], "--name", "-n", help="Column name per run, in order (default: the folder names)."),
+        out: Optional[Path] = typer.Option(
+            None, "--out", "-o", help="Where comparison.md and comparison.json go. Default: the runs' parent folder."),
     ) -> None:
         """Side-by-side table, overall and per character, with the reference walk-through's numbers."""
         from rich.console import Console
@@ -91,10 +112,14 @@ def register(app: typer.Typer) -> None:
     @eval_app.command("score")
     @friendly_errors
     def eval_score(
-        predictions: Path = typer.Argument(..., help="generated_predictions.jsonl (ours or LLaMA-Factory's), or a run folder."),
+        predictions: Path = typer.Argument(
+            ..., help="generated_predictions.jsonl (ours or LLaMA-Factory's), or a run folder."),
         out: Path = typer.Option(..., "--out", "-o", help="Folder for the recomputed metrics.json."),
-        mode: Optional[str] = typer.Option(None, "--mode", help="Default: score predict/label as written. 'final': speech only (from our raw output, "
-                                           "or LLaMA-Factory text after its last 'assistantfinal'); 'lf-raw': LLaMA-Factory's way from our raw output."),
+        mode: Optional[str] = typer.Option(
+            None, "--mode",
+            help="Default: score predict/label as written. 'final': speech only (from our raw output, or "
+                 "LLaMA-Factory text after its last 'assistantfinal'); 'lf-raw': LLaMA-Factory's way from our raw "
+                 "output."),
     ) -> None:
         """Recompute metrics.json from a predictions file alone, without generating again."""
         from .evaluate import score_file
@@ -119,13 +144,14 @@ def _run(model: Path, adapter: Optional[Path], dataset: str, out: Optional[Path]
     )
 
     if model is not None and model.suffix == ".gguf":
-        import haruhi_tui.core.llm  # noqa: F401  (loads llama.cpp before numpy: see its imports)
+        import haruhi_tui.core.engine  # noqa: F401  (loads llama.cpp before numpy: see its imports)
     from .evaluate import EvalConfig, Evaluation
     from .generate import SAMPLINGS, DecodingOptions, load_generator
 
     if sampling not in SAMPLINGS:
         raise HaruhiError(f"--sampling is 'greedy' or 'lf', not {sampling!r}")
-    for flag, value in (("--max-new-tokens", max_new_tokens), ("--limit", limit), ("--sample", sample), ("--batch-size", batch_size)):
+    for flag, value in (("--max-new-tokens", max_new_tokens), ("--limit", limit), ("--sample", sample),
+                        ("--batch-size", batch_size)):
         if value is not None and value < 1:
             raise HaruhiError(f"{flag} must be at least 1, not {value}")
     config = EvalConfig(
@@ -147,7 +173,8 @@ def _run(model: Path, adapter: Optional[Path], dataset: str, out: Optional[Path]
         progress.update(task, description=message)
 
     def factory():
-        return load_generator(model, adapter, device=device, dtype=dtype, batch_size=batch_size, n_gpu_layers=gpu_layers)
+        return load_generator(model, adapter, device=device, dtype=dtype, batch_size=batch_size,
+                              n_gpu_layers=gpu_layers)
 
     evaluation = Evaluation(config, generator_factory=factory, on_progress=on_progress, on_status=on_status)
     with progress:

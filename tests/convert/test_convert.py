@@ -341,7 +341,7 @@ def test_gemma3_round_trip_matches_the_original_gguf(monkeypatch, capsys, gemma_
     """GGUF -> HF (haruhi models) -> GGUF (haruhi-convert): same weights, same vocabulary, same greedy tokens."""
     from llama_cpp import Llama
 
-    from haruhi_tui.services.models import default_gguf
+    from haruhi_tui.services.bundled_model import default_gguf
 
     original = default_gguf()
     out = tmp_path / "gemma.gguf"
