@@ -88,7 +88,7 @@ async def drive_app(args, engine) -> list[dict]:
     from haruhi_tui.app.app import HaruhiApp
     from haruhi_tui.app.screens.pick import CharacterPicker
     from haruhi_tui.app.widgets import PromptInput
-    from haruhi_tui.core.llm import Sampling
+    from haruhi_tui.core.engine import Sampling
 
     async def wait(pilot, predicate, timeout=300.0):
         deadline = time.monotonic() + timeout
@@ -125,7 +125,8 @@ async def drive_app(args, engine) -> list[dict]:
                 "generated_tokens": stats.generated_tokens,
                 "pieces_shown": view.deltas_shown,
                 "first_token_s": view.first_shown_at - screen.submitted_at if view.first_shown_at else float("nan"),
-                "streamed_tok_s": (stats.generated_tokens - 1) / streamed if streamed > 0 and stats.generated_tokens > 1 else float("nan"),
+                "streamed_tok_s": ((stats.generated_tokens - 1) / streamed
+                                   if streamed > 0 and stats.generated_tokens > 1 else float("nan")),
                 "engine_tok_s": stats.tokens_per_second,
                 "reply": view.content,
             })
@@ -137,8 +138,9 @@ async def drive_app(args, engine) -> list[dict]:
 
 
 def main() -> None:
-    from haruhi_tui.core.llm import bundled_model, default_threads, interactive_threads, open_gguf
+    from haruhi_tui.core.engine import default_threads, interactive_threads, open_gguf
     from haruhi_tui.core.paths import default_characters_dir
+    from haruhi_tui.services.bundled_model import default_gguf
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--characters", type=Path, default=default_characters_dir())
@@ -148,7 +150,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--threads", type=int, default=None,
-                   help="decode threads (default: what the app uses, haruhi_tui.core.llm.interactive_threads())")
+                   help="decode threads (default: what the app uses, haruhi_tui.core.engine.interactive_threads())")
     p.add_argument("--model", type=Path, default=None, help="GGUF (default: the bundled Gemma 3 270M)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "chat.md")
     args = p.parse_args()
@@ -157,7 +159,7 @@ def main() -> None:
     import textual
 
     load_before = load()
-    model = args.model or bundled_model()
+    model = args.model or default_gguf()
     threads = args.threads or interactive_threads()
     engine = open_gguf(model, n_ctx=args.n_ctx, n_threads=threads)
     raw = statistics.median(raw_decode(engine) for _ in range(3))
@@ -174,7 +176,8 @@ def main() -> None:
 
     follow = [r for r in rows[1:] if r["generated_tokens"] > 1]
     streamed = sum(r["generated_tokens"] - 1 for r in rows if r["generated_tokens"] > 1) / sum(
-        (r["generated_tokens"] - 1) / r["streamed_tok_s"] for r in rows if r["generated_tokens"] > 1 and r["streamed_tok_s"] > 0)
+        (r["generated_tokens"] - 1) / r["streamed_tok_s"]
+        for r in rows if r["generated_tokens"] > 1 and r["streamed_tok_s"] > 0)
     first_follow = statistics.median(r["first_token_s"] for r in follow) if follow else float("nan")
     worst_follow = max((r["first_token_s"] for r in follow), default=float("nan"))
     reuse = statistics.median(r["reused_tokens"] / r["prompt_tokens"] for r in rows[1:]) if len(rows) > 1 else 0.0
@@ -186,7 +189,8 @@ def main() -> None:
         f"persona prefix reused from the KV cache on follow-ups: median {reuse:.0%} of the prompt tokens"
     )
     print(summary)
-    table = ["| turn | prompt tok | from cache | generated | first token (s) | on-screen tok/s | engine tok/s | reply |",
+    table = ["| turn | prompt tok | from cache | generated | first token (s) | on-screen tok/s | engine tok/s "
+             "| reply |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         reply = r["reply"].replace("|", "\\|")[:40]
@@ -200,8 +204,10 @@ def main() -> None:
         f"- machine: {machine()}",
         f"- load average before / after: {load_before} / {load_after} (other work on the machine slows every number)",
         f"- command: `{command.strip()}`",
-        f"- versions: Python {platform.python_version()}, llama-cpp-python {llama_cpp.__version__}, textual {textual.__version__}",
-        f"- model: {engine.name} ({model.name}), {engine.style} style, n_ctx {engine.n_ctx}, character {args.character}, "
+        f"- versions: Python {platform.python_version()}, llama-cpp-python {llama_cpp.__version__}, "
+        f"textual {textual.__version__}",
+        f"- model: {engine.name} ({model.name}), {engine.style} style, n_ctx {engine.n_ctx}, "
+        f"character {args.character}, "
         f"greedy={args.temperature == 0}, max_tokens {args.max_tokens}, decode threads {threads} (prompt: all cores)",
         "",
         *[f"{line}  " for line in summary.splitlines()],

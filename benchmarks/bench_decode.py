@@ -1,7 +1,7 @@
 """Chat speed on a GPU: llama.cpp decode tokens/s and time to first token for a persona prompt.
 
 The chat turns go through the same code the TUI runs (haruhi_tui.services.chat.ChatSession on an Engine from
-haruhi_tui.core.llm.open_gguf), without the screen: a SQLite session, the character's persona prompt with its
+haruhi_tui.core.engine.open_gguf), without the screen: a SQLite session, the character's persona prompt with its
 retrieved scenes, harmony rendering, streaming and parsing. For every turn it records the prompt size, how
 much of it came from llama.cpp's KV cache, the time to the first generated token and the decode rate.
 Turn 1 is cold (the whole persona prompt is evaluated); later turns are warm (the persona prefix is reused).
@@ -45,7 +45,7 @@ def gpu_name() -> str:
 
 def run_turns(engine, args) -> list[dict]:
     from haruhi_tui.core.characters import load_character
-    from haruhi_tui.core.llm import Sampling
+    from haruhi_tui.core.engine import Sampling
     from haruhi_tui.services.chat import ChatSession
     from haruhi_tui.store.sessions import Store
 
@@ -73,8 +73,9 @@ def run_turns(engine, args) -> list[dict]:
 
 
 def main() -> None:
-    from haruhi_tui.core.llm import bundled_model, default_threads, open_gguf
+    from haruhi_tui.core.engine import default_threads, open_gguf
     from haruhi_tui.core.paths import default_characters_dir
+    from haruhi_tui.services.bundled_model import default_gguf
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None, help="GGUF (default: the bundled Gemma 3 270M)")
@@ -91,7 +92,7 @@ def main() -> None:
 
     import llama_cpp
 
-    model = args.model or bundled_model()
+    model = args.model or default_gguf()
     args.model = model
     loaded = time.perf_counter()
     engine = open_gguf(model, n_ctx=args.n_ctx, n_batch=args.n_batch, n_gpu_layers=args.n_gpu_layers,

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from haruhi_tui.core.characters import load_character  # noqa: E402
-from haruhi_tui.core.llm import open_gguf  # noqa: E402
+from haruhi_tui.core.engine import open_gguf  # noqa: E402
 from haruhi_tui.core.paths import default_characters_dir  # noqa: E402
 from haruhi_tui.services.chat import ChatSession, ChatSettings  # noqa: E402
 from haruhi_tui.store.sessions import Store  # noqa: E402
@@ -49,7 +49,8 @@ def main() -> None:
         tuned = converse(args.tuned, character, args.lines, store)
     user = character.interlocutor
     out = [f"# {character.name}: base vs fine-tuned", "",
-           f"{datetime.date.today()} · {platform.machine()} CPU · greedy, max 80 tokens · through haruhi_tui.services.chat.ChatSession",
+           f"{datetime.date.today()} · {platform.machine()} CPU · greedy, max 80 tokens · "
+           "through haruhi_tui.services.chat.ChatSession",
            f"base `{args.base.name}` · fine-tuned `{args.tuned.name}`", "",
            "| turn | " + user + " | base | fine-tuned |", "| --- | --- | --- | --- |"]
     for i, (line, b, t) in enumerate(zip(args.lines, base, tuned), 1):

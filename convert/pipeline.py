@@ -112,7 +112,8 @@ def _general_metadata(gw: gguf.GGUFWriter, opts: ConvertOptions, ckpt: Checkpoin
         gw.add_base_model_name(0, ckpt.directory.name)
 
 
-def convert(opts: ConvertOptions, progress: Progress | None = None, log: Callable[[str], None] | None = None) -> Summary:
+def convert(opts: ConvertOptions, progress: Progress | None = None,
+            log: Callable[[str], None] | None = None) -> Summary:
     """Run one conversion. Raises HaruhiError for anything the user can fix."""
     started = time.monotonic()
     if opts.threads:
@@ -134,7 +135,8 @@ def convert(opts: ConvertOptions, progress: Progress | None = None, log: Callabl
     planner = Planner(ckpt, spec, "bf16" if out_type == "q4_k_m" else out_type, adapter)
     tensors = planner.plan()
     if unused := planner.unused_targets():
-        raise HaruhiError(f"adapter weights for {unused[0]} match no tensor that was converted; the adapter belongs to another model")
+        raise HaruhiError(f"adapter weights for {unused[0]} match no tensor that was converted; "
+                          "the adapter belongs to another model")
     n_vocab = _vocab_rows(ckpt, tensors)
     tok = TokenizerInfo(ckpt.directory, spec.vocab, n_vocab, spec.default_pre, spec.force_add_bos)
 
@@ -189,9 +191,9 @@ def _vocab_rows(ckpt: Checkpoint, tensors: list[OutTensor]) -> int:
 
 
 def _tensor_types(path: Path) -> dict[str, int]:
-    from .gguf_index import GGUFIndex
+    from haruhi_tui.core.gguf_header import GGUFHeader
 
-    return GGUFIndex(path).type_counts()
+    return GGUFHeader(path).type_counts()
 
 
 _QUANTIZE_SCRIPT = """
@@ -205,7 +207,8 @@ sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode
 def _llama_quantize(src: Path, out: Path, ftype: int, threads: int | None) -> None:
     """llama.cpp's own quantizer (K-quants), in a child process so Ctrl-C can stop it at once."""
     tmp = temp_path_for(out)
-    cmd = [sys.executable, "-c", _QUANTIZE_SCRIPT, str(src), str(tmp), str(int(ftype)), str(threads or len(os.sched_getaffinity(0)))]
+    threads = threads or len(os.sched_getaffinity(0))
+    cmd = [sys.executable, "-c", _QUANTIZE_SCRIPT, str(src), str(tmp), str(int(ftype)), str(threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with terminate_as_interrupt():
@@ -241,13 +244,16 @@ def _export_adapter(opts: ConvertOptions, ckpt: Checkpoint, spec: ArchSpec, adap
     qtype = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16}[out_type]
     if adapter.replacements:
         first = next(iter(adapter.replacements))
-        raise HaruhiError(f"the adapter carries a full copy of {first} (modules_to_save), which a GGUF LoRA cannot hold; convert without --adapter-only to merge it")
+        raise HaruhiError(f"the adapter carries a full copy of {first} (modules_to_save), which a GGUF LoRA "
+                          "cannot hold; convert without --adapter-only to merge it")
     planner = Planner(ckpt, spec, "f32", adapter)
     for param, target in adapter.targets.items():
         if target.kind == "embedding":
-            raise HaruhiError(f"LoRA on the token embedding ({param}) cannot be exported as a GGUF adapter; convert without --adapter-only to merge it")
+            raise HaruhiError(f"LoRA on the token embedding ({param}) cannot be exported as a GGUF adapter; "
+                              "convert without --adapter-only to merge it")
         if target.bias_key:
-            raise HaruhiError(f"LoRA with trained biases ({param}) cannot be exported as a GGUF adapter; convert without --adapter-only to merge it")
+            raise HaruhiError(f"LoRA with trained biases ({param}) cannot be exported as a GGUF adapter; "
+                              "convert without --adapter-only to merge it")
     # llama.cpp scales each pair by alpha / rank (rank = lora_b's inner size). When every module's
     # scaling is one alpha over its rank, B is kept as trained; otherwise (alpha_pattern, rsLoRA with
     # mixed ranks) each module's scaling is folded into its B and alpha = 0 (llama.cpp then adds B @ A).

@@ -55,7 +55,7 @@ def tiny_gpt_oss_mxfp4(tmp_path_factory) -> Path:
     return build_tiny_gpt_oss(tmp_path_factory.mktemp("tiny_gpt_oss_mxfp4"), seed=0, mxfp4=True)
 
 
-#: Bump when haruhi_tui.services.models.gguf_to_hf changes what it writes: the cached checkpoint is keyed by it.
+#: Bump when haruhi_tui.services.gguf_to_hf.gguf_to_hf changes what it writes: the cached checkpoint is keyed by it.
 GEMMA_HF_VERSION = "1"
 
 
@@ -67,7 +67,8 @@ def gemma_hf() -> Path:
     Read-only: copy it before changing anything in it."""
     import os
 
-    from haruhi_tui.services.models import default_gguf, gguf_to_hf
+    from haruhi_tui.services.bundled_model import default_gguf
+    from haruhi_tui.services.gguf_to_hf import gguf_to_hf
 
     cache = Path(os.environ.get("HARUHI_TEST_CACHE") or Path.home() / ".cache" / "haruhi-tests")
     target = cache / f"gemma-3-270m-hf-{GEMMA_HF_VERSION}"
@@ -87,6 +88,7 @@ def gemma_hf() -> Path:
 def engine():
     """The bundled Gemma 3 270M GGUF on llama.cpp with a 2048-token context, one per test module (a module's
     tests share its KV cache, as one app run would)."""
-    from haruhi_tui.core.llm import bundled_model, open_gguf
+    from haruhi_tui.core.engine import open_gguf
+    from haruhi_tui.services.bundled_model import default_gguf
 
-    return open_gguf(bundled_model(), n_ctx=2048)
+    return open_gguf(default_gguf(), n_ctx=2048)

@@ -145,7 +145,7 @@ def _run(model: Path, adapter: Optional[Path], dataset: str, out: Optional[Path]
     )
 
     if model is not None and model.suffix == ".gguf":
-        import haruhi_tui.core.llm  # noqa: F401  (loads llama.cpp before numpy: see its imports)
+        import haruhi_tui.core.engine  # noqa: F401  (loads llama.cpp before numpy: see its imports)
     from .evaluate import EvalConfig, Evaluation
     from .generation.decoding import SAMPLINGS, DecodingOptions
     from .generation.loader import load_generator

@@ -18,18 +18,11 @@ from textual.binding import Binding
 from textual.screen import Screen
 
 from haruhi_tui.core.characters import Character, load_characters
+from haruhi_tui.core.engine import DEFAULT_N_CTX, Engine, Sampling, interactive_threads, open_gguf
 from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.core.llm import (
-    DEFAULT_N_CTX,
-    Engine,
-    Sampling,
-    bundled_model,
-    find_models,
-    interactive_threads,
-    open_gguf,
-)
 from haruhi_tui.core.paths import data_dir, default_characters_dir, models_dir
-from haruhi_tui.services.models import BUNDLED_NAME
+from haruhi_tui.services.bundled_model import BUNDLED_NAME, default_gguf
+from haruhi_tui.services.local_models import list_local_models
 from haruhi_tui.store import MEMORY, Store, StoreError, default_db_path
 
 from .screens.chat import ChatScreen
@@ -168,7 +161,8 @@ class HaruhiApp(App[None]):
         characters, imported, problem = self._read_characters()
         self.call_from_thread(self._characters_loaded, characters, problem, imported)
 
-    async def _characters_loaded(self, characters: list[Character], problem: str, imported: set[str] = frozenset()) -> None:
+    async def _characters_loaded(self, characters: list[Character], problem: str,
+                                 imported: set[str] = frozenset()) -> None:
         self.characters = {c.folder: c for c in characters}
         self.imported = set(imported)
         self.characters_problem = problem
@@ -206,7 +200,7 @@ class HaruhiApp(App[None]):
         return str(self.engine.path) if self.engine else ""
 
     def action_pick_model(self) -> None:
-        models = [m for m in find_models(self.models_dirs) if not m.bundled]
+        models = [m for m in list_local_models(self.models_dirs) if not m.bundled]
 
         def picked(choice: str | None) -> None:
             if choice:
@@ -219,10 +213,12 @@ class HaruhiApp(App[None]):
         """Load a GGUF (or assemble and load the bundled one) without freezing the UI."""
         self.model_loading = True
         self.engine_ready.clear()
-        self.call_from_thread(self._model_progress, f"loading {BUNDLED_NAME if choice == BUNDLED else Path(choice).name}…")
+        label = BUNDLED_NAME if choice == BUNDLED else Path(choice).name
+        self.call_from_thread(self._model_progress, f"loading {label}…")
         try:
             if choice == BUNDLED:
-                path = bundled_model(lambda fraction, what: self.call_from_thread(self._model_progress, what + "…", fraction))
+                path = default_gguf(lambda fraction, what: self.call_from_thread(self._model_progress, what + "…",
+                                                                                  fraction))
             else:
                 path = Path(choice).expanduser()
             engine = open_gguf(path, n_ctx=self.n_ctx, n_threads=self.n_threads)
@@ -280,7 +276,7 @@ class HaruhiApp(App[None]):
                 (self.engine, warm, f"{self.engine.name} · temp {warm.temperature:g}")]
 
     def action_pick_compare_model(self) -> None:
-        models = [m for m in find_models(self.models_dirs) if not m.bundled]
+        models = [m for m in list_local_models(self.models_dirs) if not m.bundled]
 
         def picked(choice: str | None) -> None:
             if choice:
@@ -291,7 +287,7 @@ class HaruhiApp(App[None]):
     @work(thread=True, exclusive=True, group="compare-model")
     def load_compare_model(self, choice: str) -> None:
         try:
-            path = bundled_model() if choice == BUNDLED else Path(choice).expanduser()
+            path = default_gguf() if choice == BUNDLED else Path(choice).expanduser()
             engine = open_gguf(path, n_ctx=self.n_ctx, n_threads=self.n_threads)
         except HaruhiError as exc:
             self.call_from_thread(self.report, str(exc))
@@ -404,7 +400,8 @@ class HaruhiApp(App[None]):
             return None
         from haruhi_tui.services.export import ChatRecord, export_chat
 
-        turns = tuple(session._turn(m, "chat") for m in session.messages if m.role in ("user", "assistant") and m.content.strip())
+        turns = tuple(session._turn(m, "chat") for m in session.messages
+                      if m.role in ("user", "assistant") and m.content.strip())
         record = ChatRecord(session.title, session.character, turns, Path(session.chat.model).name)
         return self._write_reported(lambda: export_chat(record, path), path, "exported")
 

@@ -6,8 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
+from haruhi_tui.core.engine import DEFAULT_N_CTX
 from haruhi_tui.core.errors import HaruhiError, friendly_errors
-from haruhi_tui.core.llm import DEFAULT_N_CTX
 from haruhi_tui.core.paths import default_characters_dir, models_dir
 
 

@@ -46,7 +46,7 @@ def list_command(
 ) -> None:
     """Show the GGUF models on this machine: architecture, parameters, quantization, prompt style, size."""
     from haruhi_tui.core.paths import models_dir
-    from haruhi_tui.services.models import list_local_models
+    from haruhi_tui.services.local_models import list_local_models
 
     folders = [d for d in (dirs or []) if not d.is_file()]
     files = [d for d in (dirs or []) if d.is_file()]
@@ -61,11 +61,12 @@ def list_command(
                             ("style", "left"), ("size", "right")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     table.add_column("path", overflow="fold")
-    from haruhi_tui.services.models import human_bytes
+    from haruhi_tui.core.fsutil import human_bytes
 
     for m in models:
         if m.broken:
-            table.add_row(f"[red]{m.name}[/]", "", "", "", "", human_bytes(m.size_bytes), f"{m.path}\n[red]broken: {m.broken}[/]")
+            table.add_row(f"[red]{m.name}[/]", "", "", "", "", human_bytes(m.size_bytes),
+                          f"{m.path}\n[red]broken: {m.broken}[/]")
         else:
             table.add_row(m.name, m.architecture, m.parameters_label, m.quantization,
                           m.style + ("" if m.has_chat_template or m.style == "harmony" else " (no template)"),
@@ -77,7 +78,7 @@ def list_command(
 @friendly_errors
 def default_command() -> None:
     """Assemble the bundled offline model (Gemma 3 270M, Q4_K_M) if needed and print its path."""
-    from haruhi_tui.services.models import default_gguf
+    from haruhi_tui.services.bundled_model import default_gguf
 
     with _progress_bar() as progress:
         path = default_gguf(progress)
@@ -87,8 +88,10 @@ def default_command() -> None:
 @models_app.command("to-hf")
 @friendly_errors
 def to_hf_command(
-    gguf_file: Path = typer.Argument(..., metavar="GGUF", help="The .gguf to dequantize (e.g. the path `haruhi models default` prints)."),
-    out: Path = typer.Argument(..., metavar="OUT", help="Folder for the Hugging Face checkpoint (created; must be empty)."),
+    gguf_file: Path = typer.Argument(..., metavar="GGUF",
+                                     help="The .gguf to dequantize (e.g. the path `haruhi models default` prints)."),
+    out: Path = typer.Argument(..., metavar="OUT",
+                               help="Folder for the Hugging Face checkpoint (created; must be empty)."),
     dtype: str = typer.Option("float32", help="float32 keeps the dequantized weights exact; bfloat16 halves the size."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT if it already holds files."),
 ) -> None:
@@ -97,7 +100,7 @@ def to_hf_command(
     The tokenizer is rebuilt to tokenize exactly like llama.cpp (BOS included where the GGUF asks for it),
     so what you train on is what the chat app feeds the model.
     """
-    from haruhi_tui.services.models import gguf_to_hf
+    from haruhi_tui.services.gguf_to_hf import gguf_to_hf
 
     with _progress_bar() as progress:
         path = gguf_to_hf(gguf_file, out, dtype=dtype, overwrite=overwrite, progress=progress)
@@ -118,7 +121,7 @@ def download_command(
     Free disk space is checked first and every file is verified against the hub's hash. Set HF_ENDPOINT for a
     mirror and HF_TOKEN (or `hf auth login`) for gated repos.
     """
-    from haruhi_tui.services.models import download
+    from haruhi_tui.services.hub import download
 
     with _progress_bar() as progress:
         path = download(repo, file, dest, revision=revision, progress=progress)

@@ -15,6 +15,10 @@ class HaruhiError(Exception):
     exit_code = 1
 
 
+class ModelError(HaruhiError):
+    """A model cannot be used (missing, not a GGUF, damaged, too big, busy); the message says what to do."""
+
+
 class Cancelled(HaruhiError):
     """The user pressed Ctrl-C; work in flight was saved or rolled back."""
 

@@ -1,8 +1,10 @@
-"""Atomic file output: write to a temp file beside the target, fsync, rename. Never half a file on disk."""
+"""Files: atomic output (write to a temp file beside the target, fsync, rename: never half a file on disk), JSON
+in and out, a file's hash, sizes as people read them."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 from .errors import HaruhiError
+from .progress import Progress, report
 
 
 @contextlib.contextmanager
@@ -60,3 +63,25 @@ def read_json(path: str | os.PathLike, what: str = "file") -> Any:
         raise HaruhiError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
         raise HaruhiError(f"{p} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+
+
+def file_sha256(path: Path, progress: Progress | None = None, what: str = "verifying") -> str:
+    """The hex SHA-256 of a file, read in blocks (reported as ``what <name>``)."""
+    digest = hashlib.sha256()
+    total = max(path.stat().st_size, 1)
+    done = 0
+    with path.open("rb") as fh:
+        while block := fh.read(4 << 20):
+            digest.update(block)
+            done += len(block)
+            report(progress, done / total, f"{what} {path.name}")
+    return digest.hexdigest()
+
+
+def human_bytes(n: float) -> str:
+    """1.2 GB: decimal units, as the hub and disk tools show sizes."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"

@@ -116,7 +116,7 @@ class Delta:
 class ParsedReply:
     analysis: str = ""
     final: str = ""
-    finished: bool = False  # saw <|return|>, <|call|> or <|endoftext|>
+    finished: bool = False  # the reply is over (:func:`ends_reply`), not cut off
     channels: list[str] = field(default_factory=list)
 
 
@@ -152,19 +152,42 @@ def _partial_marker_len(buffer: str) -> int:
     return 0
 
 
+def _first_marker(buffer: str, markers: Sequence[str] = _MARKERS) -> tuple[int, str] | None:
+    hits = [(i, m) for i, m in ((buffer.find(m), m) for m in markers) if i != -1]
+    return min(hits) if hits else None
+
+
+#: The words a header may have before its first marker: the role and a recipient (``assistant to=functions.x``,
+#: or `` to=functions.x`` right after the prompt's ``<|start|>assistant``).
+_ROLE, _RECIPIENT = "assistant", r"to=[^\s<]+"
+_HEADER_WORDS = re.compile(rf"\s*(?:{_ROLE})?\s*(?:{_RECIPIENT})?\s*")
+
+
+def _may_become_header_words(text: str) -> bool:
+    """Whether ``text`` is, or may still grow into, the words of a header (it arrives in small chunks)."""
+    rest = text.lstrip()
+    if rest.startswith(_ROLE):
+        rest = rest[len(_ROLE):].lstrip()
+    elif _ROLE.startswith(rest):
+        return True
+    return "to=".startswith(rest) or re.fullmatch(rf"{_RECIPIENT}\s*", rest) is not None
+
+
 class HarmonyStreamParser:
     """Incremental harmony parser: feed detokenized text in any chunking, get channel deltas.
 
-    Works on output that starts right after ``<|start|>assistant`` (``<|channel|>analysis<|message|>…``),
-    with or without the analysis part, with ``<|end|>`` or without it before the next ``<|start|>``,
-    and on plain text from a model that does not speak harmony (all of it is ``final``).
+    Works on output that starts right after ``<|start|>assistant`` (``<|channel|>analysis<|message|>…``, or a
+    tool call's `` to=functions.x<|channel|>commentary…``), with or without the analysis part, with ``<|end|>``
+    or without it before the next ``<|start|>``, and on plain text from a model that does not speak harmony
+    (all of it is ``final``). The reply is over where :func:`ends_reply` says so; what follows is dropped.
     """
 
     def __init__(self) -> None:
         self._buffer = ""
-        self._state: Literal["header", "body", "done"] = "header"
+        # opening: a header or plain text may start here; header: inside one; body: inside a message
+        self._state: Literal["opening", "header", "body", "done"] = "opening"
         self._channel: Channel = "final"
-        self._header = ""
+        self._channel_name: str | None = None
         self._seen_header = False
         self.reply = ParsedReply()
 
@@ -196,38 +219,57 @@ class HarmonyStreamParser:
     def _drain(self, final: bool) -> list[Delta]:
         out: list[Delta] = []
         while self._buffer and self._state != "done":
-            if self._state == "header":
-                if not self._consume_header(final):
-                    break
+            if self._state == "opening":
+                progressed = self._consume_opening(final)
+            elif self._state == "header":
+                progressed = self._consume_header(final)
             else:
-                if not self._consume_body(out, final):
-                    break
+                progressed = self._consume_body(out, final)
+            if not progressed:
+                break
         if self._state == "done":
             self._buffer = ""
         return out
 
+    def _finish(self) -> None:
+        self._state, self._buffer, self.reply.finished = "done", "", True
+
+    def _consume_opening(self, final: bool) -> bool:
+        """Decide whether a header starts here (its words, then a header marker) or plain speech does."""
+        buf = self._buffer
+        found = _first_marker(buf)
+        if found is not None:
+            i, marker = found
+            header = marker in (CHANNEL, CONSTRAIN, MESSAGE, START) and _HEADER_WORDS.fullmatch(buf[:i])
+            self._state = "header" if header else "body"
+            if not header:
+                self._channel, self._channel_name = "final", "final"
+            return True
+        if final:
+            if self._seen_header:  # a header that never got its message: nothing to say
+                self._buffer, self._state = "", "done"
+                return False
+        elif _may_become_header_words(buf[: len(buf) - _partial_marker_len(buf)]):
+            return False  # wait for more: a header or plain text
+        self._state, self._channel, self._channel_name = "body", "final", "final"
+        return True
+
     def _consume_header(self, final: bool) -> bool:
         buf = self._buffer
-        stripped = buf.lstrip()
-        looks_like_header = (
-            stripped.startswith((CHANNEL, START, "assistant", CONSTRAIN))
-            or (not final and any(m.startswith(stripped) for m in (CHANNEL, START, "assistant")))
-        )
-        if not looks_like_header and not self._header:
-            # Not harmony (or a message without a header): everything is speech.
-            self._state, self._channel = "body", "final"
-            return True
-        pos = buf.find(MESSAGE)
-        if pos == -1:
+        found = _first_marker(buf, (MESSAGE, *TURN_END_MARKERS))
+        if found is None:
             if final:  # a header that never got its message: nothing to say
                 self._buffer, self._state = "", "done"
             return False
-        header = self._header + buf[:pos]
+        pos, marker = found
+        if ends_reply(marker, None):
+            self._finish()
+            return False
+        header = buf[:pos]
         self._buffer = buf[pos + len(MESSAGE):]
-        self._header = ""
-        match = re.search(re.escape(CHANNEL) + r"\s*([A-Za-z_]+)", header)
-        name = match.group(1) if match else "final"
+        name = channel_of(header)
         self.reply.channels.append(name)
+        self._channel_name = name
         self._channel = "final" if name == "final" else "analysis"
         self._state = "body"
         self._seen_header = True
@@ -235,25 +277,25 @@ class HarmonyStreamParser:
 
     def _consume_body(self, out: list[Delta], final: bool) -> bool:
         buf = self._buffer
-        hits = [(buf.find(m), m) for m in (END, START, RETURN, CALL, ENDOFTEXT, CHANNEL)]
-        hits = [(i, m) for i, m in hits if i != -1]
-        if not hits:
+        found = _first_marker(buf, (END, START, RETURN, CALL, ENDOFTEXT, CHANNEL))
+        if found is None:
             hold = 0 if final else _partial_marker_len(buf)
             self._emit(out, buf[: len(buf) - hold])
             self._buffer = buf[len(buf) - hold:]
             return False
-        i, marker = min(hits)
+        i, marker = found
         self._emit(out, buf[:i])
         rest = buf[i + len(marker):]
-        if marker in (RETURN, CALL, ENDOFTEXT):
-            self._state, self.reply.finished = "done", True
-            self._buffer = ""
-        elif marker == END:
-            self._state, self._buffer = "header", rest
+        if ends_reply(marker, self._channel_name):
+            self._finish()
+            return False
+        if marker == END:
+            self._state, self._buffer = "opening", rest
         elif marker == START:
             self._state, self._buffer = "header", rest
         else:  # a <|channel|> without <|start|>: a new header begins here
             self._state, self._buffer = "header", CHANNEL + rest
+        self._channel_name = None
         return True
 
 

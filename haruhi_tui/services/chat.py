@@ -3,7 +3,7 @@
 :class:`ChatSession` owns the branch of the message tree on screen, builds every prompt through
 :class:`~haruhi_tui.core.persona.PersonaBuilder` (with the model's real token counter and the chat's sticky
 scenes, so the system block stays a stable prefix and llama.cpp reuses its KV cache), streams the reply
-from an :class:`~haruhi_tui.core.llm.Engine`, and writes everything to the :class:`~haruhi_tui.store.Store`
+from an :class:`~haruhi_tui.core.engine.Engine`, and writes everything to the :class:`~haruhi_tui.store.Store`
 as it happens: the user's message before generation starts, the reply while it streams (throttled,
 ``incomplete`` until it ends), then ``complete`` or ``stopped``.
 
@@ -20,8 +20,9 @@ from typing import Any, Callable
 
 from haruhi_tui.core import harmony
 from haruhi_tui.core.characters import Character
+from haruhi_tui.core.engine import Engine, GenerationStats, Sampling
+from haruhi_tui.core.errors import ModelError
 from haruhi_tui.core.harmony import Delta
-from haruhi_tui.core.llm import Engine, GenerationStats, ModelError, Sampling
 from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, PromptBudget, Turn
 from haruhi_tui.core.prompt_format import Conversation
 from haruhi_tui.store import Chat, Message, Pin, Store, StoreError
@@ -87,7 +88,8 @@ class _Pending:
 class ChatSession:
     """One chat: the current branch (root to leaf), its character, settings and persona builder."""
 
-    def __init__(self, store: Store, character: Character, chat: Chat, *, on_error: ErrorCallback | None = None) -> None:
+    def __init__(self, store: Store, character: Character, chat: Chat, *,
+                 on_error: ErrorCallback | None = None) -> None:
         self.store = store
         self.character = character
         self.chat = chat
@@ -144,7 +146,8 @@ class ChatSession:
         held = self._builders.get(id(engine))
         if held is None or held[0] is not engine:
             budget = budget_for(engine.n_ctx, self.settings.max_tokens)
-            held = self._builders[id(engine)] = (engine, PersonaBuilder(self.character, budget, count_tokens=engine.count_tokens))
+            builder = PersonaBuilder(self.character, budget, count_tokens=engine.count_tokens)
+            held = self._builders[id(engine)] = (engine, builder)
         return held[1]
 
     def _turn(self, m: Message, style: str) -> Turn:
@@ -247,9 +250,9 @@ class ChatSession:
         with self._lock:
             while self._pending.inserts:
                 msg = self._pending.inserts[0]
-                saved = self.store.add_message(self.chat.id, msg.parent_id, msg.role, msg.content, analysis=msg.analysis,
-                                               status=msg.status, model=msg.model, stats=msg.stats,
-                                               make_leaf=msg is self.leaf)
+                saved = self.store.add_message(self.chat.id, msg.parent_id, msg.role, msg.content,
+                                               analysis=msg.analysis, status=msg.status, model=msg.model,
+                                               stats=msg.stats, make_leaf=msg is self.leaf)
                 old, msg.id = msg.id, saved.id
                 for m in [*self.messages, *self._pending.inserts]:
                     if m.parent_id == old:

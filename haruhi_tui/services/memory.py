@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Sequence
 
-from haruhi_tui.core.llm import Engine, Sampling
+from haruhi_tui.core.engine import Engine, Sampling
 from haruhi_tui.core.persona import Turn
 from haruhi_tui.core.prompt_format import Conversation
 

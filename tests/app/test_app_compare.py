@@ -9,12 +9,13 @@ from textual.widgets import Static
 
 from haruhi_tui.app.screens.compare import CompareScreen
 from haruhi_tui.app.widgets import PromptInput
-from haruhi_tui.core.llm import bundled_model, open_gguf
+from haruhi_tui.core.engine import open_gguf
+from haruhi_tui.services.bundled_model import default_gguf
 
 
 @pytest.fixture(scope="module")
 def engines():
-    path = bundled_model()
+    path = default_gguf()
     return open_gguf(path, n_ctx=2048), open_gguf(path, n_ctx=1024)  # two Llama objects of the 270M Gemma
 
 

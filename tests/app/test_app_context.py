@@ -7,7 +7,8 @@ from app_support import SIZE, make_app, pick_character, send, wait_for
 from textual.widgets import Collapsible, DataTable, TextArea
 
 from haruhi_tui.app.screens.context import ContextScreen
-from haruhi_tui.core.llm import bundled_model, open_gguf
+from haruhi_tui.core.engine import open_gguf
+from haruhi_tui.services.bundled_model import default_gguf
 
 
 @pytest.mark.slow
@@ -47,7 +48,7 @@ async def test_the_context_view_lists_the_blocks_that_were_sent(engine, characte
 
 @pytest.mark.slow
 async def test_what_was_cut_is_shown(characters_dir, tmp_path):
-    small = open_gguf(bundled_model(), n_ctx=512)  # budgets shrink to fit: the role prompt is cut
+    small = open_gguf(default_gguf(), n_ctx=512)  # budgets shrink to fit: the role prompt is cut
     app = make_app(characters_dir, tmp_path / "s.db", small)
     async with app.run_test(size=SIZE) as pilot:
         await pick_character(pilot, app, "haruhi")

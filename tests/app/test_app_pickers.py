@@ -9,7 +9,7 @@ from app_support import SIZE, make_app, pick_character, send, wait_for
 from textual.widgets import OptionList
 
 from haruhi_tui.app.screens.pick import BUNDLED, CharacterPicker, ModelPicker
-from haruhi_tui.core.llm import bundled_model
+from haruhi_tui.services.bundled_model import default_gguf
 
 
 @pytest.mark.slow
@@ -20,7 +20,8 @@ async def test_the_character_picker_shows_name_work_and_first_line_and_filters(c
         await pilot.pause()
         options = app.screen.query_one("#characters", OptionList)
         assert options.option_count == len(app.characters) >= 30
-        labels = {options.get_option_at_index(i).id: str(options.get_option_at_index(i).prompt) for i in range(options.option_count)}
+        shown = [options.get_option_at_index(i) for i in range(options.option_count)]
+        labels = {option.id: str(option.prompt) for option in shown}
         assert "韦小宝" in labels["weixiaobao"] and "鹿鼎记" in labels["weixiaobao"]
         assert app.characters["weixiaobao"].first_line[:10] in labels["weixiaobao"]
         assert "Harry Potter" in labels["Hermione"]
@@ -51,7 +52,7 @@ async def test_a_broken_model_is_a_message_then_the_bundled_one_is_picked_and_an
     broken = tmp_path / "models" / "broken.gguf"
     broken.parent.mkdir()
     broken.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 7)  # a header cut short
-    (tmp_path / "models" / "gemma.gguf").symlink_to(bundled_model())
+    (tmp_path / "models" / "gemma.gguf").symlink_to(default_gguf())
     app = make_app(characters_dir, tmp_path / "s.db", engine=None, model=broken)
     async with app.run_test(size=SIZE) as pilot:
         await pick_character(pilot, app, "haruhi")

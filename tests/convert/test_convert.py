@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from convert import cli, quant
-from convert.gguf_index import GGUFIndex
 from convert.verify import compare, gguf_logits, reference_logits, tokenize, verify_gguf
 from haruhi_tui.core import harmony
+from haruhi_tui.core.gguf_header import GGUFHeader
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -120,13 +120,14 @@ def test_f32_merge_matches_peft_to_rounding(reference):
 def test_merged_types_agree_with_peft(monkeypatch, capsys, tiny_gpt_oss, lora, out_dir, reference, out_type):
     ids, ref, _ = reference
     out = out_dir / f"merged_{out_type}.gguf"
-    code, err = run_cli(monkeypatch, capsys, "--base", tiny_gpt_oss, "--adapter", lora, "--out", out, "--type", out_type)
+    code, err = run_cli(monkeypatch, capsys, "--base", tiny_gpt_oss, "--adapter", lora, "--out", out,
+                        "--type", out_type)
     assert code == 0, err
     report = compare(ref, gguf_logits(out, ids), out_type)
     assert report.ok, report.line()
     if out_type in ("f16", "bf16"):
         assert report.top1_agree == 1.0 and report.confident >= len(ids) // 4, report.line()
-    types = {name: t.qtype.name for name, t in GGUFIndex(out).tensors.items()}
+    types = {name: t.type.name for name, t in GGUFHeader(out).tensors.items()}
     expert_type = {"bf16": "BF16", "f16": "F16", "q8_0": "Q8_0", "mxfp4": "MXFP4"}[out_type]
     assert types["blk.0.ffn_gate_exps.weight"] == expert_type
     assert types["blk.1.attn_q.weight"] == ("Q8_0" if out_type == "mxfp4" else expert_type)
@@ -139,11 +140,12 @@ def test_mxfp4_base_merges_like_the_bf16_base(tiny_gpt_oss_mxfp4, lora, out_dir,
     ids, ref, _ = reference
     from convert.pipeline import ConvertOptions, convert
 
-    out = convert(ConvertOptions(base=tiny_gpt_oss_mxfp4, adapter=lora, out=out_dir / "mx_f32.gguf", out_type="f32")).output
+    out = convert(ConvertOptions(base=tiny_gpt_oss_mxfp4, adapter=lora, out=out_dir / "mx_f32.gguf",
+                                 out_type="f32")).output
     got = gguf_logits(out, ids)
     assert np.abs(got - ref).max() < 1e-3 * ref.std()
-    report = verify_gguf(convert(ConvertOptions(base=tiny_gpt_oss_mxfp4, adapter=lora, out=out_dir / "mx_default.gguf")).output,
-                         tiny_gpt_oss_mxfp4, lora, "mxfp4")
+    default = convert(ConvertOptions(base=tiny_gpt_oss_mxfp4, adapter=lora, out=out_dir / "mx_default.gguf")).output
+    report = verify_gguf(default, tiny_gpt_oss_mxfp4, lora, "mxfp4")
     assert report.ok, report.line()
 
 
@@ -154,12 +156,13 @@ def test_attention_only_lora_keeps_original_mxfp4_experts_bit_exact(tiny_gpt_oss
 
     adapter = make_lora(tiny_gpt_oss_mxfp4, tmp_path / "attn", experts=False)
     out = convert(ConvertOptions(base=tiny_gpt_oss_mxfp4, adapter=adapter, out=tmp_path / "m.gguf")).output
-    index = GGUFIndex(out)
+    index = GGUFHeader(out)
     ckpt = Checkpoint(tiny_gpt_oss_mxfp4)
     blocks = ckpt.read("model.layers.1.mlp.experts.gate_up_proj_blocks")
     scales = ckpt.read("model.layers.1.mlp.experts.gate_up_proj_scales")
-    assert index.tensors["blk.1.ffn_up_exps.weight"].qtype.name == "MXFP4"
-    assert np.array_equal(index.raw("blk.1.ffn_up_exps.weight"), quant.hf_mxfp4_to_ggml(blocks[:, 1::2], scales[:, 1::2]).reshape(-1))
+    assert index.tensors["blk.1.ffn_up_exps.weight"].type.name == "MXFP4"
+    expected = quant.hf_mxfp4_to_ggml(blocks[:, 1::2], scales[:, 1::2]).reshape(-1)
+    assert np.array_equal(index.raw("blk.1.ffn_up_exps.weight"), expected)
     report = verify_gguf(out, tiny_gpt_oss_mxfp4, adapter, "mxfp4")
     assert report.ok, report.line()
 
@@ -173,12 +176,13 @@ def test_q4_k_m_through_llama_cpp(monkeypatch, capsys, tmp_path):
     out = tmp_path / "q4.gguf"
     code, err = run_cli(monkeypatch, capsys, "-b", base, "-a", adapter, "-o", out, "-t", "q4_k_m", "--verify")
     assert code == 0, err
-    assert "Q4_K" in GGUFIndex(out).type_counts()
+    assert "Q4_K" in GGUFHeader(out).type_counts()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # the bf16 intermediate is gone
 
 
 @pytest.mark.slow
-def test_verify_fails_when_the_gguf_is_not_the_merged_model(reference, tiny_gpt_oss, lora, out_dir, monkeypatch, capsys):
+def test_verify_fails_when_the_gguf_is_not_the_merged_model(reference, tiny_gpt_oss, lora, out_dir, monkeypatch,
+                                                            capsys):
     """--verify must catch a wrong model: here a GGUF of the base alone, checked against base + LoRA."""
     ids, ref, _ = reference
     base_gguf = out_dir / "base_only_bf16.gguf"
@@ -190,21 +194,25 @@ def test_verify_fails_when_the_gguf_is_not_the_merged_model(reference, tiny_gpt_
 # -- LoRA adapter GGUF --------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_adapter_only_export_applies_in_llama_cpp_like_the_merge(monkeypatch, capsys, tiny_gpt_oss, lora, out_dir, reference):
+def test_adapter_only_export_applies_in_llama_cpp_like_the_merge(monkeypatch, capsys, tiny_gpt_oss, lora, out_dir,
+                                                                 reference):
     """llama.cpp applies LoRA to gpt-oss's 3-D expert tensors too (per selected expert)."""
     ids, ref, _ = reference
     base_gguf, adapter_gguf = out_dir / "base_f32.gguf", out_dir / "lora_f32.gguf"
     assert run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-o", base_gguf, "-t", "f32")[0] == 0
-    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-a", lora, "--adapter-only", "-o", adapter_gguf, "-t", "f32")
+    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-a", lora, "--adapter-only", "-o", adapter_gguf,
+                        "-t", "f32")
     assert code == 0, err
-    names = set(GGUFIndex(adapter_gguf).tensors)
-    assert {"blk.0.ffn_gate_exps.weight.lora_a", "blk.0.ffn_up_exps.weight.lora_b", "blk.1.attn_v.weight.lora_a"} <= names
+    names = set(GGUFHeader(adapter_gguf).tensors)
+    assert {"blk.0.ffn_gate_exps.weight.lora_a", "blk.0.ffn_up_exps.weight.lora_b",
+            "blk.1.attn_v.weight.lora_a"} <= names
     got = gguf_logits(base_gguf, ids, lora=adapter_gguf)
     assert np.abs(got - ref).max() < 1e-3 * ref.std()
 
 
 def _fancy_lora(base: Path, out: Path, *, full_copies: bool) -> Path:
-    """rsLoRA with per-module rank and alpha; with ``full_copies`` also LoRA on the embedding and a trained lm_head copy."""
+    """rsLoRA with per-module rank and alpha; with ``full_copies`` also LoRA on the embedding and a trained lm_head
+    copy."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -212,7 +220,8 @@ def _fancy_lora(base: Path, out: Path, *, full_copies: bool) -> Path:
     modules = ["q_proj", "k_proj", "v_proj", "o_proj"] + (["embed_tokens"] if full_copies else [])
     config = LoraConfig(r=4, lora_alpha=8, use_rslora=True, rank_pattern={"q_proj": 8}, alpha_pattern={"v_proj": 3},
                         target_modules=modules, modules_to_save=["lm_head"] if full_copies else None,
-                        target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], init_lora_weights=False)
+                        target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"],
+                        init_lora_weights=False)
     torch.manual_seed(3)
     peft_model = get_peft_model(model, config)
     with torch.no_grad():
@@ -226,21 +235,24 @@ def _fancy_lora(base: Path, out: Path, *, full_copies: bool) -> Path:
 
 
 @pytest.mark.slow
-def test_rslora_patterns_embedding_and_saved_modules_merge_exactly(monkeypatch, capsys, tiny_gpt_oss, out_dir, tmp_path):
+def test_rslora_patterns_embedding_and_saved_modules_merge_exactly(monkeypatch, capsys, tiny_gpt_oss, out_dir,
+                                                                   tmp_path):
     fancy = _fancy_lora(tiny_gpt_oss, tmp_path / "fancy", full_copies=True)
-    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-a", fancy, "-o", tmp_path / "m.gguf", "-t", "f32", "--verify")
+    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-a", fancy, "-o", tmp_path / "m.gguf", "-t", "f32",
+                        "--verify")
     assert code == 0, err
-    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-a", fancy, "--adapter-only", "-o", tmp_path / "a.gguf")
+    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-a", fancy, "--adapter-only",
+                        "-o", tmp_path / "a.gguf")
     assert code == 1 and "modules_to_save" in err
     # per-module scaling cannot be one alpha: it is folded into lora_b and alpha is 0
     plain = _fancy_lora(tiny_gpt_oss, tmp_path / "plain", full_copies=False)
     base_gguf = out_dir / "base_f32.gguf"
     if not base_gguf.exists():
         assert run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-o", base_gguf, "-t", "f32")[0] == 0
-    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-a", plain, "--adapter-only", "-o", tmp_path / "p.gguf",
-                        "-t", "f32", "--verify", "--base-gguf", base_gguf)
+    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-a", plain, "--adapter-only",
+                        "-o", tmp_path / "p.gguf", "-t", "f32", "--verify", "--base-gguf", base_gguf)
     assert code == 0, err
-    assert GGUFIndex(tmp_path / "p.gguf").metadata["adapter.lora.alpha"] == 0.0
+    assert GGUFHeader(tmp_path / "p.gguf").metadata["adapter.lora.alpha"] == 0.0
 
 
 def _tiny_dense(kind: str, out: Path) -> Path:
@@ -277,17 +289,19 @@ def test_llama_and_qwen_merge_exactly(monkeypatch, capsys, tmp_path, kind):
     base = _tiny_dense(kind, tmp_path / kind)
     torch.manual_seed(1)
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"], init_lora_weights=False))
+        r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"],
+        init_lora_weights=False))
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
                 param.mul_(0.1)
     adapter = tmp_path / "lora"
     peft_model.save_pretrained(adapter)
-    code, err = run_cli(monkeypatch, capsys, "-b", base, "-a", adapter, "-o", tmp_path / "m.gguf", "-t", "f32", "--verify")
+    code, err = run_cli(monkeypatch, capsys, "-b", base, "-a", adapter, "-o", tmp_path / "m.gguf", "-t", "f32",
+                        "--verify")
     assert code == 0, err
     if kind == "llama":
-        assert "rope_freqs.weight" in GGUFIndex(tmp_path / "m.gguf").tensors
+        assert "rope_freqs.weight" in GGUFHeader(tmp_path / "m.gguf").tensors
         assert run_cli(monkeypatch, capsys, "-b", base, "-o", tmp_path / "base.gguf", "-t", "f32")[0] == 0
         code, err = run_cli(monkeypatch, capsys, "-b", base, "-a", adapter, "--adapter-only", "-o", tmp_path / "a.gguf",
                             "-t", "f32", "--verify", "--base-gguf", tmp_path / "base.gguf")
@@ -306,10 +320,12 @@ def test_gguf_chats_with_the_harmony_template(reference):
         assert llm.metadata["tokenizer.ggml.pre"] == "gpt-4o"
         vocab = llama_cpp.llama_model_get_vocab(llm.model)
         ids = harmony.SPECIAL_TOKEN_IDS
-        assert llama_cpp.llama_vocab_is_eog(vocab, ids[harmony.RETURN]) and llama_cpp.llama_vocab_is_eog(vocab, ids[harmony.CALL])
+        assert llama_cpp.llama_vocab_is_eog(vocab, ids[harmony.RETURN])
+        assert llama_cpp.llama_vocab_is_eog(vocab, ids[harmony.CALL])
         assert llama_cpp.llama_vocab_eos(vocab) == ids[harmony.RETURN]
         prompt = "<|start|>user<|message|>你好<|end|>"
-        assert llm.tokenize(prompt.encode(), add_bos=False, special=True)[:3] == [ids[harmony.START], 1428, ids[harmony.MESSAGE]]
+        tokens = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        assert tokens[:3] == [ids[harmony.START], 1428, ids[harmony.MESSAGE]]
         reply = llm.create_chat_completion(messages=[{"role": "system", "content": "你是凉宫春日。"},
                                                      {"role": "user", "content": "你好"}], max_tokens=4, temperature=0)
         assert reply["choices"][0]["message"]["role"] == "assistant"
@@ -325,14 +341,14 @@ def test_gemma3_round_trip_matches_the_original_gguf(monkeypatch, capsys, gemma_
     """GGUF -> HF (haruhi models) -> GGUF (haruhi-convert): same weights, same vocabulary, same greedy tokens."""
     from llama_cpp import Llama
 
-    from haruhi_tui.services.models import default_gguf
+    from haruhi_tui.services.bundled_model import default_gguf
 
     original = default_gguf()
     out = tmp_path / "gemma.gguf"
     code, err = run_cli(monkeypatch, capsys, "-b", gemma_hf, "-o", out, "-t", "f32")
     assert code == 0, err
     arrays = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")
-    ours, theirs = GGUFIndex(out, arrays), GGUFIndex(original, arrays)
+    ours, theirs = GGUFHeader(out, arrays), GGUFHeader(original, arrays)
     assert set(ours.tensors) == set(theirs.tensors)
     for name in theirs.tensors:  # every weight of layer 0, the last layer and the output norm
         if name.startswith(("blk.0.", "blk.17.", "output_norm")):
@@ -341,7 +357,8 @@ def test_gemma3_round_trip_matches_the_original_gguf(monkeypatch, capsys, gemma_
         assert ours.metadata[key] == theirs.metadata[key], key
     our_scores = np.asarray(ours.metadata["tokenizer.ggml.scores"])
     their_scores = np.asarray(theirs.metadata["tokenizer.ggml.scores"])
-    assert np.array_equal(np.argsort(-our_scores, kind="stable"), np.argsort(-their_scores, kind="stable"))  # same merge order
+    # the same merge order
+    assert np.array_equal(np.argsort(-our_scores, kind="stable"), np.argsort(-their_scores, kind="stable"))
     for key in ("tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.add_bos_token",
                 "gemma3.attention.sliding_window", "gemma3.rope.freq_base", "gemma3.attention.key_length"):
         assert ours.metadata[key] == theirs.metadata[key], key
@@ -369,7 +386,8 @@ def test_gemma3_round_trip_matches_the_original_gguf(monkeypatch, capsys, gemma_
 def test_events_are_written_for_the_launcher(monkeypatch, capsys, tiny_gpt_oss, tmp_path):
     from haruhi_tui.core.events import job_state, read_events
 
-    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-o", tmp_path / "m.gguf", "-t", "bf16", "--events", tmp_path / "job")
+    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-o", tmp_path / "m.gguf", "-t", "bf16",
+                        "--events", tmp_path / "job")
     assert code == 0, err
     events, _ = read_events(tmp_path / "job")
     assert [e["event"] for e in events][0] == "start" and events[-1]["event"] == "end"
@@ -408,7 +426,8 @@ def test_bad_input_gives_one_line_errors(monkeypatch, capsys, tiny_gpt_oss, lora
         cfg["auto_mapping"] = {"base_model_class": "LlamaForCausalLM"}
         (d / "adapter_config.json").write_text(json.dumps(cfg))
 
-    fails("-b", tiny_gpt_oss, "-a", _broken_adapter(lora, tmp_path / "a1", other_arch), "-o", out, expect="trained on LlamaForCausalLM")
+    fails("-b", tiny_gpt_oss, "-a", _broken_adapter(lora, tmp_path / "a1", other_arch), "-o", out,
+          expect="trained on LlamaForCausalLM")
     fails("-b", gemma_hf, "-a", lora, "-o", out, expect="adapter")
 
     def wrong_shape(d, json):
@@ -419,7 +438,8 @@ def test_bad_input_gives_one_line_errors(monkeypatch, capsys, tiny_gpt_oss, lora
         state[key] = torch.zeros(state[key].shape[0], 32)
         save_file(state, d / "adapter_model.safetensors")
 
-    fails("-b", tiny_gpt_oss, "-a", _broken_adapter(lora, tmp_path / "a2", wrong_shape), "-o", out, expect="does not fit the base")
+    fails("-b", tiny_gpt_oss, "-a", _broken_adapter(lora, tmp_path / "a2", wrong_shape), "-o", out,
+          expect="does not fit the base")
 
     def truncated(d, json):
         data = (d / "adapter_model.safetensors").read_bytes()

@@ -81,7 +81,8 @@ def test_unfinished_stream_and_commentary_channel():
 
 
 def test_render_layout_and_trainable_segments():
-    segs = render_segments("你是春日。", [("user", "阿虚:「早」"), ("assistant", "迟到了！")], add_generation_prompt=False)
+    segs = render_segments("你是春日。", [("user", "阿虚:「早」"), ("assistant", "迟到了！")],
+                           add_generation_prompt=False)
     text = "".join(s.text for s in segs)
     assert text.startswith("<|start|>system<|message|>")
     assert "Reasoning: low" in text
@@ -101,3 +102,43 @@ def test_final_text_strips_analysis_and_tokens():
     assert harmony.final_text(WITH_ANALYSIS) == "阿虚！你迟到了，罚你请客！"
     assert harmony.final_text("  plain reference ") == "plain reference"
     assert harmony.strip_special_tokens("<|start|>a<|message|>b") == "ab"
+
+
+TOOL_CALL_FIRST = " to=functions.lookup<|channel|>commentary json<|message|>{}<|call|>"  # the official template's form
+PLAIN_ASSISTANT = "assistant here, how can I help"
+
+
+def _whole_and_char_by_char(text: str):
+    parser = HarmonyStreamParser()
+    streamed = [d for ch in text for d in parser.feed(ch)] + parser.close()
+    return parse_reply(text), parser, harmony.join_channels(streamed)
+
+
+def test_a_completion_that_opens_with_a_tool_call_recipient_says_nothing():
+    """openai-harmony parses this as a commentary message to functions.lookup: the character says nothing."""
+    whole, parser, streamed = _whole_and_char_by_char(TOOL_CALL_FIRST)
+    for reply in (whole, streamed):
+        assert (reply.final, reply.analysis) == ("", "{}")
+    assert whole.finished and parser.finished
+    assert whole.channels == parser.reply.channels == ["commentary"]
+
+
+def test_a_plain_reply_that_starts_with_the_word_assistant_comes_through_whole():
+    whole, parser, streamed = _whole_and_char_by_char(PLAIN_ASSISTANT)
+    for reply in (whole, streamed):
+        assert (reply.final, reply.analysis) == (PLAIN_ASSISTANT, "")
+    for cut in range(len(PLAIN_ASSISTANT) + 1):
+        assert _feed_split(PLAIN_ASSISTANT, (cut,))[1].final == PLAIN_ASSISTANT, f"split at {cut}"
+
+
+@pytest.mark.parametrize("closing", ["<|end|>", "<|start|>assistant<|channel|>final<|message|>again"])
+def test_the_reply_ends_when_the_final_message_is_closed(closing):
+    """:func:`harmony.ends_reply` decides: the final message's <|end|> or a new <|start|> ends the reply (what a
+    model writes after it is not the character's), the analysis message's <|end|> does not."""
+    text = ("<|channel|>analysis<|message|>想想<|end|><|start|>assistant<|channel|>final<|message|>好。"
+            + closing + "more")
+    whole, parser, streamed = _whole_and_char_by_char(text)
+    for reply in (whole, streamed):
+        assert (reply.analysis, reply.final) == ("想想", "好。")
+    assert whole.finished and parser.finished
+    assert not parse_reply("<|channel|>analysis<|message|>想想<|end|>").finished

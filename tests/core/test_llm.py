@@ -11,17 +11,11 @@ import pytest
 
 from haruhi_tui.core import harmony
 from haruhi_tui.core.characters import load_character
-from haruhi_tui.core.llm import (
-    Engine,
-    ModelError,
-    ReplyStream,
-    Sampling,
-    bundled_model,
-    check_fits,
-    detect_model_style,
-    open_gguf,
-    read_gguf_info,
-)
+from haruhi_tui.core.engine import Engine, Sampling, open_gguf
+from haruhi_tui.core.errors import ModelError
+from haruhi_tui.core.gguf_info import check_fits, detect_model_style, read_gguf_info
+from haruhi_tui.core.reply_stream import ReplyStream
+from haruhi_tui.services.bundled_model import default_gguf
 from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.store import MEMORY, Store
 
@@ -30,7 +24,7 @@ GREEDY = Sampling(temperature=0.0, max_tokens=24, repeat_penalty=1.0)
 
 @pytest.fixture(scope="module")
 def gemma_path():
-    return bundled_model()
+    return default_gguf()
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +123,8 @@ def test_stop_ends_generation_between_two_tokens(engine, haruhi):
     session = ChatSession.start(Store(MEMORY), haruhi)
     cancel = threading.Event()
     cancel.set()
-    reply = session.send(engine, "讲一个很长的故事", cancel=cancel, sampling=dataclasses.replace(GREEDY, max_tokens=200))
+    reply = session.send(engine, "讲一个很长的故事", cancel=cancel,
+                         sampling=dataclasses.replace(GREEDY, max_tokens=200))
     assert engine.last_stats.stop_reason == "cancelled"
     assert engine.last_stats.generated_tokens == 1
     assert reply.status == "stopped"
@@ -302,7 +297,7 @@ def test_a_long_chat_keeps_a_cacheable_prefix_when_old_turns_leave_the_window(en
     assert stable >= 0.8 * steps
 
 
-@pytest.mark.parametrize("entry", ["haruhi_tui.app.main", "haruhi_tui.core.llm"])
+@pytest.mark.parametrize("entry", ["haruhi_tui.app.main", "haruhi_tui.core.engine"])
 def test_llama_cpp_is_loaded_before_numpy(entry):
     """A CUDA llama-cpp-python crashed loading a model when numpy's libraries were loaded first (seen on the
     H100 machine); the chat app's entry points load llama.cpp's shared library before anything pulls numpy in."""

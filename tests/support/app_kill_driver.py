@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the checkout
 
 from app_support import GREEDY, SIZE, make_app, send, wait_for  # noqa: E402
 
-from haruhi_tui.core.llm import Engine, Sampling  # noqa: E402
+from haruhi_tui.core.engine import Engine, Sampling  # noqa: E402
 
 _real_is_eog = Engine.is_end_of_generation
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from haruhi_tui.app.app import HaruhiApp
-from haruhi_tui.core.llm import Sampling
+from haruhi_tui.core.engine import Sampling
 
 #: Greedy and short: the tests check behaviour, not prose; CI has two cores.
 GREEDY = Sampling(temperature=0.0, max_tokens=24, repeat_penalty=1.0)

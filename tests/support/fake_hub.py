@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from haruhi_tui.services import models
+from haruhi_tui.services import hub as hub_service
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -126,8 +126,8 @@ def hub(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(models.time, "sleep", lambda s: None)
-    monkeypatch.setattr(models, "DOWNLOAD_CHUNK", 16 * 1024)
+    monkeypatch.setattr(hub_service.time, "sleep", lambda s: None)
+    monkeypatch.setattr(hub_service, "DOWNLOAD_CHUNK", 16 * 1024)
     yield fake
     server.shutdown()
     server.server_close()

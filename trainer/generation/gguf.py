@@ -21,8 +21,8 @@ from .stops import EogStopRule, StopFactory, StopRule
 
 
 def open_engine(path: str | os.PathLike, *, n_gpu_layers: int = -1, n_threads: int | None = None):
-    """Load a GGUF through the shared loader (:func:`haruhi_tui.core.llm.open_gguf`: friendly errors, style)."""
-    from haruhi_tui.core.llm import open_gguf
+    """Load a GGUF through the shared loader (:func:`haruhi_tui.core.engine.open_gguf`: friendly errors, style)."""
+    from haruhi_tui.core.engine import open_gguf
 
     return open_gguf(path, n_ctx=512, n_gpu_layers=n_gpu_layers, n_threads=n_threads)
 
@@ -43,7 +43,7 @@ class _Slot:
 class GGUFGenerator:
     """A GGUF model on llama.cpp, generating ``parallel`` sequences at once (continuous batching).
 
-    Prompts, tokens and end-of-generation come from the shared :class:`haruhi_tui.core.llm.Engine`; only the
+    Prompts, tokens and end-of-generation come from the shared :class:`haruhi_tui.core.engine.Engine`; only the
     multi-sequence decoding loop is ours (a second context on the same weights).
     """
 

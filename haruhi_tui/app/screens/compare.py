@@ -19,8 +19,8 @@ from textual.message import Message as TMessage
 from textual.screen import Screen
 from textual.widgets import Footer, Label, Static
 
+from haruhi_tui.core.engine import Engine, Sampling
 from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.core.llm import Engine, Sampling
 from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.store import Message
 
@@ -109,7 +109,8 @@ class CompareScreen(Screen["int | None"]):
         self.replies = event.replies
         for i, reply in enumerate(event.replies):
             self.texts[i] = reply.content
-            self.query_one(f"#text-{i}", Static).update(Text(reply.content + ("  [stopped]" if reply.status == "stopped" else "")))
+            stopped = "  [stopped]" if reply.status == "stopped" else ""
+            self.query_one(f"#text-{i}", Static).update(Text(reply.content + stopped))
         status = self.query_one("#compare-status", Static)
         if event.error:
             self.app.report(event.error)  # type: ignore[attr-defined]

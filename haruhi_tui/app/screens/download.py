@@ -13,11 +13,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, ProgressBar, Static
 
 from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.services.models import download
+from haruhi_tui.services.hub import download
 
 
 class DownloadDialog(ModalScreen[str | None]):
-    """Repo id and optional file; Enter starts :func:`haruhi_tui.services.models.download` in a thread.
+    """Repo id and optional file; Enter starts :func:`haruhi_tui.services.hub.download` in a thread.
 
     Dismisses with the downloaded path; a failure (offline, no such repo, full disk) stays on the
     dialog as its one-line message so the user can fix the name and press Enter again.

@@ -15,7 +15,9 @@ from textual.widgets.option_list import Option
 
 from haruhi_tui.app.widgets.message import character_color
 from haruhi_tui.core.characters import Character
-from haruhi_tui.services.models import BUNDLED_NAME, LocalModel, human_bytes
+from haruhi_tui.core.fsutil import human_bytes
+from haruhi_tui.services.bundled_model import BUNDLED_NAME
+from haruhi_tui.services.local_models import LocalModel
 
 BUNDLED = "bundled"
 
@@ -113,7 +115,8 @@ def describe_model(model: LocalModel) -> Text:
     if model.broken:
         return Text(f"{model.path.name}  ({model.broken})", style="red")
     label = Text(model.name, style="bold")
-    details = [model.architecture, model.parameters_label, model.quantization, model.style, human_bytes(model.size_bytes)]
+    details = [model.architecture, model.parameters_label, model.quantization, model.style,
+               human_bytes(model.size_bytes)]
     label.append("  " + " · ".join(d for d in details if d), style="dim")
     label.append(f"\n  {model.path}", style="dim")
     return label
@@ -132,7 +135,8 @@ class ModelPicker(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog picker"):
             yield Label("Pick a model", classes="dialog-title")
-            options = [Option(Text(BUNDLED_NAME, style="bold") + Text("\n  assembled on first use", style="dim"), id=BUNDLED)]
+            bundled = Text(BUNDLED_NAME, style="bold") + Text("\n  assembled on first use", style="dim")
+            options = [Option(bundled, id=BUNDLED)]
             options += [Option(describe_model(m), id=str(m.path), disabled=bool(m.broken)) for m in self.models]
             yield OptionList(*options, id="models")
             yield Input(placeholder="or type a path to a .gguf and press Enter", id="model-path")

@@ -3,12 +3,14 @@
 Streaming is our own token loop over ``Llama.generate`` rather than ``create_completion``, because:
 
 * gpt-oss output must be detokenized *with* special tokens so :class:`~haruhi_tui.core.harmony.HarmonyStreamParser`
-  sees ``<|channel|>`` and can keep the analysis channel apart from what the character says;
+  sees ``<|channel|>`` and can keep the analysis channel apart from what the character says (the
+  :class:`~haruhi_tui.core.reply_stream.ReplyStream` of each reply says when it is over);
 * the loop knows exactly how many prompt tokens came from the KV cache (the persona prefix is stable
   across turns, so a follow-up turn only evaluates the new tail), which the app shows and tests check;
 * a stop request (a ``threading.Event``) is honoured between two tokens.
 
-:func:`open_gguf` and :func:`detect_model_style` are the public entry points the evaluator uses too.
+:func:`open_gguf` is the public entry point the app, the evaluator and the benchmarks use. Importing this
+module loads llama.cpp's library before numpy (see the first import).
 """
 
 from __future__ import annotations
@@ -20,124 +22,24 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterator
 
-try:  # llama.cpp's libraries before numpy's (prompt_format below pulls numpy in): with numpy loaded first, a
-    # CUDA build of llama-cpp-python crashed while loading a model on the H100 test machine
+try:  # llama.cpp's libraries before numpy's (gguf_info and prompt_format below pull numpy in): with numpy
+    # loaded first, a CUDA build of llama-cpp-python crashed while loading a model on the H100 test machine
     # (benchmarks/results/full-size/README.md)
     import llama_cpp as _llama_cpp  # noqa: F401
 except Exception:  # not installed or broken: open_gguf says so when a model is opened
     pass
 
 from . import harmony
-from .errors import HaruhiError
+from .errors import ModelError
+from .gguf_info import GGUFInfo, check_fits, read_gguf_info
 from .harmony import Delta
-from .prompt_format import Conversation, Style, detect_style, render_text, stop_strings, to_messages
+from .prompt_format import Conversation, Style, render_text, stop_strings, to_messages
+from .reply_stream import ReplyStream
 
 DEFAULT_N_CTX = 8192
 
-
-class ModelError(HaruhiError):
-    """A model cannot be used (missing, not a GGUF, damaged, too big); the message says what to do."""
-
-
-# -- reading a GGUF header without loading the model ------------------------------------------
-
-@dataclass(frozen=True)
-class GGUFInfo:
-    """What a GGUF says about itself, read from its header (fast: tensors are not touched)."""
-
-    path: Path
-    size_bytes: int
-    architecture: str
-    name: str
-    chat_template: str | None
-    context_length: int
-    block_count: int
-    head_count_kv: int
-    key_length: int
-    value_length: int
-
-    @property
-    def style(self) -> Style:
-        return detect_style(self.architecture, self.chat_template)
-
-    def kv_cache_bytes(self, n_ctx: int) -> int:
-        """f16 K and V for every layer at ``n_ctx`` (an upper bound: sliding-window layers need less)."""
-        return n_ctx * self.block_count * self.head_count_kv * (self.key_length + self.value_length) * 2
-
-
-def read_gguf_info(path: str | Path) -> GGUFInfo:
-    """Check a GGUF and read what the engine needs from its header; :class:`ModelError` says what is wrong
-    (missing, not a GGUF, cut short, split parts missing) and what to do."""
-    from haruhi_tui.services import models
-
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ModelError(f"model file not found: {p} (pick another model, or pass --model with a .gguf file)")
-    if p.is_dir():
-        raise ModelError(f"{p} is a folder: pass the .gguf file inside it")
-    local = models.read_local_model(p)
-    if local.broken:
-        raise ModelError(f"{p.name} cannot be used: {local.broken}")
-    meta = models._Header(p).metadata
-    arch = local.architecture
-
-    def num(suffix: str, default: int = 0) -> int:
-        value = meta.get(f"{arch}.{suffix}")
-        return int(value) if isinstance(value, (int, float)) else default
-
-    heads = num("attention.head_count", 1) or 1
-    head_dim = num("embedding_length") // heads if num("embedding_length") else 128
-    template = meta.get("tokenizer.chat_template")
-    return GGUFInfo(
-        path=p,
-        size_bytes=local.size_bytes,
-        architecture=arch,
-        name=local.name,
-        chat_template=template if isinstance(template, str) and template.strip() else None,
-        context_length=local.context_length,
-        block_count=num("block_count"),
-        head_count_kv=num("attention.head_count_kv", heads) or heads,
-        key_length=num("attention.key_length", head_dim),
-        value_length=num("attention.value_length", head_dim),
-    )
-
-
-def detect_model_style(path: str | Path) -> Style:
-    """The prompt style of a GGUF (harmony / chat / script) from its architecture and chat template."""
-    return read_gguf_info(path).style
-
-
-def _memory_bytes() -> tuple[int, int]:
-    """(total, available) memory in bytes, from /proc/meminfo (0, 0 where unknown)."""
-    values: dict[str, int] = {}
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                key, _, rest = line.partition(":")
-                values[key] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
-        return 0, 0
-    return values.get("MemTotal", 0), values.get("MemAvailable", 0)
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
-
-
-def check_fits(info: GGUFInfo, n_ctx: int) -> None:
-    """Refuse a model that cannot fit in this machine's memory (weights + KV cache), with what to do."""
-    total, _ = _memory_bytes()
-    need = info.size_bytes + info.kv_cache_bytes(n_ctx)
-    if total and need > total:
-        raise ModelError(
-            f"{info.path.name} needs about {_gib(need)} of memory (weights {_gib(info.size_bytes)} + context "
-            f"{n_ctx} tokens) but this machine has {_gib(total)}: pick a smaller quantization or a shorter context"
-        )
-
-
-# -- streaming --------------------------------------------------------------------------------
 
 @dataclass
 class GenerationStats:
@@ -163,94 +65,6 @@ class GenerationStats:
         d = asdict(self)
         d["tokens_per_second"] = round(self.tokens_per_second, 2)
         return d
-
-
-def _held_back(buffer: str, stops: Sequence[str]) -> int:
-    """How many trailing characters of ``buffer`` could be the start of a stop string."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(buffer)), best, -1):
-            if buffer.endswith(stop[:n]):
-                best = n
-                break
-    return best
-
-
-class ReplyStream:
-    """Turns detokenized text, in any chunking, into channel deltas for one reply.
-
-    harmony: the :class:`~haruhi_tui.core.harmony.HarmonyStreamParser` splits analysis from final speech, and
-    the reply ends at ``<|return|>``/``<|call|>`` or when the final message is closed. Other styles: all
-    text is speech, and the reply ends at the style's stop strings (the ``」`` of the play script),
-    which are held back until it is clear they are not one.
-    """
-
-    def __init__(self, style: Style, stops: Sequence[str] = ()) -> None:
-        self.style = style
-        self.stops = [s for s in stops if s] if style != "harmony" else []
-        self.parser = harmony.HarmonyStreamParser() if style == "harmony" else None
-        self.finished = False
-        self._pending = ""
-        self._raw = ""
-        self.final = ""
-        self.analysis = ""
-
-    def _record(self, deltas: list[Delta]) -> list[Delta]:
-        for d in deltas:
-            if d.channel == "final":
-                self.final += d.text
-            else:
-                self.analysis += d.text
-        return deltas
-
-    def feed(self, text: str) -> list[Delta]:
-        if self.finished or not text:
-            return []
-        if self.parser is not None:
-            start = len(self._raw)
-            self._raw += text
-            end = self._final_end()
-            if end != -1:  # the character has spoken: nothing after the final message's end marker counts
-                text, self.finished = text[: max(0, end - start)], True
-            deltas = self.parser.feed(text) if text else []
-            if self.finished:
-                deltas += self.parser.close()
-            elif self.parser.finished:
-                self.finished = True
-            return self._record(deltas)
-        self._pending += text
-        hits = [(self._pending.find(s), s) for s in self.stops]
-        hits = [(i, s) for i, s in hits if i != -1]
-        if hits:
-            i = min(hits)[0]
-            out, self._pending, self.finished = self._pending[:i], "", True
-        else:
-            keep = _held_back(self._pending, self.stops)
-            out = self._pending[: len(self._pending) - keep]
-            self._pending = self._pending[len(self._pending) - keep:]
-        return self._record([Delta("final", out)] if out else [])
-
-    def _final_end(self) -> int:
-        """Where the first final message's end marker (``<|end|>``, ``<|return|>``, a new ``<|start|>``)
-        ends in the raw text, or -1: the parser is fed up to and including it, so nothing is held back."""
-        header = self._raw.find(harmony.CHANNEL + "final")
-        body = self._raw.find(harmony.MESSAGE, header) if header != -1 else -1
-        if body == -1:
-            return -1
-        ends = [(i, m) for i, m in ((self._raw.find(m, body), m) for m in (harmony.END, harmony.START, harmony.RETURN, harmony.CALL)) if i != -1]
-        if not ends:
-            return -1
-        i, marker = min(ends)
-        return i + len(marker)
-
-    def close(self) -> list[Delta]:
-        """Flush what is held back (the stream ended without a stop string)."""
-        if self.parser is not None:
-            return self._record(self.parser.close()) if not self.parser.finished else []
-        out, self._pending = self._pending, ""
-        if self.finished or not out:
-            return []
-        return self._record([Delta("final", out)])
 
 
 @dataclass
@@ -286,9 +100,8 @@ class Engine:
         if self.style == "chat" and info.chat_template:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-            self._formatter = Jinja2ChatFormatter(
-                info.chat_template, eos_token=self.token_text(llama.token_eos()), bos_token=self.token_text(llama.token_bos())
-            )
+            self._formatter = Jinja2ChatFormatter(info.chat_template, eos_token=self.token_text(llama.token_eos()),
+                                                  bos_token=self.token_text(llama.token_bos()))
 
     @property
     def name(self) -> str:
@@ -527,19 +340,3 @@ def open_gguf(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | 
             f"does not know: {info.architecture or 'unknown'}): convert or download it again"
         ) from None
     return Engine(llama, info, n_ctx=n_ctx, style=style)
-
-
-# -- where models come from -------------------------------------------------------------------
-
-def bundled_model(progress: Callable[[float | None, str], None] | None = None) -> Path:
-    """The offline default model's GGUF, assembled on first use (progress is reported while it is)."""
-    from haruhi_tui.services.models import default_gguf
-
-    return Path(default_gguf(progress))
-
-
-def find_models(dirs: Iterable[str | Path], paths: Sequence[str | Path] = ()):
-    """GGUF models in ``dirs`` and ``paths`` as :class:`~haruhi_tui.services.models.LocalModel` (broken ones say why)."""
-    from haruhi_tui.services.models import list_local_models
-
-    return list_local_models(list(dirs), paths)
