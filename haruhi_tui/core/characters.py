@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from .character_manifest import CharacterManifest, read_manifest
 from .errors import HaruhiError
 
 #: Speaker tags that mark narration or a scene heading rather than somebody talking.
@@ -63,10 +64,14 @@ class Character:
     name: str
     skipped_scenes: int = 0
     warnings: list[str] = field(default_factory=list)
+    manifest: CharacterManifest = field(default_factory=CharacterManifest)  # character.json, if any
 
     @cached_property
     def interlocutor(self) -> str:
-        """Who talks to this character most: the default name for the user in chat (阿虚 for 春日)."""
+        """Who the user plays by default: character.json's user, else who talks to this character most
+        (阿虚 for 春日)."""
+        if self.manifest.user_name:
+            return self.manifest.user_name
         counts = Counter(
             line.speaker
             for scene in self.scenes
@@ -86,7 +91,10 @@ class Character:
 
     @cached_property
     def source_work(self) -> str:
-        """The work the character comes from, as the role prompt names it (best effort, may be empty)."""
+        """The work the character comes from: character.json's, else as the role prompt names it (best effort,
+        may be empty)."""
+        if self.manifest.work:
+            return self.manifest.work
         patterns = (
             r"from\s+([^\n.,]+?)(?:\.|\n|,|$)",
             r"《([^》]+)》",
@@ -203,6 +211,8 @@ def load_character(folder: str | Path, speaker: str | None = None) -> Character:
         scenes.append(scene)
     if not files:
         warnings.append(f"{path.name}: no scenes in texts/")
+    manifest = read_manifest(path)
+    speaker = speaker or manifest.name or None
     name = speaker or detect_speaking_name(path.name, role_prompt, scenes)
     if not speaker and not role_prompt:
         runner_up = _runner_up(scenes, name)
@@ -213,7 +223,7 @@ def load_character(folder: str | Path, speaker: str | None = None) -> Character:
             )
     if not role_prompt:
         role_prompt = generic_role_prompt(name)
-    return Character(path.name, role_prompt, scenes, name, skipped, warnings)
+    return Character(path.name, role_prompt, scenes, name, skipped, warnings, manifest)
 
 
 def generic_role_prompt(name: str) -> str:
