@@ -31,6 +31,7 @@ from textual.widgets import (
 )
 from textual_plotext import PlotextPlot
 
+from haruhi_tui.app.messages import LoadModel
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.services.jobs import CONVERT_TYPES, Job, JobError, Launcher, train_fields
 
@@ -73,19 +74,13 @@ class JobsScreen(Screen):
     JobsScreen Button { margin: 0 1 0 0; }
     """
 
-    def __init__(self, launcher: Launcher | None = None) -> None:
+    def __init__(self, launcher: Launcher) -> None:
         super().__init__()
-        self._launcher = launcher
+        self.launcher = launcher
         self.watched: Job | None = None
         self._plotted: tuple = ()
         self._log_shown: list[str] = []
         self.comparison: dict | None = None
-
-    @property
-    def launcher(self) -> Launcher:
-        if self._launcher is None:
-            self._launcher = Launcher(self.app.store)  # type: ignore[attr-defined]
-        return self._launcher
 
     # -- layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -194,8 +189,9 @@ class JobsScreen(Screen):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         handlers = {
             "train-start": self.start_train, "train-copy": self.copy_command,
-            "watch-cancel": self.action_cancel_job, "watch-resume": self.resume_job, "watch-convert": self.prefill_convert,
-            "watch-chat": self.action_chat_with_export, "convert-start": self.start_convert, "eval-start": self.start_eval,
+            "watch-cancel": self.action_cancel_job, "watch-resume": self.resume_job,
+            "watch-convert": self.prefill_convert, "watch-chat": self.action_chat_with_export,
+            "convert-start": self.start_convert, "eval-start": self.start_eval,
         }
         handler = handlers.get(event.button.id or "")
         if handler:
@@ -288,7 +284,7 @@ class JobsScreen(Screen):
         if gguf is None:
             self.notify("no exported GGUF yet: convert a training run first", severity="warning")
             return
-        self.app.load_model(str(gguf))  # type: ignore[attr-defined]
+        self.app.post_message(LoadModel(str(gguf)))
         self.action_close()
 
     def action_close(self) -> None:

@@ -13,11 +13,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from haruhi_tui.app.messages import CharactersChanged
 from haruhi_tui.app.widgets.message import character_color
-from haruhi_tui.core.characters import Character
+from haruhi_tui.services.character_library import CharacterLibrary
+from haruhi_tui.services.model_service import BUNDLED
 from haruhi_tui.services.models import BUNDLED_NAME, LocalModel, human_bytes
-
-BUNDLED = "bundled"
 
 
 class CharacterPicker(ModalScreen[str | None]):
@@ -28,14 +28,15 @@ class CharacterPicker(ModalScreen[str | None]):
         Binding("escape", "dismiss(None)", "Cancel"),
         Binding("down", "move(1)", "Next", show=False),
         Binding("up", "move(-1)", "Previous", show=False),
-        Binding("f5", "import_card", "Import card"),
+        Binding("f5", "app.import_card", "Import card"),
     ]
 
-    def __init__(self, characters: list[Character], problem: str = "", imported: set[str] = frozenset()) -> None:
+    def __init__(self, library: CharacterLibrary) -> None:
         super().__init__()
-        self.characters = characters
-        self.problem = problem
-        self.imported = set(imported)
+        self.library = library
+        self.characters = library.listing()
+        self.problem = library.problem
+        self.imported = set(library.imported)
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog picker"):
@@ -71,9 +72,10 @@ class CharacterPicker(ModalScreen[str | None]):
             options.highlighted = 0
         self.query_one("#filter", Input).focus()
 
-    def set_characters(self, characters: list[Character], imported: set[str]) -> None:
-        """Show a new list (after an import), keeping the filter."""
-        self.characters, self.imported = characters, set(imported)
+    @on(CharactersChanged)
+    def _characters_changed(self) -> None:
+        """Show the library's new list (after an import), keeping the filter."""
+        self.characters, self.imported = self.library.listing(), set(self.library.imported)
         options = self.query_one("#characters", OptionList)
         options.clear_options()
         options.add_options(self._options(self.query_one("#filter", Input).value))
@@ -81,9 +83,6 @@ class CharacterPicker(ModalScreen[str | None]):
             options.highlighted = 0
         for problem in self.query(".problem"):
             problem.remove()
-
-    def action_import_card(self) -> None:
-        self.app.action_import_card()  # type: ignore[attr-defined]
 
     def action_move(self, step: int) -> None:
         options = self.query_one("#characters", OptionList)
@@ -113,7 +112,8 @@ def describe_model(model: LocalModel) -> Text:
     if model.broken:
         return Text(f"{model.path.name}  ({model.broken})", style="red")
     label = Text(model.name, style="bold")
-    details = [model.architecture, model.parameters_label, model.quantization, model.style, human_bytes(model.size_bytes)]
+    details = [model.architecture, model.parameters_label, model.quantization, model.style,
+               human_bytes(model.size_bytes)]
     label.append("  " + " · ".join(d for d in details if d), style="dim")
     label.append(f"\n  {model.path}", style="dim")
     return label
@@ -132,7 +132,8 @@ class ModelPicker(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog picker"):
             yield Label("Pick a model", classes="dialog-title")
-            options = [Option(Text(BUNDLED_NAME, style="bold") + Text("\n  assembled on first use", style="dim"), id=BUNDLED)]
+            bundled = Text(BUNDLED_NAME, style="bold") + Text("\n  assembled on first use", style="dim")
+            options = [Option(bundled, id=BUNDLED)]
             options += [Option(describe_model(m), id=str(m.path), disabled=bool(m.broken)) for m in self.models]
             yield OptionList(*options, id="models")
             yield Input(placeholder="or type a path to a .gguf and press Enter", id="model-path")
