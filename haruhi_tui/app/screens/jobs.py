@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rich.console import Group
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -32,6 +31,7 @@ from textual.widgets import (
 from textual_plotext import PlotextPlot
 
 from haruhi_tui.app.messages import LoadModel
+from haruhi_tui.app.widgets.comparison import comparison_view
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.services.jobs import CONVERT_TYPES, Job, JobError, Launcher, train_fields
 
@@ -41,16 +41,6 @@ def _clock(seconds: Any) -> str:
         return "–"
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-class _Collect:
-    """A console stand-in that keeps what :func:`trainer.compare.print_comparison` prints."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-
-    def print(self, item: Any) -> None:
-        self.items.append(Text.from_markup(item) if isinstance(item, str) else item)
 
 
 class JobsScreen(Screen):
@@ -80,7 +70,8 @@ class JobsScreen(Screen):
         self.watched: Job | None = None
         self._plotted: tuple = ()
         self._log_shown: list[str] = []
-        self.comparison: dict | None = None
+        self.comparison: dict | None = None  # the watched eval group's, once `haruhi eval compare` wrote it
+        self.comparison_error = ""
 
     # -- layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -274,7 +265,7 @@ class JobsScreen(Screen):
             self._refuse("eval", exc)
             return
         self.query_one("#eval-problem", Static).update("")
-        self.comparison = None
+        self.comparison, self.comparison_error = None, ""
         self.query_one("#eval-results", Static).update("")
         self.watch(job)
 
@@ -311,6 +302,8 @@ class JobsScreen(Screen):
                 return
         if changed or (job is not None and job.running):
             self.refresh_watch()
+        elif job is not None and self._comparison_pending(job):
+            self.show_comparison(job)
         if changed:
             self.refresh_history()
 
@@ -351,7 +344,7 @@ class JobsScreen(Screen):
             log.clear()
             log.write_lines(tail)
             self._log_shown = tail
-        if job.kind == "eval" and job.status == "completed" and self.comparison is None:
+        if self._comparison_pending(job):
             self.show_comparison(job)
 
     def _plot(self, job: Job) -> None:
@@ -374,20 +367,22 @@ class JobsScreen(Screen):
             plt.xlabel(job.state.unit)
         widget.refresh()
 
-    def show_comparison(self, job: Job) -> None:
-        from trainer.compare import print_comparison
+    def _comparison_pending(self, job: Job) -> bool:
+        return job.kind == "eval" and job.status == "completed" and self.comparison is None \
+            and not self.comparison_error
 
+    def show_comparison(self, job: Job) -> None:
+        """The group's table, from the comparison.json `haruhi eval compare` writes (polled: it runs a moment)."""
         try:
             data = self.launcher.comparison(job)
         except HaruhiError as exc:
-            self.query_one("#eval-problem", Static).update(str(exc))
+            self.comparison_error = str(exc)
+            self.query_one("#eval-problem", Static).update(self.comparison_error)
             return
         if data is None:
             return
         self.comparison = data
-        out = _Collect()
-        print_comparison(data, out)
-        self.query_one("#eval-results", Static).update(Group(*out.items))
+        self.query_one("#eval-results", Static).update(comparison_view(data))
 
     # -- history ---------------------------------------------------------------------------------
     def refresh_history(self) -> None:
