@@ -8,6 +8,7 @@ user turn. The system message comes from the shared :class:`~haruhi_tui.core.per
 Scenes are split per character, deterministically for a seed, so no scene is in both splits.
 Training samples are whole scenes (windows of ``max_turns``; every reply carries loss once);
 validation samples are one per reply (history, then the line to predict), as evaluation needs.
+The four output files are replaced as a set.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Callable, Iterable, Literal
 
 from .characters import Character, Scene, format_line, load_characters
 from .errors import HaruhiError
-from .fsutil import write_json
+from .fsutil import replace_together, write_json
 from .persona import PersonaBuilder, PromptBudget, Turn
 from .prompt_format import Conversation, to_messages
 from .sharegpt import Sample, dataset_info_entry, load_sharegpt, write_samples
@@ -191,20 +192,15 @@ def build(
 
 
 def write(result: BuildResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write the two splits, ``dataset_info.json`` and ``stats.json`` atomically into ``out_dir``."""
+    """Write the two splits, ``dataset_info.json`` and ``stats.json`` into ``out_dir``, replacing an earlier
+    build's four files as a set: an error or Ctrl-C at any point leaves the old set or the new one."""
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HaruhiError(f"cannot create output folder {out}: {exc.strerror}") from exc
-    paths = {
-        TRAIN_NAME: out / f"{TRAIN_NAME}.json",
-        VAL_NAME: out / f"{VAL_NAME}.json",
-        "dataset_info": out / "dataset_info.json",
-        "stats": out / "stats.json",
-    }
-    write_samples(paths[TRAIN_NAME], result.train)
-    write_samples(paths[VAL_NAME], result.val)
-    write_json(paths["dataset_info"], {name: dataset_info_entry(paths[name].name) for name in (TRAIN_NAME, VAL_NAME)})
-    write_json(paths["stats"], result.report())
-    return paths
+    names = {TRAIN_NAME: f"{TRAIN_NAME}.json", VAL_NAME: f"{VAL_NAME}.json", "dataset_info": "dataset_info.json",
+             "stats": "stats.json"}
+    with replace_together(out, names.values()) as stage:
+        write_samples(stage / names[TRAIN_NAME], result.train)
+        write_samples(stage / names[VAL_NAME], result.val)
+        info = {name: dataset_info_entry(names[name]) for name in (TRAIN_NAME, VAL_NAME)}
+        write_json(stage / names["dataset_info"], info)
+        write_json(stage / names["stats"], result.report())
+    return {key: out / name for key, name in names.items()}
