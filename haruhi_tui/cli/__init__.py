@@ -50,7 +50,7 @@ def data_build(
                              "haruhi_val.json, dataset_info.json, stats.json (replaced together)."),
     seed: int = typer.Option(42, help="Seed of the per-character train/val split by scene (same seed, same files)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of each character's scenes that go to "
-                                       "validation."),
+                                       "validation (scenes that share dialogue stay in one split)."),
     only: list[str] = typer.Option([], "--only", help="Build only these characters (folder or speaking name); "
                                    "repeatable."),
     speaker: list[str] = typer.Option([], "--speaker", help="FOLDER=NAME where the speaking name cannot be "
@@ -73,6 +73,7 @@ def data_build(
     from haruhi_tui.core.characters import list_character_folders
     from haruhi_tui.core.dataset import BuildOptions, build, write
     from haruhi_tui.core.persona import PromptBudget
+    from haruhi_tui.core.scene_split import MIN_SHARED_CHARS
 
     if train_unit not in ("scene", "reply"):
         raise HaruhiError(f"--train-unit is 'scene' or 'reply', not {train_unit!r}")
@@ -88,7 +89,11 @@ def data_build(
         result = build(root, options, only=only or None, speakers=_parse_speakers(speaker), extra=extra,
                        progress=lambda ch: progress.update(task, advance=1, description=escape(ch.name)))
     paths = write(result, out)
-    table = Table(title=escape(f"haruhi dataset ({root})"), show_footer=True)
+    overlap = result.overlap
+    leaks = ", ".join(f"{escape(s.name)} {s.val_replies_in_train}" for s in result.stats if s.val_replies_in_train)
+    caption = (f"validation replies of {MIN_SHARED_CHARS}+ characters also in training: {overlap.replies:,} of "
+               f"{overlap.checked:,} ({overlap.percent:.2f} %)" + (f": {leaks}" if leaks else ""))
+    table = Table(title=escape(f"haruhi dataset ({root})"), caption=caption, show_footer=True)
     fields = {"scenes": "scenes", "skipped": "skipped_scenes", "train scenes": "train_scenes",
               "val scenes": "val_scenes", "train samples": "train_samples", "val samples": "val_samples",
               "turns": "turns", "chars": "text_chars"}

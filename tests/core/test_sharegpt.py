@@ -14,7 +14,8 @@ from haruhi_tui.core.fsutil import read_json
 from haruhi_tui.core.sharegpt import load_dataset_info, load_sharegpt, resolve_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = {"conversations": [{"from": "user", "value": "阿虚:「你好」"}, {"from": "assistant", "value": "哼，来得真慢。"}]}
+SAMPLE = {"conversations": [{"from": "user", "value": "阿虚:「你好」"},
+                           {"from": "assistant", "value": "哼，来得真慢。"}]}
 
 
 def line(sample=SAMPLE) -> bytes:
