@@ -43,26 +43,37 @@ def _parse_speakers(values: list[str]) -> dict[str, str]:
 @data_app.command("build")
 @friendly_errors
 def data_build(
-    characters: Path = typer.Option(None, "--characters", "-c", help="Folder of ChatHaruhi character folders "
-                                    "(each: system_prompt.txt + texts/*.txt). Default: $HARUHI_CHARACTERS or the bundled development data."),
-    out: Path = typer.Option(Path("data"), "--out", "-o", help="Output folder for haruhi_train.json, haruhi_val.json, dataset_info.json, stats.json."),
+    characters: Path = typer.Option(
+        None, "--characters", "-c", help="Folder of ChatHaruhi character folders (each: system_prompt.txt + "
+        "texts/*.txt). Default: $HARUHI_CHARACTERS or the bundled development data."),
+    out: Path = typer.Option(Path("data"), "--out", "-o", help="Output folder for haruhi_train.json, "
+                             "haruhi_val.json, dataset_info.json, stats.json (replaced together)."),
     seed: int = typer.Option(42, help="Seed of the per-character train/val split by scene (same seed, same files)."),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of each character's scenes that go to validation."),
-    only: list[str] = typer.Option([], "--only", help="Build only these characters (folder or speaking name); repeatable."),
-    speaker: list[str] = typer.Option([], "--speaker", help="FOLDER=NAME where the speaking name cannot be detected (e.g. Megumi=加藤); repeatable."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of each character's scenes that go to "
+                                       "validation (scenes that share dialogue stay in one split)."),
+    only: list[str] = typer.Option([], "--only", help="Build only these characters (folder or speaking name); "
+                                   "repeatable."),
+    speaker: list[str] = typer.Option([], "--speaker", help="FOLDER=NAME where the speaking name cannot be "
+                                      "detected (e.g. Megumi=加藤); repeatable."),
     max_turns: int = typer.Option(16, "--max-turns", help="Most turns in one sample (longer scenes are split)."),
-    train_unit: str = typer.Option("scene", "--train-unit", help="'scene': one multi-turn sample per scene window (each line trained once); 'reply': one sample per reply."),
-    scene_budget: int = typer.Option(1200, "--scene-budget", help="Token budget of the retrieved classic scenes in each system prompt."),
+    train_unit: str = typer.Option("scene", "--train-unit", help="'scene': one multi-turn sample per scene window "
+                                   "(each line trained once); 'reply': one sample per reply."),
+    scene_budget: int = typer.Option(1200, "--scene-budget", help="Token budget of the retrieved classic scenes in "
+                                     "each system prompt."),
     max_scenes: int = typer.Option(4, "--max-scenes", help="Most classic scenes in a system prompt."),
-    history_budget: int = typer.Option(1500, "--history-budget", help="Token budget of the conversation history in a sample."),
-    extra: list[Path] = typer.Option([], "--extra", help="ShareGPT files to merge into the training split (e.g. chats exported from haruhi-tui); repeatable."),
+    history_budget: int = typer.Option(1500, "--history-budget", help="Token budget of the conversation history in "
+                                       "a sample."),
+    extra: list[Path] = typer.Option([], "--extra", help="ShareGPT files to merge into the training split (e.g. "
+                                     "chats exported from haruhi-tui); repeatable."),
 ) -> None:
     """Build haruhi_train / haruhi_val (ShareGPT) and LLaMA-Factory's dataset_info.json."""
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from haruhi_tui.core.characters import list_character_folders
     from haruhi_tui.core.dataset import BuildOptions, build, write
     from haruhi_tui.core.persona import PromptBudget
+    from haruhi_tui.core.scene_split import MIN_SHARED_CHARS
 
     if train_unit not in ("scene", "reply"):
         raise HaruhiError(f"--train-unit is 'scene' or 'reply', not {train_unit!r}")
@@ -76,27 +87,31 @@ def data_build(
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("", total=total)
         result = build(root, options, only=only or None, speakers=_parse_speakers(speaker), extra=extra,
-                       progress=lambda ch: progress.update(task, advance=1, description=ch.name))
+                       progress=lambda ch: progress.update(task, advance=1, description=escape(ch.name)))
     paths = write(result, out)
-    table = Table(title=f"haruhi dataset ({root})", show_footer=True)
-    columns = ["character", "name", "scenes", "skipped", "train scenes", "val scenes", "train samples", "val samples", "turns", "chars"]
-    totals = [sum(getattr(s, f) for s in result.stats) for f in
-              ("scenes", "skipped_scenes", "train_scenes", "val_scenes", "train_samples", "val_samples", "turns", "text_chars")]
-    for i, col in enumerate(columns):
-        footer = "total" if i == 0 else ("" if i == 1 else f"{totals[i - 2]:,}")
-        table.add_column(col, footer=footer, justify="left" if i < 2 else "right")
+    overlap = result.overlap
+    leaks = ", ".join(f"{escape(s.name)} {s.val_replies_in_train}" for s in result.stats if s.val_replies_in_train)
+    caption = (f"validation replies of {MIN_SHARED_CHARS}+ characters also in training: {overlap.replies:,} of "
+               f"{overlap.checked:,} ({overlap.percent:.2f} %)" + (f": {leaks}" if leaks else ""))
+    table = Table(title=escape(f"haruhi dataset ({root})"), caption=caption, show_footer=True)
+    fields = {"scenes": "scenes", "skipped": "skipped_scenes", "train scenes": "train_scenes",
+              "val scenes": "val_scenes", "train samples": "train_samples", "val samples": "val_samples",
+              "turns": "turns", "chars": "text_chars"}
+    table.add_column("character", footer="total")
+    table.add_column("name")
+    for column, field_name in fields.items():
+        table.add_column(column, footer=f"{sum(getattr(s, field_name) for s in result.stats):,}", justify="right")
     for s in result.stats:
-        table.add_row(s.folder, s.name, *(f"{v:,}" for v in (s.scenes, s.skipped_scenes, s.train_scenes, s.val_scenes,
-                                                              s.train_samples, s.val_samples, s.turns, s.text_chars)))
+        table.add_row(escape(s.folder), escape(s.name), *(f"{getattr(s, f):,}" for f in fields.values()))
     out_console = Console()
     out_console.print(table)
     for s in result.stats:
         for warning in s.warnings:
-            console.print(f"[yellow]warning:[/] {warning}")
+            console.print(f"[yellow]warning:[/] {escape(warning)}")
     if result.extra_samples:
         out_console.print(f"merged {result.extra_samples} extra samples into the training split")
     out_console.print(f"train {len(result.train):,} samples, val {len(result.val):,} samples → "
-                      + ", ".join(str(p) for p in paths.values()))
+                      + escape(", ".join(str(p) for p in paths.values())))
 
 
 @data_app.command("check")

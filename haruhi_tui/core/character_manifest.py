@@ -10,13 +10,12 @@ A world-info lorebook, when a character has one, is ``lorebook.json`` in SillyTa
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import HaruhiError
-from .fsutil import write_json
+from .fsutil import read_json, write_json
 
 MANIFEST_FILE = "character.json"
 LOREBOOK_FILE = "lorebook.json"
@@ -123,14 +122,7 @@ def read_manifest(folder: str | Path) -> CharacterManifest:
     path = Path(folder) / MANIFEST_FILE
     if not path.is_file():
         return CharacterManifest()
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise HaruhiError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except json.JSONDecodeError as exc:
-        raise HaruhiError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
-    except OSError as exc:
-        raise HaruhiError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    data = read_json(path, "character manifest")
     return parse_manifest(data, path)
 
 

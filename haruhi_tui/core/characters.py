@@ -26,6 +26,10 @@ NARRATION_SPEAKERS = frozenset(
     )
 )
 MAX_SPEAKER_LEN = 24
+#: Longer lines are not dialogue (ChatHaruhi's longest is 4,240 characters): warned about and skipped.
+MAX_LINE_CHARS = 20_000
+#: A scene or role prompt file larger than this is skipped with a warning (ChatHaruhi's largest is 65 kB).
+MAX_TEXT_BYTES = 50_000_000
 #: A role prompt shorter than this is a placeholder (one folder ships a lone "N").
 MIN_ROLE_PROMPT_CHARS = 20
 
@@ -143,9 +147,21 @@ def _strip_quotes(rest: str) -> str:
     return rest.strip()
 
 
-def parse_scene(scene_id: str, content: str) -> Scene:
-    lines = tuple(line for line in (parse_line(raw) for raw in content.splitlines()) if line is not None)
-    return Scene(scene_id, lines)
+def parse_scene(scene_id: str, content: str, warnings: list[str] | None = None) -> Scene:
+    """Parse a scene file. Lines longer than any real scene line (a file that is no scene, or lost its line
+    breaks) are dropped, with one warning."""
+    lines: list[Line] = []
+    too_long: list[int] = []
+    for raw in content.splitlines():
+        if len(raw) > MAX_LINE_CHARS:
+            too_long.append(len(raw))
+        elif (line := parse_line(raw)) is not None:
+            lines.append(line)
+    if too_long and warnings is not None:
+        count = f"{len(too_long)} lines of up to" if len(too_long) > 1 else "a line of"
+        warnings.append(f"{scene_id}: {count} {max(too_long):,} characters skipped (a scene line is at most "
+                        f"{MAX_LINE_CHARS:,}; is this a scene file?)")
+    return Scene(scene_id, tuple(lines))
 
 
 def detect_speaking_name(folder: str, role_prompt: str, scenes: list[Scene]) -> str:
@@ -164,15 +180,34 @@ def detect_speaking_name(folder: str, role_prompt: str, scenes: list[Scene]) -> 
     return counts.most_common(1)[0][0]
 
 
-def _read_text(path: Path, warnings: list[str]) -> str | None:
-    data = path.read_bytes()
+def _read_text(path: Path, warnings: list[str], label: str) -> str | None:
+    """A text file as UTF-8 or GB18030; a file that cannot be used is skipped with a warning naming it."""
+    try:
+        if not path.is_file():
+            what = "a folder" if path.is_dir() else "a broken link or not a regular file"
+            warnings.append(f"{label}: {what}, skipped")
+            return None
+        size = path.stat().st_size
+        if size > MAX_TEXT_BYTES:
+            warnings.append(f"{label}: {size / 1e6:,.0f} MB, more than a scene file can be "
+                            f"({MAX_TEXT_BYTES / 1e6:.0f} MB), skipped")
+            return None
+        data = path.read_bytes()
+    except OSError as exc:
+        warnings.append(f"{label}: cannot be read ({exc.strerror or exc}), skipped")
+        return None
     for encoding in ("utf-8-sig", "gb18030"):
         try:
             return data.decode(encoding)
         except UnicodeDecodeError:
             continue
-    warnings.append(f"{path}: not UTF-8 or GB18030 text, skipped")
+    warnings.append(f"{label}: not UTF-8 or GB18030 text, skipped")
     return None
+
+
+def _display_name(name: str) -> str:
+    """A file name as valid text: bytes that are not UTF-8 (kept by the OS as surrogates) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _runner_up(scenes: list[Scene], name: str) -> str | None:
@@ -190,40 +225,45 @@ def load_character(folder: str | Path, speaker: str | None = None) -> Character:
     path = Path(folder)
     if not path.is_dir():
         raise HaruhiError(f"character folder not found: {path}")
+    folder_name = _display_name(path.name)
     warnings: list[str] = []
     prompt_file = path / "system_prompt.txt"
     role_prompt = ""
-    if prompt_file.is_file():
-        role_prompt = (_read_text(prompt_file, warnings) or "").strip()
+    if prompt_file.exists() or prompt_file.is_symlink():
+        role_prompt = (_read_text(prompt_file, warnings, _display_name(str(prompt_file))) or "").strip()
     if len(role_prompt) < MIN_ROLE_PROMPT_CHARS:
-        warnings.append(f"{path.name}: empty or missing system_prompt.txt; a generic role prompt is used")
+        warnings.append(f"{folder_name}: empty or missing system_prompt.txt; a generic role prompt is used")
         role_prompt = ""
     texts = path / "texts"
     scenes: list[Scene] = []
     skipped = 0
-    files = sorted(texts.glob("*.txt")) if texts.is_dir() else []
+    try:
+        files = sorted(texts.glob("*.txt")) if texts.is_dir() else []
+    except OSError as exc:
+        warnings.append(f"{_display_name(str(texts))}: cannot be read ({exc.strerror or exc})")
+        files = []
     for file in files:
-        content = _read_text(file, warnings)
-        scene = parse_scene(f"{path.name}/{file.name}", content or "")
+        content = _read_text(file, warnings, _display_name(str(file)))
+        scene = parse_scene(f"{folder_name}/{_display_name(file.name)}", content or "", warnings)
         if not scene.lines:
             skipped += 1
             continue
         scenes.append(scene)
     if not files:
-        warnings.append(f"{path.name}: no scenes in texts/")
+        warnings.append(f"{folder_name}: no scenes in texts/")
     manifest = read_manifest(path)
     speaker = speaker or manifest.name or None
-    name = speaker or detect_speaking_name(path.name, role_prompt, scenes)
+    name = speaker or detect_speaking_name(folder_name, role_prompt, scenes)
     if not speaker and not role_prompt:
         runner_up = _runner_up(scenes, name)
         if runner_up:
             warnings.append(
-                f"{path.name}: speaking name is ambiguous ({name} or {runner_up}); "
-                f"pass --speaker {path.name}=NAME to choose"
+                f"{folder_name}: speaking name is ambiguous ({name} or {runner_up}); "
+                f"pass --speaker {folder_name}=NAME to choose"
             )
     if not role_prompt:
         role_prompt = generic_role_prompt(name)
-    return Character(path.name, role_prompt, scenes, name, skipped, warnings, manifest)
+    return Character(folder_name, role_prompt, scenes, name, skipped, warnings, manifest)
 
 
 def generic_role_prompt(name: str) -> str:
@@ -237,10 +277,15 @@ def list_character_folders(root: str | Path) -> list[Path]:
     """Character folders under ``root`` (a folder counts if it has system_prompt.txt or texts/)."""
     base = Path(root)
     if not base.is_dir():
-        raise HaruhiError(f"characters folder not found: {base} (pass --characters with a ChatHaruhi characters folder)")
-    folders = sorted(
-        p for p in base.iterdir() if p.is_dir() and ((p / "system_prompt.txt").exists() or (p / "texts").is_dir())
-    )
+        raise HaruhiError(
+            f"characters folder not found: {base} (pass --characters with a ChatHaruhi characters folder)"
+        )
+    try:
+        folders = sorted(
+            p for p in base.iterdir() if p.is_dir() and ((p / "system_prompt.txt").exists() or (p / "texts").is_dir())
+        )
+    except OSError as exc:
+        raise HaruhiError(f"cannot read characters folder {base}: {exc.strerror or exc}") from exc
     if not folders:
         raise HaruhiError(f"no character folders in {base}: each needs system_prompt.txt and texts/*.txt")
     return folders

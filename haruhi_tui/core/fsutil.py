@@ -1,5 +1,10 @@
-"""Files: atomic output (write to a temp file beside the target, fsync, rename: never half a file on disk), JSON
-in and out, a file's hash, sizes as people read them."""
+"""Files: atomic output and careful input, a file's hash, sizes as people read them.
+
+Writers: a file goes to a temp file beside its target, is fsynced and renamed over it, so there is never
+half a file on disk; a *set* of files (a dataset build) is staged in a temp folder and renamed in together
+with Ctrl-C held back, so an interruption leaves the old set or the new one, never a mix.
+Readers: every OS or decode error becomes a :class:`HaruhiError` naming the file and what is wrong.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +12,53 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from .errors import HaruhiError
 from .progress import Progress, report
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (changing it races with threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_error(folder: Path, exc: OSError) -> HaruhiError:
+    if isinstance(exc, PermissionError):
+        return HaruhiError(f"cannot write to {folder}: permission denied; choose another output folder")
+    return HaruhiError(f"cannot write to {folder}: {exc.strerror or exc}")
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
-    """Open a temp file next to ``path``; on success it replaces ``path``, on any error it is removed."""
+    """Open a temp file next to ``path``; on success it replaces ``path``, on any error it is removed.
+
+    The file gets the permissions a plain ``open`` would give (0644 under the usual umask), not the
+    private 0600 of a temp file.
+    """
     target = Path(path)
+    if target.is_dir():
+        raise HaruhiError(f"{target} is a folder: move it away or write somewhere else")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except PermissionError as exc:
-        raise HaruhiError(f"cannot write to {target.parent}: permission denied; choose another output folder") from exc
     except OSError as exc:
-        raise HaruhiError(f"cannot write to {target.parent}: {exc.strerror}") from exc
+        raise _write_error(target.parent, exc) from exc
     binary = "b" in mode
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else "\n") as fh:
             yield fh
             fh.flush()
@@ -51,18 +82,155 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         fh.write(text)
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Read JSON or raise a HaruhiError naming the file and the line of the syntax error."""
-    p = Path(path)
-    if not p.is_file():
-        raise HaruhiError(f"{what} not found: {p}")
+# -- a set of files, replaced together ------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C (and SIGTERM/SIGHUP) back for a short critical section; deliver them when it ends.
+
+    Only the main thread can install signal handlers; elsewhere the section simply runs.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous: dict[int, Any] = {}
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is not None:  # None: a handler not installed from Python
+            previous[sig] = signal.signal(sig, lambda signum, _frame: caught.append(signum))
     try:
-        with p.open(encoding="utf-8") as fh:
-            return json.load(fh)
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
+
+
+def _check_targets(folder: Path, names: Iterable[str]) -> None:
+    for name in names:
+        target = folder / name
+        if target.is_dir() or (target.exists() and not target.is_file()):
+            kind = "a folder" if target.is_dir() else "not a regular file"
+            raise HaruhiError(f"{target} is {kind}: move it away or choose another output folder "
+                              "(nothing was replaced)")
+
+
+def _commit(stage: Path, folder: Path, names: list[str]) -> None:
+    """Rename the staged files over their targets; on an OS error put back the ones already replaced."""
+    backup = stage / ".previous"
+    backup.mkdir()
+    replaced: list[tuple[str, bool]] = []  # (name, had an old file)
+    try:
+        for name in names:
+            target = folder / name
+            had_old = target.is_file()
+            if had_old:
+                try:
+                    os.link(target, backup / name)
+                except OSError:  # a file system without hard links
+                    shutil.copy2(target, backup / name)
+            os.replace(stage / name, target)
+            replaced.append((name, had_old))
+    except OSError as exc:
+        for name, had_old in reversed(replaced):
+            with contextlib.suppress(OSError):
+                if had_old:
+                    os.replace(backup / name, folder / name)
+                else:
+                    os.unlink(folder / name)
+        raise HaruhiError(f"cannot replace files in {folder}: {exc.strerror or exc} "
+                          "(the previous files were kept)") from exc
+    with contextlib.suppress(OSError):  # make the renames durable; not every platform can fsync a folder
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def replace_together(folder: str | os.PathLike, names: Iterable[str]) -> Iterator[Path]:
+    """Stage files ``names`` in a temp folder inside ``folder``; when the block ends without an error they
+    replace ``folder/<name>`` as a set (Ctrl-C held back during the renames). On an error or Ctrl-C the
+    old files stay as they were. Other files in ``folder`` are left alone.
+    """
+    out = Path(folder)
+    wanted = list(names)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HaruhiError(f"cannot create output folder {out}: {exc.strerror or exc}") from exc
+    _check_targets(out, wanted)
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".haruhi-staging.", dir=out))
+    except OSError as exc:
+        raise _write_error(out, exc) from exc
+    try:
+        yield stage
+        missing = [name for name in wanted if not (stage / name).is_file()]
+        if missing:
+            raise RuntimeError(f"replace_together: {', '.join(missing)} not written")  # a bug, not bad input
+        _check_targets(out, wanted)
+        with signals_held():
+            _commit(stage, out, wanted)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# -- reading ------------------------------------------------------------------------------------------------
+
+def read_bytes(path: str | os.PathLike, what: str = "file") -> bytes:
+    """A file's bytes, or a HaruhiError saying it is missing, a folder, or unreadable."""
+    p = Path(path)
+    try:
+        if p.is_dir():
+            raise HaruhiError(f"{what} {p} is a folder, not a file")
+        if not p.is_file():
+            raise HaruhiError(f"{what} not found: {p}")
+        return p.read_bytes()
+    except PermissionError as exc:
+        raise HaruhiError(f"cannot read {p}: permission denied") from exc
+    except OSError as exc:
+        raise HaruhiError(f"cannot read {p}: {exc.strerror or exc}") from exc
+
+
+def decode_utf8(data: bytes, where: str) -> str:
+    """JSON text as UTF-8 (a BOM is allowed), or a HaruhiError that tells a file cut short from one in another
+    encoding."""
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise HaruhiError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        if exc.end >= len(data) and exc.reason == "unexpected end of data":
+            raise HaruhiError(f"{where} is cut short (it ends inside a UTF-8 character): "
+                              "not valid JSON; write or download it again") from exc
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise HaruhiError(f"{where} is not UTF-8 text ({exc.reason} at line {line}); save it as UTF-8") from exc
+
+
+def parse_json(text: str, where: str) -> Any:
+    """``json.loads`` with every failure as a HaruhiError naming ``where`` (cut short, syntax, too deep)."""
+    if not text.strip():
+        raise HaruhiError(f"{where} is empty, not JSON")
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise HaruhiError(f"{p} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        if not text[exc.pos :].strip() or exc.msg.startswith("Unterminated string"):  # the text ran out
+            raise HaruhiError(f"{where} is not valid JSON: it ends in the middle (cut short?): {exc.msg} "
+                              f"(line {exc.lineno} column {exc.colno}); write or download it again") from exc
+        raise HaruhiError(f"{where} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise HaruhiError(f"{where} is not usable JSON: nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer longer than Python's digit limit
+        raise HaruhiError(f"{where} is not usable JSON: {exc}") from exc
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read JSON or raise a HaruhiError naming the file and what is wrong (missing, cut short, line of a
+    syntax error, not UTF-8)."""
+    p = Path(path)
+    return parse_json(decode_utf8(read_bytes(p, what), str(p)), str(p))
 
 
 def file_sha256(path: Path, progress: Progress | None = None, what: str = "verifying") -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import HaruhiError
-from .fsutil import read_json, write_json
+from .fsutil import decode_utf8, parse_json, read_bytes, read_json, write_json
 
 ROLE_ALIASES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
 
@@ -88,7 +88,8 @@ def parse_sample(raw: Any, where: str, tags: dict[str, str] | None = None, messa
             raise HaruhiError(f"{where}, turn {j}: needs '{role_tag}' and '{content_tag}'")
         role = role_map.get(str(turn[role_tag]))
         if role is None:
-            raise HaruhiError(f"{where}, turn {j}: unknown role {turn[role_tag]!r} (expected system, user or assistant)")
+            raise HaruhiError(f"{where}, turn {j}: unknown role {turn[role_tag]!r} "
+                              "(expected system, user or assistant)")
         content = turn[content_tag]
         if not isinstance(content, str):
             raise HaruhiError(f"{where}, turn {j}: '{content_tag}' must be a string")
@@ -99,7 +100,8 @@ def parse_sample(raw: Any, where: str, tags: dict[str, str] | None = None, messa
     for j, m in enumerate(chat):
         expected = "user" if j % 2 == 0 else "assistant"
         if m["role"] != expected:
-            raise HaruhiError(f"{where}: turns must alternate user/assistant starting with user (turn {j} is {m['role']})")
+            raise HaruhiError(f"{where}: turns must alternate user/assistant starting with user "
+                              f"(turn {j} is {m['role']})")
     if require_target and (not chat or chat[-1]["role"] != "assistant"):
         raise HaruhiError(f"{where}: the sample does not end with an assistant turn")
     if require_target and not chat[-1]["content"].strip():
@@ -109,29 +111,29 @@ def parse_sample(raw: Any, where: str, tags: dict[str, str] | None = None, messa
     return Sample(messages, character, scene)
 
 
+def read_jsonl(path: str | Path, what: str = "dataset") -> list[Any]:
+    """The rows of a JSON Lines file; a bad line (not UTF-8, cut short, not JSON) is an error naming it."""
+    p = Path(path)
+    rows = []
+    for n, raw in enumerate(read_bytes(p, what).split(b"\n"), 1):
+        where = f"{p}, line {n}"
+        line = decode_utf8(raw, where)
+        if line.strip():
+            rows.append(parse_json(line, where))
+    return rows
+
+
 def load_sharegpt(path: str | Path, *, tags: dict[str, str] | None = None, messages_key: str = "conversations",
                   require_target: bool = True) -> list[Sample]:
     """Load and validate a ShareGPT JSON (a list) or JSONL file."""
     p = Path(path)
-    if p.suffix == ".jsonl":
-        import json
-
-        if not p.is_file():
-            raise HaruhiError(f"dataset not found: {p}")
-        rows = []
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise HaruhiError(f"{p}, line {n}: not valid JSON ({exc.msg})") from exc
-    else:
-        rows = read_json(p, "dataset")
+    rows = read_jsonl(p) if p.suffix == ".jsonl" else read_json(p, "dataset")
     if not isinstance(rows, list):
         raise HaruhiError(f"{p}: a ShareGPT dataset is a JSON list of samples")
     if not rows:
         raise HaruhiError(f"{p}: the dataset is empty")
-    return [parse_sample(r, f"{p}, sample {i}", tags, messages_key, require_target=require_target) for i, r in enumerate(rows)]
+    return [parse_sample(r, f"{p}, sample {i}", tags, messages_key, require_target=require_target)
+            for i, r in enumerate(rows)]
 
 
 def load_dataset_info(info_path: str | Path, name: str, *, require_target: bool = True) -> list[Sample]:
@@ -144,22 +146,34 @@ def load_dataset_info(info_path: str | Path, name: str, *, require_target: bool 
         known = ", ".join(sorted(info)) if isinstance(info, dict) else "none"
         raise HaruhiError(f"{info_file}: no dataset named {name!r} (known: {known})")
     entry = info[name]
+    if not isinstance(entry, dict):
+        raise HaruhiError(f"{info_file}: dataset {name!r} must be a JSON object with file_name, formatting, "
+                          f"columns and tags, not {type(entry).__name__}")
     if entry.get("formatting", "alpaca") != "sharegpt":
         raise HaruhiError(f"{info_file}: dataset {name!r} is not in sharegpt formatting (only sharegpt is supported)")
-    if "file_name" not in entry:
+    file_name = entry.get("file_name")
+    if file_name is None:
         raise HaruhiError(f"{info_file}: dataset {name!r} has no file_name (hub datasets cannot be fetched offline)")
-    messages_key = entry.get("columns", {}).get("messages", "conversations")
-    tags = {**SHAREGPT_TAGS, **entry.get("tags", {})}
-    return load_sharegpt(info_file.parent / entry["file_name"], tags=tags, messages_key=messages_key,
-                         require_target=require_target)
+    if not isinstance(file_name, str) or not file_name:
+        raise HaruhiError(f"{info_file}: dataset {name!r}: file_name must be a file name, not {file_name!r}")
+    columns, entry_tags = entry.get("columns", {}), entry.get("tags", {})
+    for key, value in (("columns", columns), ("tags", entry_tags)):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise HaruhiError(f"{info_file}: dataset {name!r}: '{key}' must be an object of strings")
+    messages_key = columns.get("messages", "conversations")
+    return load_sharegpt(info_file.parent / file_name, tags={**SHAREGPT_TAGS, **entry_tags},
+                         messages_key=messages_key, require_target=require_target)
 
 
 def resolve_dataset(spec: str, *, require_target: bool = True) -> list[Sample]:
     """Load a dataset from ``file.json``/``file.jsonl`` or ``dataset_info.json:NAME`` / ``DIR:NAME``."""
     path = Path(spec)
-    if not path.exists() and ":" in spec:
-        info, name = spec.rsplit(":", 1)
-        return load_dataset_info(info, name, require_target=require_target)
-    if path.is_dir():
-        raise HaruhiError(f"{spec} is a folder: pass a ShareGPT file, or FOLDER:NAME for a dataset_info.json entry")
+    try:
+        if not path.exists() and ":" in spec:
+            info, name = spec.rsplit(":", 1)
+            return load_dataset_info(info, name, require_target=require_target)
+        if path.is_dir():
+            raise HaruhiError(f"{spec} is a folder: pass a ShareGPT file, or FOLDER:NAME for a dataset_info.json entry")
+    except OSError as exc:  # a name too long, a folder that cannot be searched, ...
+        raise HaruhiError(f"cannot read {spec}: {exc.strerror or exc}") from exc
     return load_sharegpt(path, require_target=require_target)

@@ -1,9 +1,16 @@
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from haruhi_tui.core.characters import Line, load_character, load_characters, parse_line, parse_scene
 from haruhi_tui.core.errors import HaruhiError
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLE_PROMPT = "你正在扮演小明，一个爱讲冷笑话的高中生。请保持角色，不要说你是语言模型。"
 
 
 @pytest.mark.parametrize(
@@ -63,7 +70,7 @@ def test_haruhi_metadata(characters_dir):
 def test_tolerates_gb18030_undecodable_empty_and_non_ascii_names(tmp_path: Path):
     folder = tmp_path / "chars" / "测试"
     (folder / "texts").mkdir(parents=True)
-    (folder / "system_prompt.txt").write_text("你正在扮演小明，一个爱讲冷笑话的高中生。请保持角色，不要说你是语言模型。", encoding="utf-8")
+    (folder / "system_prompt.txt").write_text(ROLE_PROMPT, encoding="utf-8")
     (folder / "texts" / "场景一.txt").write_text("小红:「你好」\n小明:「你好呀」\n", encoding="utf-8")
     (folder / "texts" / "gbk.txt").write_bytes("小红:「早」\n小明:「早上好」\n".encode("gb18030"))
     (folder / "texts" / "binary.txt").write_bytes(b"\xff\xfe\x00\xd8\x00")
@@ -81,3 +88,67 @@ def test_missing_folder_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(HaruhiError, match="no character folders"):
         load_characters(tmp_path / "empty")
+
+
+def _folder_with_a_good_scene(tmp_path: Path) -> Path:
+    folder = tmp_path / "chars" / "xiaoming"
+    (folder / "texts").mkdir(parents=True)
+    (folder / "system_prompt.txt").write_text(ROLE_PROMPT, encoding="utf-8")
+    (folder / "texts" / "good.txt").write_text("小红:「你好」\n小明:「你好呀」\n", encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda texts: (texts / "gone.txt").symlink_to(texts / "nowhere.txt"), "gone.txt: a broken link"),
+    (lambda texts: (texts / "dir.txt").mkdir(), "dir.txt: a folder"),
+    (lambda texts: os.mkfifo(texts / "pipe.txt"), "pipe.txt: a broken link or not a regular file"),
+])
+def test_broken_entries_in_texts_are_skipped_with_a_warning(tmp_path, make, expected):
+    folder = _folder_with_a_good_scene(tmp_path)
+    make(folder / "texts")
+    ch = load_character(folder)
+    assert [s.scene_id for s in ch.scenes] == ["xiaoming/good.txt"] and ch.skipped_scenes == 1
+    assert any(expected in w and "skipped" in w for w in ch.warnings), ch.warnings
+
+
+def test_a_broken_role_prompt_link_is_named(tmp_path):
+    folder = _folder_with_a_good_scene(tmp_path)
+    (folder / "system_prompt.txt").unlink()
+    (folder / "system_prompt.txt").symlink_to(folder / "nowhere.txt")
+    ch = load_character(folder)
+    assert any("system_prompt.txt: a broken link" in w for w in ch.warnings)
+    assert ch.role_prompt.startswith("I want you to act like")  # the generic prompt
+
+
+def test_a_huge_single_line_scene_is_skipped_with_a_warning(tmp_path):
+    folder = _folder_with_a_good_scene(tmp_path)
+    (folder / "texts" / "huge.txt").write_text("小红:「" + "啊" * 7_000_000 + "」", encoding="utf-8")  # 21 MB, one line
+    ch = load_character(folder)
+    assert [s.scene_id for s in ch.scenes] == ["xiaoming/good.txt"] and ch.skipped_scenes == 1
+    assert any("huge.txt" in w and "7,000,005 characters" in w for w in ch.warnings), ch.warnings
+
+
+def test_file_names_that_are_not_utf8_become_valid_text(tmp_path):
+    folder = _folder_with_a_good_scene(tmp_path)
+    with open(os.path.join(os.fsencode(folder / "texts"), b"\xff\xfe.txt"), "wb") as fh:  # not UTF-8
+        fh.write("小红:「早」\n小明:「早上好」\n".encode())
+    ch = load_character(folder)
+    assert sorted(s.scene_id for s in ch.scenes) == ["xiaoming/good.txt", "xiaoming/\ufffd\ufffd.txt"]
+    json.dumps([s.scene_id for s in ch.scenes], ensure_ascii=False).encode("utf-8")  # writable as UTF-8
+
+
+def test_haruhi_data_build_with_broken_entries_works_and_says_so(tmp_path):
+    folder = _folder_with_a_good_scene(tmp_path)
+    (folder / "texts" / "gone.txt").symlink_to(folder / "texts" / "nowhere.txt")
+    (folder / "texts" / "dir.txt").mkdir()
+    marked = tmp_path / "chars" / "[red]x"  # a folder name rich would read as markup
+    (marked / "texts").mkdir(parents=True)
+    (marked / "texts" / "a.txt").write_text("甲:「你好」\n乙:「嗯，你好啊」\n", encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "250"}
+    proc = subprocess.run([sys.executable, "-m", "haruhi_tui.cli", "data", "build", "-c", str(tmp_path / "chars"),
+                           "-o", str(tmp_path / "out")], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    warnings = proc.stderr
+    assert "gone.txt: a broken link" in warnings and "dir.txt: a folder" in warnings
+    assert "[red]x: empty or missing system_prompt.txt" in warnings and "[red]x" in proc.stdout
+    assert (tmp_path / "out" / "haruhi_train.json").is_file()

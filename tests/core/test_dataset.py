@@ -25,7 +25,8 @@ def haruhi_cli(*args, cwd=None, hash_seed="1"):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, characters_dir):
     out = tmp_path_factory.mktemp("data")
-    proc = haruhi_cli("data", "build", "--characters", str(characters_dir), "--out", str(out), "--speaker", "Megumi=加藤")
+    proc = haruhi_cli("data", "build", "--characters", str(characters_dir), "--out", str(out),
+                      "--speaker", "Megumi=加藤")
     assert proc.returncode == 0, proc.stderr
     return out, proc
 
@@ -91,7 +92,7 @@ def test_same_seed_is_byte_identical_other_seed_differs(built, characters_dir, t
     # another process with another string-hash seed: nothing may depend on set or dict hash order
     assert haruhi_cli("data", "build", "-c", str(characters_dir), "-o", str(again), "--speaker", "Megumi=加藤",
                       hash_seed="2").returncode == 0
-    for name in ("haruhi_train.json", "haruhi_val.json", "dataset_info.json"):
+    for name in ("haruhi_train.json", "haruhi_val.json", "dataset_info.json", "stats.json"):
         assert (out / name).read_bytes() == (again / name).read_bytes()
     other = build(characters_dir, BuildOptions(seed=7), only=["haruhi"])
     first = build(characters_dir, BuildOptions(seed=42), only=["haruhi"])
@@ -99,7 +100,8 @@ def test_same_seed_is_byte_identical_other_seed_differs(built, characters_dir, t
 
 
 def test_scene_turns_roles_and_narration():
-    scene = parse_scene("x/1.txt", "春日:「我先说」\n旁白:下课了\n阿虚:「又怎么了」\n古泉:「嗯」\n春日:「去社团！」\n春日:「马上！」\n阿虚:「好吧」")
+    scene = parse_scene("x/1.txt", "春日:「我先说」\n旁白:下课了\n阿虚:「又怎么了」\n古泉:「嗯」\n"
+                                   "春日:「去社团！」\n春日:「马上！」\n阿虚:「好吧」")
     turns = scene_turns(scene, "春日")
     assert [(t.role, t.text) for t in turns] == [
         ("user", "（下课了）\n阿虚:「又怎么了」\n古泉:「嗯」"),
@@ -120,7 +122,8 @@ def test_built_files_load_back_through_both_loaders(built):
     [
         ("[]", "empty"),
         ('{"a": 1}', "JSON list"),
-        ("[{\"conversations\": [{\"from\": \"user\", \"value\": \"hi\"}]}]", "sample 0: the sample does not end with an assistant turn"),
+        ("[{\"conversations\": [{\"from\": \"user\", \"value\": \"hi\"}]}]",
+         "sample 0: the sample does not end with an assistant turn"),
         ("[{\"conversations\": [{\"from\": \"robot\", \"value\": \"hi\"}]}]", "sample 0, turn 0: unknown role"),
         ("[{\"conversations\": []}]", "sample 0: missing or empty"),
         ("[{\"conversations\": [{\"from\": \"user\"}]}]", "needs 'from' and 'value'"),
@@ -138,14 +141,16 @@ def test_bad_sharegpt_names_file_sample_and_problem(tmp_path, content, message):
 
 def test_human_gpt_aliases_and_jsonl(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text(json.dumps({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}) + "\n")
+    sample = {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}
+    path.write_text(json.dumps(sample) + "\n")
     (sample,) = load_sharegpt(path)
     assert [m["role"] for m in sample.messages] == ["user", "assistant"]
 
 
 def test_cli_errors_are_one_line_and_nonzero(tmp_path, characters_dir):
     proc = haruhi_cli("data", "build", "-c", str(tmp_path / "missing"), "-o", str(tmp_path / "o"))
-    assert proc.returncode == 1 and proc.stderr.startswith("error: characters folder not found") and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and proc.stderr.startswith("error: characters folder not found")
+    assert "Traceback" not in proc.stderr
     blocker = tmp_path / "file"
     blocker.write_text("x")
     proc = haruhi_cli("data", "build", "-c", str(characters_dir), "--only", "haruhi", "-o", str(blocker / "sub"))
@@ -156,8 +161,9 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path, characters_dir):
 
 def test_extra_sharegpt_files_merge_into_train(tmp_path, characters_dir):
     extra = tmp_path / "chat.json"
-    extra.write_text(json.dumps([{"conversations": [{"from": "system", "value": "s"}, {"from": "user", "value": "阿虚:「嗨」"},
-                                                     {"from": "assistant", "value": "哼"}], "character": "春日"}], ensure_ascii=False))
+    turns = [{"from": "system", "value": "s"}, {"from": "user", "value": "阿虚:「嗨」"},
+             {"from": "assistant", "value": "哼"}]
+    extra.write_text(json.dumps([{"conversations": turns, "character": "春日"}], ensure_ascii=False))
     result = build(characters_dir, BuildOptions(), only=["haruhi"], extra=[extra])
     assert result.extra_samples == 1 and result.train[-1].target == "哼"
 
@@ -169,3 +175,89 @@ def test_tiny_history_budget_still_starts_every_sample_with_a_user_turn(characte
     for sample in result.train + result.val:
         assert [m["role"] for m in sample.messages[:2]] == ["system", "user"]
         assert sample.messages[-1]["role"] == "assistant"
+
+
+def test_no_validation_reply_is_a_training_target(built):
+    """ChatHaruhi's scene files overlap; the split keeps scenes that share dialogue together, so no validation
+    reply (12+ characters) is a training target of the same character, with or without the same user turn."""
+    out, proc = built
+    train = json.loads((out / "haruhi_train.json").read_text())
+    val = json.loads((out / "haruhi_val.json").read_text())
+    replies, exchanges = set(), set()
+    for sample in train:
+        chat = sample["conversations"][1:]
+        for user, reply in zip(chat[::2], chat[1::2]):
+            replies.add((sample["character"], reply["value"]))
+            exchanges.add((sample["character"], user["value"], reply["value"]))
+    checked = [s for s in val if len(s["conversations"][-1]["value"].strip()) >= 12]
+    assert len(checked) > 1000
+    assert [s for s in checked if (s["character"], s["conversations"][-1]["value"]) in replies] == []
+    assert [s for s in checked if (s["character"], s["conversations"][-2]["value"], s["conversations"][-1]["value"])
+            in exchanges] == []
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["val_overlap"] == {"min_reply_chars": 12, "val_replies": len(checked), "in_train": 0, "percent": 0.0,
+                                    "same_exchange_in_train": 0}
+    assert abs(stats["split"]["val_share"] - 0.1) < 0.005 and stats["split"]["drift"] is None
+    assert stats["split"]["largest_group"] > 1  # overlapping scenes were found and kept together
+    assert f"12+ characters also in training: 0 of {len(checked):,} (0.00 %)" in " ".join(proc.stdout.split())
+
+
+def test_prompts_never_hold_the_dialogue_they_are_scored_on(built, characters_dir):
+    """A validation sample's prompt holds no scene of its own dialogue; training prompts hold no validation scene."""
+    out, _ = built
+    val = json.loads((out / "haruhi_val.json").read_text())
+    long_replies = [s for s in val if len(s["conversations"][-1]["value"]) >= 30]
+    assert len(long_replies) > 500
+    assert [s["scene"] for s in long_replies if s["conversations"][-1]["value"] in s["conversations"][0]["value"]] == []
+    haruhi = {s.scene_id: s for s in load_character(characters_dir / "haruhi").scenes}
+    val_texts = {haruhi[s["scene"]].text() for s in val if s["scene"] in haruhi}
+    train_prompts = [s["conversations"][0]["value"] for s in json.loads((out / "haruhi_train.json").read_text())
+                     if s["scene"] in haruhi]
+    assert len(val_texts) > 10 and len(train_prompts) > 100
+    assert not any(text in prompt for text in val_texts for prompt in train_prompts)
+
+
+def _character(root: Path, scenes: dict[str, str]) -> Path:
+    folder = root / "xiaoming"
+    (folder / "texts").mkdir(parents=True)
+    (folder / "system_prompt.txt").write_text("你正在扮演小明，一个爱讲冷笑话的高中生。请保持角色。", encoding="utf-8")
+    for name, text in scenes.items():
+        (folder / "texts" / name).write_text(text, encoding="utf-8")
+    return root
+
+
+def test_scenes_that_share_dialogue_stay_in_one_split(tmp_path):
+    """Scene 2k and 2k+1 are two excerpts of one dialogue (they share two lines); every seed keeps them together."""
+    scenes = {}
+    for k in range(10):
+        shared = (f"小红:「第{k}段对话：你昨天到底去哪里了？大家都在找你。」\n"
+                  f"小明:「第{k}段对话：我去图书馆研究怎么讲冷笑话了。」\n")
+        scenes[f"{2 * k:02d}.txt"] = f"小红:「喂，小明！这是第{k}次了。」\n小明:「干嘛？」\n" + shared
+        scenes[f"{2 * k + 1:02d}.txt"] = shared + f"小红:「第{k}次了，真拿你没办法。」\n小明:「那就听我讲一个吧。」\n"
+    chars = _character(tmp_path, scenes)
+    for seed in range(6):
+        result = build(chars, BuildOptions(seed=seed, val_fraction=0.5))
+        val_scenes = {s.scene for s in result.val}
+        assert len(val_scenes) == 10 and not val_scenes & {s.scene for s in result.train}
+        for k in range(10):
+            pair = {f"xiaoming/{2 * k:02d}.txt", f"xiaoming/{2 * k + 1:02d}.txt"}
+            assert pair <= val_scenes or not pair & val_scenes
+        for sample in result.val:  # the other excerpt of the same dialogue is never retrieved into the prompt
+            k = int(sample.scene[-6:-4]) // 2
+            assert f"第{k}段对话" not in sample.system
+        assert result.overlap.checked > 0 and result.overlap.replies == 0
+        assert result.stats[0].scene_groups == 10 and result.stats[0].largest_group == 2
+        assert result.report()["split"]["drift"] is None
+
+
+def test_validation_share_drift_is_reported(tmp_path):
+    """Three excerpts of one dialogue and one other scene: half the scenes (2) cannot go to validation."""
+    shared = "小红:「你昨天到底去哪里了？大家都在找你，老师也在找你。」\n小明:「我去图书馆研究怎么讲冷笑话了。」\n"
+    chars = _character(tmp_path, {"a.txt": shared, "b.txt": "小红:「早」\n" + shared, "c.txt": shared + "小红:「哦」\n",
+                                  "d.txt": "小红:「今天吃什么？」\n小明:「吃冷笑话。」\n"})
+    result = build(chars, BuildOptions(seed=3, val_fraction=0.5))
+    (stats,) = result.stats
+    assert (stats.val_scenes_target, stats.val_scenes_split, stats.largest_group) == (2, 1, 3)
+    assert any("1 of 4 scenes in validation instead of 2" in w for w in stats.warnings)
+    report = result.report()
+    assert report["split"]["val_share"] == 0.25 and "xiaoming 1 instead of 2" in report["split"]["drift"]
