@@ -69,18 +69,19 @@ class Character:
     skipped_scenes: int = 0
     warnings: list[str] = field(default_factory=list)
     manifest: CharacterManifest = field(default_factory=CharacterManifest)  # character.json, if any
+    path: Path | None = None  # the folder it was loaded from (its avatar, lorebook, source card live there)
 
     @cached_property
     def interlocutor(self) -> str:
         """Who the user plays by default: character.json's user, else who talks to this character most
-        (阿虚 for 春日)."""
+        (阿虚 for 春日). A ``{{user}}`` macro (scenes from a character card) is whoever the user is: not a name."""
         if self.manifest.user_name:
             return self.manifest.user_name
         counts = Counter(
             line.speaker
             for scene in self.scenes
             for line in scene.lines
-            if line.speaker and line.speaker != self.name
+            if line.speaker and line.speaker != self.name and not line.speaker.startswith("{{")
         )
         return counts.most_common(1)[0][0] if counts else "User"
 
@@ -263,7 +264,7 @@ def load_character(folder: str | Path, speaker: str | None = None) -> Character:
             )
     if not role_prompt:
         role_prompt = generic_role_prompt(name)
-    return Character(folder_name, role_prompt, scenes, name, skipped, warnings, manifest)
+    return Character(folder_name, role_prompt, scenes, name, skipped, warnings, manifest, path)
 
 
 def generic_role_prompt(name: str) -> str:
@@ -282,7 +283,9 @@ def list_character_folders(root: str | Path) -> list[Path]:
         )
     try:
         folders = sorted(
-            p for p in base.iterdir() if p.is_dir() and ((p / "system_prompt.txt").exists() or (p / "texts").is_dir())
+            p for p in base.iterdir()
+            if not p.name.startswith(".") and p.is_dir()
+            and ((p / "system_prompt.txt").exists() or (p / "texts").is_dir())
         )
     except OSError as exc:
         raise HaruhiError(f"cannot read characters folder {base}: {exc.strerror or exc}") from exc
