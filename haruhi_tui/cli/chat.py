@@ -230,7 +230,7 @@ def _lines(prompt: str) -> Iterator[str]:
 
 @friendly_errors
 def chat_command(
-    message: Optional[str] = typer.Argument(None, metavar="[MESSAGE]",
+    message: Optional[str] = typer.Argument(None, metavar="MESSAGE",
                                             help="Say this, print the reply and exit. Without it: one reply per "
                                                  "line of stdin (a pipe, or a prompt on a terminal)."),
     character: Optional[str] = typer.Option(None, "--character", metavar="NAME",
@@ -261,8 +261,9 @@ def chat_command(
 ) -> None:
     """Chat with a character in the shell, on the same chats as haruhi-tui.
 
-    The latest chat with the character goes on (a chat started here continues in haruhi-tui and the other
-    way round); --new starts another. Ctrl-C stops a reply; it is kept, marked stopped.
+    The character's latest chat goes on (here or in haruhi-tui); --new starts another.
+
+    Ctrl-C stops a reply; it is kept, marked stopped.
     """
     from haruhi_tui.core.engine import DEFAULT_N_CTX, open_gguf
 

@@ -138,18 +138,19 @@ def to_hf_command(
 
 @friendly_errors
 def get_command(
-    model: str = typer.Argument(..., metavar="ID|REPO", help="A catalogue id (`haruhi models list --catalogue`), "
+    model: str = typer.Argument(..., metavar="MODEL", help="A catalogue id (`haruhi models list --catalogue`), "
                                 "e.g. qwen2.5-0.5b, or any hub repository, e.g. unsloth/gpt-oss-20b-GGUF."),
-    file: Optional[str] = typer.Argument(None, help="File in the repo. Default: its only GGUF (or its Q4_K_M one); "
+    file: Optional[str] = typer.Argument(None, metavar="FILE", help="File in the repo. Default: its only GGUF "
+                                         "(or its Q4_K_M one); "
                                          "a repo without GGUFs is downloaded whole (a checkpoint for training)."),
     dest: Optional[Path] = typer.Option(None, "--dest", help="Folder to download into. Default: the models folder."),
     revision: str = typer.Option("main", help="Branch, tag or commit."),
 ) -> None:
-    """Download a model from the catalogue or the Hugging Face hub, resumable: run it again after an interruption
-    to continue; a model already downloaded is not fetched again.
+    """Download a catalogue model or any hub repo into the models folder; run again to resume.
 
-    Free disk space is checked first and every file is verified against the hub's hash. Set HF_ENDPOINT for a
-    mirror and HF_TOKEN (or `hf auth login`) for gated repos.
+    A model already there is not fetched again; disk space is checked first; files are verified by hash.
+
+    HF_ENDPOINT sets a mirror; HF_TOKEN (or `hf auth login`) opens gated repos.
     """
     from haruhi_tui.core.engine import DEFAULT_N_CTX
     from haruhi_tui.services.model_catalogue import download, resolve
