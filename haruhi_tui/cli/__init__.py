@@ -1,8 +1,8 @@
 """``haruhi``: the command line for everything but the chat app and the converter.
 
-Subcommands: ``data`` (build and check datasets), ``train`` (LoRA fine-tune), ``eval`` (BLEU/ROUGE),
-``models`` (find and download models). Heavy libraries are imported inside commands, so ``--help``
-is instant.
+Subcommands: ``chat`` (talk to a character in the shell), ``data`` (build and check datasets), ``train``
+(LoRA fine-tune), ``eval`` (BLEU/ROUGE), ``models`` (find and download models). Heavy libraries are imported
+inside commands, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from haruhi_tui.core.paths import default_characters_dir
 
 app = typer.Typer(
     name="haruhi",
-    help="Character role-play on gpt-oss-20b: build datasets, fine-tune, evaluate. The chat app is `haruhi-tui`; "
-    "GGUF export is `haruhi-convert`.",
+    help="Character role-play on gpt-oss-20b: chat in the shell, build datasets, fine-tune, evaluate. The chat app "
+    "is `haruhi-tui`; GGUF export is `haruhi-convert`.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -133,8 +133,10 @@ def _register_optional() -> None:
     from trainer.cli import register as register_trainer
     from trainer.eval_cli import register as register_eval
 
+    from .chat import register as register_chat
     from .models import register as register_models
 
+    register_chat(app)
     register_trainer(app)
     register_eval(app)
     register_models(app)
