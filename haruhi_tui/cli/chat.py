@@ -23,9 +23,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from haruhi_tui.core.characters import Character, load_characters
+from haruhi_tui.core.characters import Character
 from haruhi_tui.core.errors import Cancelled, HaruhiError, friendly_errors
-from haruhi_tui.core.paths import data_dir, default_characters_dir
+from haruhi_tui.core.paths import default_characters_dir
+from haruhi_tui.services.character_library import CharacterLibrary
 from haruhi_tui.services.chat import ChatSession, ContextSnapshot
 from haruhi_tui.store import MEMORY, Chat, Store, StoreError, default_db_path
 
@@ -35,24 +36,12 @@ err = Console(stderr=True, highlight=False)
 # -- characters ------------------------------------------------------------------------------------
 
 def find_characters(characters_dir: Path | None = None) -> list[Character]:
-    """The characters the app lists: the configured folder ($HARUHI_CHARACTERS, else the default) and the
-    cards imported into ``<data dir>/characters`` (on a clash of folder names the configured one wins).
-    ``haruhi chat`` finds characters only through this function."""
-    root = characters_dir or default_characters_dir()
-    imported = data_dir() / "characters"
-    characters: list[Character] = []
-    problem = ""
-    try:
-        characters = load_characters(root)
-    except HaruhiError as exc:
-        problem = str(exc)
-    if imported.is_dir() and imported.resolve() != root.resolve() and any(imported.iterdir()):
-        known = {c.folder for c in characters}
-        with contextlib.suppress(HaruhiError):
-            characters += [c for c in load_characters(imported) if c.folder not in known]
-    if not characters:
-        raise HaruhiError(f"{problem or f'no characters in {root}'}; pass --characters DIR or set $HARUHI_CHARACTERS")
-    return characters
+    """The characters the app lists (:class:`CharacterLibrary`): ``haruhi chat`` finds characters only here."""
+    library = CharacterLibrary(characters_dir or default_characters_dir())
+    library.load()
+    if not library.characters:
+        raise HaruhiError(library.problem or "no characters found; pass --characters DIR or set $HARUHI_CHARACTERS")
+    return library.listing()
 
 
 def pick_character(name: str, characters: list[Character]) -> Character:
