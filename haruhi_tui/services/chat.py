@@ -8,7 +8,8 @@ as it happens: the user's message before generation starts, the reply while it s
 ``incomplete`` until it ends), then ``complete`` or ``stopped``.
 
 If the database refuses a write (locked, disk full), the chat goes on in memory and the write is retried
-at the next save; nothing said is dropped.
+at the next save; nothing said is dropped. The chat's persona, lorebooks and author's note are
+:class:`~haruhi_tui.services.roleplay.ChatRoleplay`'s part of the session.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from haruhi_tui.core.characters import Character
 from haruhi_tui.core.engine import Engine, GenerationStats, Sampling
 from haruhi_tui.core.errors import ModelError
 from haruhi_tui.core.harmony import Delta
-from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, PromptBudget, Turn
+from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, Turn, budget_for
 from haruhi_tui.core.prompt_format import Conversation
 from haruhi_tui.store import Chat, Message, Pin, Store, StoreError
 
+from .roleplay import ChatRoleplay
+
 DeltaCallback = Callable[[Message, Delta], None]
 ErrorCallback = Callable[[str], None]
-TEMPLATE_OVERHEAD = 200  # tokens a chat template or harmony header adds around the persona text
 
 
 @dataclass
@@ -65,18 +67,6 @@ class ContextSnapshot:
     stats: GenerationStats | None = None
 
 
-def budget_for(n_ctx: int, max_tokens: int, base: PromptBudget | None = None) -> PromptBudget:
-    """The default budgets, shrunk in proportion when the context is too small to hold them and a reply."""
-    base = base or PromptBudget()
-    total = base.role + base.scenes + base.pins + base.summary + base.history
-    room = n_ctx - min(max_tokens, n_ctx // 4) - TEMPLATE_OVERHEAD
-    if room >= total:
-        return base
-    f = max(room, 200) / total
-    return PromptBudget(role=int(base.role * f), scenes=int(base.scenes * f), max_scenes=base.max_scenes,
-                        pins=int(base.pins * f), summary=int(base.summary * f), history=int(base.history * f))
-
-
 @dataclass
 class _Pending:
     """Writes the database refused, retried at the next save."""
@@ -85,7 +75,7 @@ class _Pending:
     updates: set[int] = field(default_factory=set)
 
 
-class ChatSession:
+class ChatSession(ChatRoleplay):
     """One chat: the current branch (root to leaf), its character, settings and persona builder."""
 
     def __init__(self, store: Store, character: Character, chat: Chat, *,
@@ -106,19 +96,27 @@ class ChatSession:
         self._pending = _Pending()
         self._next_temp_id = -1
         self._lock = threading.RLock()
+        self._plain: PersonaBuilder | None = None
+        self._init_roleplay()
+        if chat.persona_id is not None:
+            self.settings.user_name = self.persona.name
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
     def start(cls, store: Store, character: Character, *, model: str = "", settings: ChatSettings | None = None,
-              on_error: ErrorCallback | None = None) -> "ChatSession":
-        """A new chat with ``character`` (reasoning effort and user name from the character's preferences)."""
+              on_error: ErrorCallback | None = None, persona: int | str | None = None) -> "ChatSession":
+        """A new chat with ``character`` (reasoning effort and user name from the character's preferences);
+        ``persona`` is who the user plays (see :meth:`set_persona`; default: the character's interlocutor)."""
         if settings is None:
             settings = ChatSettings.from_dict(_quiet(lambda: store.pref(f"character:{character.folder}", {}), {}) or {})
         if not settings.user_name:
             settings.user_name = character.interlocutor
         chat = store.create_chat(character.folder, character.name, title=f"{character.name}", model=model,
                                  settings=asdict(settings))
-        return cls(store, character, chat, on_error=on_error)
+        session = cls(store, character, chat, on_error=on_error)
+        if persona is not None:
+            session.set_persona(persona)
+        return session
 
     @classmethod
     def resume(cls, store: Store, chat_id: int, characters: dict[str, Character],
@@ -142,12 +140,13 @@ class ChatSession:
 
     # -- persona ---------------------------------------------------------------------------------
     def builder(self, engine: Engine) -> PersonaBuilder:
-        """One builder per engine (a compare runs two models on one chat; each keeps its scene index)."""
+        """One builder per engine (a compare runs two models on one chat; each keeps its scene index), its
+        budgets fitted to the engine's context and to the blocks this chat uses."""
         held = self._builders.get(id(engine))
         if held is None or held[0] is not engine:
-            budget = budget_for(engine.n_ctx, self.settings.max_tokens)
-            builder = PersonaBuilder(self.character, budget, count_tokens=engine.count_tokens)
+            builder = PersonaBuilder(self.character, count_tokens=engine.count_tokens)
             held = self._builders[id(engine)] = (engine, builder)
+        held[1].budget = budget_for(engine.n_ctx, self.settings.max_tokens, **self._roleplay_uses())
         return held[1]
 
     def _turn(self, m: Message, style: str) -> Turn:
@@ -156,6 +155,10 @@ class ChatSession:
             text = harmony.strip_special_tokens(text)  # a user cannot inject harmony markers
         speaker = self.settings.user_name if m.role == "user" else self.character.name
         return Turn(m.role, text, speaker)  # type: ignore[arg-type]
+
+    def spoken_turns(self, style: str = "chat") -> list[Turn]:
+        """The branch as turns (speech only; empty failed replies left out), as exports write it."""
+        return [self._turn(m, style) for m in self.messages if m.role in ("user", "assistant") and m.content.strip()]
 
     def _history(self, upto: list[Message], style: str, builder: PersonaBuilder) -> tuple[list[Turn], int]:
         """Turns the model sees (speech only: analysis is never fed back; failed empty replies left out),
@@ -189,22 +192,42 @@ class ChatSession:
             self._token_cache[key] = builder.count_tokens(self._turn(m, style).as_line()) + 4
         return self._token_cache[key]
 
-    def build_context(self, engine: Engine, branch: list[Message] | None = None) -> ContextSnapshot:
-        """The prompt for replying to the last user message of ``branch`` (default: the current branch);
-        with no user message pending, the prompt as it stands (for the context view)."""
+    def build_prompt(self, engine: Engine | None = None, branch: list[Message] | None = None, *,
+                     probe: bool = False) -> PersonaPrompt:
+        """The persona prompt for replying to the last user message of ``branch`` (default: the current
+        branch), with the chat's persona, lorebooks, author's note, pins and summary; with no user message
+        pending, the prompt as it stands. Without an engine, token counts are estimates and the budgets the
+        defaults. ``probe`` leaves the history window where it was (a look at another point of the chat)."""
         branch = self.messages if branch is None else branch
+        style = engine.style if engine is not None else "chat"
+        if engine is not None:
+            builder = self.builder(engine)
+        else:
+            self._plain = self._plain or PersonaBuilder(self.character)
+            builder = self._plain
         message = branch[-1] if branch and branch[-1].role == "user" else None
         history = branch[:-1] if message is not None else branch
-        builder = self.builder(engine)
-        turns, left_out = self._history(history, engine.style, builder)
-        turn = self._turn(message, engine.style) if message is not None else None
+        window_start = self._window_start
+        turns, left_out = self._history(history, style, builder)
+        if probe:
+            self._window_start = window_start
+        turn = self._turn(message, style) if message is not None else None
+        spoken = [self._turn(m, style) for m in branch if m.role in ("user", "assistant") and m.content.strip()]
         prompt = builder.build(turns, turn, sticky_scene_ids=self.chat.scene_ids, user_name=self.settings.user_name,
-                               pins=[p.text for p in self.pins], summary=self.summary if left_out else "")
+                               pins=[p.text for p in self.pins], summary=self.summary if left_out else "",
+                               persona=self.persona, lorebooks=self.chat_lorebooks(), authors_note=self.authors_note,
+                               scan_turns=spoken)
         if left_out:
             prompt.dropped_turns += left_out
             for block in prompt.blocks:
                 if block.kind == "history":
                     block.cut = f"{prompt.dropped_turns} older turn(s) left out"
+        return prompt
+
+    def build_context(self, engine: Engine, branch: list[Message] | None = None) -> ContextSnapshot:
+        """The prompt for replying to the last user message of ``branch`` (default: the current branch),
+        rendered for ``engine``; with no user message pending, the prompt as it stands (for the context view)."""
+        prompt = self.build_prompt(engine, branch)
         text = engine.render(Conversation.from_prompt(prompt), reasoning_effort=self.settings.reasoning_effort)  # type: ignore[arg-type]
         tokens = len(engine.tokenize_prompt(text))
         return ContextSnapshot(prompt, text, engine.style, tokens, engine.path.name)
@@ -468,12 +491,12 @@ class ChatSession:
         self.pins = [p for p in self.pins if p.id != pin_id]
 
     def set_user_name(self, name: str) -> None:
-        """Who the user plays in this chat (default: whoever talks to the character most in the scenes)."""
+        """Who the user plays in this chat (default: whoever talks to the character most in the scenes); a
+        stored persona of that name brings its description (see :meth:`set_persona`)."""
         name = " ".join(name.split())
         if not name:
             raise ValueError("empty name")
-        self.settings.user_name = name
-        _quiet(lambda: self.store.update_chat(self.chat.id, settings=asdict(self.settings)), self._error)
+        self.set_persona(name)
 
     def set_reasoning_effort(self, effort: str) -> None:
         """For this chat and as the character's default for new chats."""
