@@ -335,7 +335,7 @@ class PersonaBuilder:
         cut = ""
         if lore.cut:
             cut = f"{len(lore.cut)} over the {lore.budget}-token budget: " + ", ".join(a.title for a in lore.cut)
-        return Block("lore", f"World info ({len(lore.entries)} entries)", text, self.count_tokens(text), cut, detail)
+        return Block("lore", f"World info ({len(lore.entries)})", text, self.count_tokens(text), cut, detail)
 
     def _notes(self, note: AuthorsNote | None, lore: LoreActivation,
                macros: Callable[[str], str]) -> tuple[list[tuple[int, str]], list[Block]]:

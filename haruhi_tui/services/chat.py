@@ -8,8 +8,7 @@ as it happens: the user's message before generation starts, the reply while it s
 ``incomplete`` until it ends), then ``complete`` or ``stopped``.
 
 If the database refuses a write (locked, disk full), the chat goes on in memory and the write is retried
-at the next save; nothing said is dropped. The chat's persona, lorebooks and author's note are
-:class:`~haruhi_tui.services.roleplay.ChatRoleplay`'s part of the session.
+at the next save; nothing said is dropped. Persona, lorebooks, author's note: :mod:`.roleplay`.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from haruhi_tui.core.characters import Character
 from haruhi_tui.core.engine import Engine, GenerationStats, Sampling
 from haruhi_tui.core.errors import ModelError
 from haruhi_tui.core.harmony import Delta
-from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, Turn, budget_for
+from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, Turn, budget_for, estimate_tokens
 from haruhi_tui.core.prompt_format import Conversation
 from haruhi_tui.store import Chat, Message, Pin, Store, StoreError
 
@@ -96,27 +95,20 @@ class ChatSession(ChatRoleplay):
         self._pending = _Pending()
         self._next_temp_id = -1
         self._lock = threading.RLock()
-        self._plain: PersonaBuilder | None = None
         self._init_roleplay()
-        if chat.persona_id is not None:
-            self.settings.user_name = self.persona.name
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
     def start(cls, store: Store, character: Character, *, model: str = "", settings: ChatSettings | None = None,
-              on_error: ErrorCallback | None = None, persona: int | str | None = None) -> "ChatSession":
-        """A new chat with ``character`` (reasoning effort and user name from the character's preferences);
-        ``persona`` is who the user plays (see :meth:`set_persona`; default: the character's interlocutor)."""
+              on_error: ErrorCallback | None = None) -> "ChatSession":
+        """A new chat with ``character`` (reasoning effort and user name from the character's preferences)."""
         if settings is None:
             settings = ChatSettings.from_dict(_quiet(lambda: store.pref(f"character:{character.folder}", {}), {}) or {})
         if not settings.user_name:
             settings.user_name = character.interlocutor
         chat = store.create_chat(character.folder, character.name, title=f"{character.name}", model=model,
                                  settings=asdict(settings))
-        session = cls(store, character, chat, on_error=on_error)
-        if persona is not None:
-            session.set_persona(persona)
-        return session
+        return cls(store, character, chat, on_error=on_error)
 
     @classmethod
     def resume(cls, store: Store, chat_id: int, characters: dict[str, Character],
@@ -139,14 +131,15 @@ class ChatSession(ChatRoleplay):
         return self.chat.title or self.character.name
 
     # -- persona ---------------------------------------------------------------------------------
-    def builder(self, engine: Engine) -> PersonaBuilder:
-        """One builder per engine (a compare runs two models on one chat; each keeps its scene index), its
-        budgets fitted to the engine's context and to the blocks this chat uses."""
+    def builder(self, engine: Engine | None) -> PersonaBuilder:
+        """One builder per engine (a compare runs two models on one chat; each keeps its scene index), budgets
+        fitted to its context and the blocks this chat uses; no engine: estimated tokens, default budgets."""
         held = self._builders.get(id(engine))
         if held is None or held[0] is not engine:
-            builder = PersonaBuilder(self.character, count_tokens=engine.count_tokens)
-            held = self._builders[id(engine)] = (engine, builder)
-        held[1].budget = budget_for(engine.n_ctx, self.settings.max_tokens, **self._roleplay_uses())
+            counter = engine.count_tokens if engine is not None else estimate_tokens
+            held = self._builders[id(engine)] = (engine, PersonaBuilder(self.character, count_tokens=counter))
+        if engine is not None:
+            held[1].budget = budget_for(engine.n_ctx, self.settings.max_tokens, **self._roleplay_uses())
         return held[1]
 
     def _turn(self, m: Message, style: str) -> Turn:
@@ -156,9 +149,10 @@ class ChatSession(ChatRoleplay):
         speaker = self.settings.user_name if m.role == "user" else self.character.name
         return Turn(m.role, text, speaker)  # type: ignore[arg-type]
 
-    def spoken_turns(self, style: str = "chat") -> list[Turn]:
-        """The branch as turns (speech only; empty failed replies left out), as exports write it."""
-        return [self._turn(m, style) for m in self.messages if m.role in ("user", "assistant") and m.content.strip()]
+    def spoken_turns(self, style: str = "chat", branch: list[Message] | None = None) -> list[Turn]:
+        """The branch as turns (speech only; empty failed replies left out), as prompts and exports see it."""
+        return [self._turn(m, style) for m in (self.messages if branch is None else branch)
+                if m.role in ("user", "assistant") and m.content.strip()]
 
     def _history(self, upto: list[Message], style: str, builder: PersonaBuilder) -> tuple[list[Turn], int]:
         """Turns the model sees (speech only: analysis is never fed back; failed empty replies left out),
@@ -194,29 +188,19 @@ class ChatSession(ChatRoleplay):
 
     def build_prompt(self, engine: Engine | None = None, branch: list[Message] | None = None, *,
                      probe: bool = False) -> PersonaPrompt:
-        """The persona prompt for replying to the last user message of ``branch`` (default: the current
-        branch), with the chat's persona, lorebooks, author's note, pins and summary; with no user message
-        pending, the prompt as it stands. Without an engine, token counts are estimates and the budgets the
-        defaults. ``probe`` leaves the history window where it was (a look at another point of the chat)."""
+        """The prompt for replying to the last user message of ``branch`` (default: the current branch), not
+        rendered (no ``engine``: see :meth:`builder`); ``probe`` leaves the history window where it was."""
         branch = self.messages if branch is None else branch
-        style = engine.style if engine is not None else "chat"
-        if engine is not None:
-            builder = self.builder(engine)
-        else:
-            self._plain = self._plain or PersonaBuilder(self.character)
-            builder = self._plain
+        style, builder = engine.style if engine is not None else "chat", self.builder(engine)
         message = branch[-1] if branch and branch[-1].role == "user" else None
         history = branch[:-1] if message is not None else branch
-        window_start = self._window_start
-        turns, left_out = self._history(history, style, builder)
-        if probe:
-            self._window_start = window_start
+        window_start, (turns, left_out) = self._window_start, self._history(history, style, builder)
+        self._window_start = window_start if probe else self._window_start
         turn = self._turn(message, style) if message is not None else None
-        spoken = [self._turn(m, style) for m in branch if m.role in ("user", "assistant") and m.content.strip()]
         prompt = builder.build(turns, turn, sticky_scene_ids=self.chat.scene_ids, user_name=self.settings.user_name,
                                pins=[p.text for p in self.pins], summary=self.summary if left_out else "",
                                persona=self.persona, lorebooks=self.chat_lorebooks(), authors_note=self.authors_note,
-                               scan_turns=spoken)
+                               scan_turns=self.spoken_turns(style, branch))
         if left_out:
             prompt.dropped_turns += left_out
             for block in prompt.blocks:
@@ -489,14 +473,6 @@ class ChatSession(ChatRoleplay):
     def remove_pin(self, pin_id: int) -> None:
         self.store.delete_pin(pin_id)
         self.pins = [p for p in self.pins if p.id != pin_id]
-
-    def set_user_name(self, name: str) -> None:
-        """Who the user plays in this chat (default: whoever talks to the character most in the scenes); a
-        stored persona of that name brings its description (see :meth:`set_persona`)."""
-        name = " ".join(name.split())
-        if not name:
-            raise ValueError("empty name")
-        self.set_persona(name)
 
     def set_reasoning_effort(self, effort: str) -> None:
         """For this chat and as the character's default for new chats."""

@@ -27,8 +27,6 @@ from haruhi_tui.services.chat import ChatSession
 if TYPE_CHECKING:
     from haruhi_tui.core.engine import Engine
 
-    from .chat import ChatSession
-
 FORMATS = ("markdown", "jsonl", "sharegpt")
 _MD_TURN = re.compile(r"^\*\*(?P<speaker>.+?)\*\*(?P<role> \(you\))?: (?P<text>.*)$")
 
@@ -44,14 +42,15 @@ class ChatRecord:
     prompt: PersonaPrompt | None = None  # the prompt the chat built for its last reply (see session_record)
 
 
-def session_record(session: "ChatSession", engine: "Engine | None" = None) -> ChatRecord:
-    """What to export of a live chat: its spoken turns, and the prompt it builds for its last reply with
-    the chat's persona, lorebooks, author's note, pins and summary (counted with ``engine``'s tokenizer and
-    budgets when given, else estimated)."""
+def session_record(session: ChatSession, engine: "Engine | None" = None, *, with_prompt: bool = True) -> ChatRecord:
+    """What to export of a live chat: its spoken turns and (``with_prompt``) the prompt it builds for its
+    last reply with the chat's persona, lorebooks, author's note, pins and summary, counted with
+    ``engine``'s tokenizer and budgets when given (the chat's model: then it is the prompt the chat sends),
+    else estimated."""
     messages = session.messages
     last = max((i for i, m in enumerate(messages) if m.role == "assistant" and m.content.strip()), default=-1)
     prompt = None
-    if last > 0 and any(m.role == "user" for m in messages[:last]):
+    if with_prompt and last > 0 and any(m.role == "user" for m in messages[:last]):
         branch = messages[:last]
         while branch and branch[-1].role != "user":
             branch = branch[:-1]
@@ -146,12 +145,12 @@ def export_chat(chat: ChatRecord, path: str | Path, builder: PersonaBuilder | No
     return target
 
 
-def export_session(session: ChatSession, path: str | Path) -> Path:
-    """Write a chat's current branch to ``path`` (format by suffix): what the app's Export chat does."""
-    speakers = {"user": session.settings.user_name, "assistant": session.character.name}
-    turns = tuple(Turn(m.role, m.content, speakers[m.role])  # type: ignore[arg-type]
-                  for m in session.messages if m.role in speakers and m.content.strip())
-    return export_chat(ChatRecord(session.title, session.character, turns, Path(session.chat.model).name), path)
+def export_session(session: ChatSession, path: str | Path, engine: "Engine | None" = None) -> Path:
+    """Write a chat's current branch to ``path`` (format by suffix): what the app's Export chat does. A
+    ShareGPT export carries the prompt the chat builds (see :func:`session_record`; pass the chat's
+    ``engine`` so the budgets and token counts are the model's)."""
+    record = session_record(session, engine, with_prompt=format_for(path) == "sharegpt")
+    return export_chat(record, path)
 
 
 def alternate(turns: Sequence[Turn]) -> list[Turn]:

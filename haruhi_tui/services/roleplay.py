@@ -24,8 +24,6 @@ if TYPE_CHECKING:
     from haruhi_tui.core.characters import Character
     from haruhi_tui.store import Chat
 
-    from .chat import ChatSettings
-
 
 def import_lorebook(store: Store, path: str | Path, name: str = "") -> StoredLorebook:
     """Keep a lorebook file (SillyTavern world info, a character_book, or a card JSON with one) in the
@@ -40,7 +38,7 @@ class ChatRoleplay:
     store: Store
     character: "Character"
     chat: "Chat"
-    settings: "ChatSettings"
+    settings: Any  # the session's ChatSettings
 
     def _error(self, message: str) -> None: ...  # provided by ChatSession
 
@@ -50,6 +48,8 @@ class ChatRoleplay:
         self._stored_books: dict[int, Lorebook] = {}
         self._file_books: dict[str, tuple[tuple[int, int], Lorebook]] = {}
         self._reported: set[str] = set()
+        if self.chat.persona_id is not None:
+            self.settings.user_name = self.persona.name  # a stored persona renamed since
 
     def _save_chat(self, **fields: Any) -> None:
         """Store some chat fields; a refusal is reported and the chat goes on with them in memory."""
@@ -100,6 +100,14 @@ class ChatRoleplay:
         self.settings.user_name = name
         self._save_chat(persona_id=persona_id, settings=asdict(self.settings))
         return self.persona
+
+    def set_user_name(self, name: str) -> None:
+        """Who the user plays in this chat (default: whoever talks to the character most in the scenes); a
+        stored persona of that name brings its description (see :meth:`set_persona`)."""
+        name = " ".join(name.split())
+        if not name:
+            raise ValueError("empty name")
+        self.set_persona(name)
 
     # -- author's note --------------------------------------------------------------------------
     @property

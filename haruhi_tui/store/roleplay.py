@@ -10,10 +10,9 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .sessions import StoreError
+from .errors import StoreError
 
 
 @dataclass
@@ -51,11 +50,6 @@ class RoleplayTables:
     def _run(self, sql: str, params: tuple = ()) -> sqlite3.Cursor: ...  # provided by Store
     def _write(self, statements: list[tuple[str, tuple]]) -> list[sqlite3.Cursor]: ...  # provided by Store
 
-    def _error(self, message: str) -> "StoreError":
-        from .sessions import StoreError
-
-        return StoreError(message)
-
     # -- personas -------------------------------------------------------------------------------
     def personas(self) -> list[Persona]:
         rows = self._run("SELECT id, name, description FROM personas ORDER BY name COLLATE NOCASE, id").fetchall()
@@ -64,7 +58,7 @@ class RoleplayTables:
     def persona(self, persona_id: int) -> Persona:
         row = self._run("SELECT id, name, description FROM personas WHERE id = ?", (persona_id,)).fetchone()
         if row is None:
-            raise self._error(f"persona {persona_id} not found (deleted?)")
+            raise StoreError(f"persona {persona_id} not found (deleted?)")
         return Persona(*row)
 
     def add_persona(self, name: str, description: str = "") -> Persona:
@@ -101,7 +95,7 @@ class RoleplayTables:
     def lorebook(self, lorebook_id: int) -> StoredLorebook:
         row = self._run("SELECT id, name, data, source FROM lorebooks WHERE id = ?", (lorebook_id,)).fetchone()
         if row is None:
-            raise self._error(f"lorebook {lorebook_id} not found (deleted?)")
+            raise StoreError(f"lorebook {lorebook_id} not found (deleted?)")
         return StoredLorebook(*row)
 
     def add_lorebook(self, name: str, data: str, source: str = "") -> StoredLorebook:

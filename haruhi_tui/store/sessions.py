@@ -17,19 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from haruhi_tui.core.errors import HaruhiError
-
 from . import schema
+from .errors import StoreError
 from .roleplay import RoleplayTables
 
 Role = Literal["system", "user", "assistant"]
 Status = Literal["complete", "incomplete", "stopped", "error"]
 STATUSES: tuple[Status, ...] = ("complete", "incomplete", "stopped", "error")
 MEMORY = ":memory:"
-
-
-class StoreError(HaruhiError):
-    """The sessions database cannot be opened, read or written."""
 
 
 @dataclass
