@@ -191,7 +191,8 @@ class ChatSession(ChatRoleplay):
         """The prompt for replying to the last user message of ``branch`` (default: the current branch), not
         rendered (no ``engine``: see :meth:`builder`); ``probe`` leaves the history window where it was."""
         branch = self.messages if branch is None else branch
-        style, builder = engine.style if engine is not None else "chat", self.builder(engine)
+        persona, builder = self.persona, self.builder(engine)  # the persona first: the user's name follows it
+        style = engine.style if engine is not None else "chat"
         message = branch[-1] if branch and branch[-1].role == "user" else None
         history = branch[:-1] if message is not None else branch
         window_start, (turns, left_out) = self._window_start, self._history(history, style, builder)
@@ -199,7 +200,7 @@ class ChatSession(ChatRoleplay):
         turn = self._turn(message, style) if message is not None else None
         prompt = builder.build(turns, turn, sticky_scene_ids=self.chat.scene_ids, user_name=self.settings.user_name,
                                pins=[p.text for p in self.pins], summary=self.summary if left_out else "",
-                               persona=self.persona, lorebooks=self.chat_lorebooks(), authors_note=self.authors_note,
+                               persona=persona, lorebooks=self.chat_lorebooks(), authors_note=self.authors_note,
                                scan_turns=self.spoken_turns(style, branch))
         if left_out:
             prompt.dropped_turns += left_out

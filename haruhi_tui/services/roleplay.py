@@ -43,13 +43,11 @@ class ChatRoleplay:
     def _error(self, message: str) -> None: ...  # provided by ChatSession
 
     def _init_roleplay(self) -> None:
-        self._persona_row: Persona | None = None
         self._attachments: list[LoreAttachment] | None = None
         self._stored_books: dict[int, Lorebook] = {}
         self._file_books: dict[str, tuple[tuple[int, int], Lorebook]] = {}
         self._reported: set[str] = set()
-        if self.chat.persona_id is not None:
-            self.settings.user_name = self.persona.name  # a stored persona renamed since
+        self.persona  # the user's name follows a stored persona renamed since the chat was last open
 
     def _save_chat(self, **fields: Any) -> None:
         """Store some chat fields; a refusal is reported and the chat goes on with them in memory."""
@@ -63,16 +61,19 @@ class ChatRoleplay:
     # -- persona --------------------------------------------------------------------------------
     @property
     def persona(self) -> UserPersona:
-        """Who the user plays in this chat: the chosen stored persona, else the name set for the chat (with
-        the character's description of its usual interlocutor when it is that one: 阿虚 for 春日)."""
+        """Who the user plays in this chat: the chosen stored persona as it is now (an edit applies from the
+        next prompt on; the name the user's lines carry follows it), else the name set for the chat, with the
+        character's description of its usual interlocutor when it is that one (阿虚 for 春日)."""
         if self.chat.persona_id is not None:
-            if self._persona_row is None or self._persona_row.id != self.chat.persona_id:
-                try:
-                    self._persona_row = self.store.persona(self.chat.persona_id)
-                except StoreError:
-                    self._persona_row = None
-            if self._persona_row is not None:
-                return UserPersona(self._persona_row.name, self._persona_row.description)
+            try:
+                row: Persona | None = self.store.persona(self.chat.persona_id)
+            except StoreError:
+                row = None  # deleted meanwhile: the name set for the chat stays
+            if row is not None:
+                if row.name != self.settings.user_name:  # renamed: the chat's own name follows (and is kept)
+                    self.settings.user_name = row.name
+                    self._save_chat(settings=asdict(self.settings))
+                return UserPersona(row.name, row.description)
         default = UserPersona.default_for(self.character)
         name = self.settings.user_name or default.name
         return default if name == default.name else UserPersona(name)
@@ -96,7 +97,6 @@ class ChatRoleplay:
                 match = None
             persona_id = match.id if match else None
         self.chat.persona_id = persona_id
-        self._persona_row = None
         self.settings.user_name = name
         self._save_chat(persona_id=persona_id, settings=asdict(self.settings))
         return self.persona

@@ -11,6 +11,7 @@ from card_character import ST_WORLD_INFO, make_card_character
 from haruhi_tui.core.characters import load_character
 from haruhi_tui.core.dataset import BuildOptions, build
 from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.roleplay import UserPersona
 from haruhi_tui.core.sharegpt import load_sharegpt
 from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.services.export import export_session, session_record
@@ -139,3 +140,15 @@ def test_the_sharegpt_export_carries_the_chats_prompt_into_training(store, card,
     assert result.extra_samples == 1 and result.train[-1].system == chat_prompt.system
     md = export_session(session, tmp_path / "chat.md")
     assert "**Alice** (you): SOS团今天做什么？" in md.read_text(encoding="utf-8")
+
+
+def test_an_edited_stored_persona_applies_from_the_next_prompt(store, card):
+    session = ChatSession.start(store, card)
+    alice = store.add_persona("Alice", "转学生")
+    session.set_persona(alice.id)
+    session.add_user_message("早")
+    store.update_persona(alice.id, name="Alicia", description="留学生")
+    prompt = session.build_prompt()
+    assert prompt.user == "Alicia" and "留学生" in prompt.system and "Alicia:「早」" in prompt.turns[-1].as_line()
+    store.delete_persona(alice.id)
+    assert _reopen(session).persona == UserPersona("Alicia")  # the name stays, the description went with it
