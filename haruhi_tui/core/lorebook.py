@@ -10,7 +10,7 @@ Which entries fire for a conversation is :mod:`haruhi_tui.core.lore_scan`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -200,17 +200,23 @@ def parse_lorebook(data: Any, where: str, name: str = "") -> Lorebook:
         raise HaruhiError(f"{where}: not a lorebook: expected SillyTavern world info ({{\"entries\": {{...}}}}) "
                           "or a character card's character_book ({\"entries\": [...]})")
     raw_entries = data["entries"]
+    # A world imported from a card keeps the card's book as originalData (SillyTavern does, and so does our
+    # card importer): the book's own settings and the entries' use_regex live there.
+    original = data.get("originalData") if isinstance(data.get("originalData"), dict) else {}
     if isinstance(raw_entries, dict):
         entries = [_st_entry(raw, f"{where}, entry {key}", str(key)) for key, raw in raw_entries.items()]
+        regex = {str(e.get("id")) for e in original.get("entries") or [] if isinstance(e, dict) and e.get("use_regex")}
+        entries = [replace(e, use_regex=True) if e.uid in regex else e for e in entries]
     elif isinstance(raw_entries, list):
         entries = [_book_entry(raw, f"{where}, entry {i}", i) for i, raw in enumerate(raw_entries)]
     else:
         raise HaruhiError(f"{where}: 'entries' must be an object (SillyTavern) or a list (character_book)")
-    scan_depth, budget = data.get("scan_depth"), data.get("token_budget")
+    setting = {**original, **data}.get
+    scan_depth, budget = setting("scan_depth"), setting("token_budget")
     return Lorebook(
-        name=_text(data.get("name"), where, "name").strip() or name, entries=tuple(entries),
+        name=_text(setting("name"), where, "name").strip() or name, entries=tuple(entries),
         scan_depth=None if scan_depth is None else max(0, _int(scan_depth, 2, where, "scan_depth")),
-        token_budget=_int(budget, 0, where, "token_budget") or None, recursive=bool(data.get("recursive_scanning")),
+        token_budget=_int(budget, 0, where, "token_budget") or None, recursive=bool(setting("recursive_scanning")),
     )
 
 

@@ -142,6 +142,11 @@ class PersonaPrompt:
     def tokens(self) -> int:
         return sum(block.tokens for block in self.blocks)
 
+    def resolve(self, text: str) -> str:
+        """``{{user}}``/``{{char}}`` in ``text`` as this prompt resolves them (a dataset's target line)."""
+        description = self.persona.description if self.persona else ""
+        return substitute_macros(text, user=self.user, char=self.character, persona=description)
+
 
 class PersonaBuilder:
     """Builds :class:`PersonaPrompt` for one character; holds the character's scene index."""
@@ -252,7 +257,7 @@ class PersonaBuilder:
         scenes_text = ""
         if scenes:
             texts = (self._scene_texts[self._scene_pos[s.scene_id]] for s in scenes)
-            scenes_text = SCENES_HEADER + "\n" + SCENE_SEPARATOR.join(texts)
+            scenes_text = macros(SCENES_HEADER + "\n" + SCENE_SEPARATOR.join(texts))  # a card's {{user}}:「…」
             blocks.append(
                 Block("scenes", f"Classic scenes ({len(scenes)})", scenes_text, self.count_tokens(scenes_text))
             )
@@ -282,6 +287,8 @@ class PersonaBuilder:
         system = "\n\n".join(part for part in parts if part)
 
         kept, dropped = self._fit_history(history)
+        kept = [_resolved(t, macros) for t in kept]
+        message = _resolved(message, macros) if message is not None else None
         if kept or dropped:
             history_text = "\n".join(t.as_line() for t in kept)
             cut = f"{dropped} older turn(s) left out" if dropped else ""
@@ -438,3 +445,11 @@ def fold_notes(turns: Sequence[Turn], insertions: Sequence[tuple[int, str]]) -> 
     if n in alone:
         out.append(Turn("user", "\n".join(alone[n]), ""))
     return out
+
+
+def _resolved(turn: Turn, macros: Callable[[str], str]) -> Turn:
+    """A turn with its macros resolved; what the user typed is left as typed."""
+    if turn.role == "user" and turn.speaker:
+        return turn
+    text = macros(turn.text)
+    return turn if text == turn.text else Turn(turn.role, text, turn.speaker)

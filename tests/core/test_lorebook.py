@@ -60,6 +60,10 @@ def test_a_card_character_book_and_a_whole_card_load():
     v3 = parse_lorebook(card, "card.json")
     assert v3.name == "春日" and v3.entries[0].use_regex and v3.entries[0].position == "before_char"
     assert v3.entries[0].secondary_keys == ()
+    world = {"entries": {"3": {"uid": 3, "key": ["a.b"], "content": "x"}},  # as the card importer writes it
+             "originalData": {"name": "kept", "scan_depth": 5, "entries": [{"id": 3, "use_regex": True}]}}
+    kept = parse_lorebook(world, "lorebook.json")
+    assert kept.name == "kept" and kept.scan_depth == 5 and kept.entries[0].use_regex
 
 
 @pytest.mark.parametrize("text, problem", [

@@ -4,6 +4,8 @@ rendered in the turn order the model sees."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from card_character import ST_WORLD_INFO, make_card_character
 
@@ -162,3 +164,43 @@ def test_an_entry_that_fired_stays_so_the_system_prefix_is_stable(card):
     history += [Turn("user", "几点集合？", "阿虚"), Turn("assistant", "九点！", "春日")]
     third = builder.build(history, Turn("user", "好的", "阿虚"), sticky_scene_ids=first.scene_ids)
     assert "棒球大赛" not in third.system  # four messages on, the stay is over
+
+
+def test_an_imported_card_with_a_lorebook_is_prompted_with_everything_resolved(tmp_path):
+    """The card importer writes lorebook.json in SillyTavern's world-info shape (the card's book kept as
+    originalData) and leaves {{user}}/{{char}} as macros in every file: the prompt resolves all of it."""
+    from haruhi_tui.core.cards import import_card
+
+    card = {"spec": "chara_card_v2", "spec_version": "2.0", "data": {
+        "name": "Mira", "description": "{{char}} is a lighthouse keeper who teases {{user}}.",
+        "personality": "", "scenario": "", "first_mes": "Hello {{user}}!",
+        "mes_example": "<START>\n{{user}}: Any ships tonight?\n{{char}}: Only yours, {{user}}.",
+        "system_prompt": "", "post_history_instructions": "Answer as {{char}} in one line.",
+        "alternate_greetings": [], "tags": [], "creator": "", "character_version": "", "creator_notes": "",
+        "extensions": {"depth_prompt": {"prompt": "{{char}} hums sea shanties.", "depth": 3, "role": "system"}},
+        "character_book": {"name": "Coast", "scan_depth": 3, "token_budget": 300, "recursive_scanning": False,
+                           "extensions": {}, "entries": [
+                               {"keys": ["/storm(s)?/i"], "content": "{{char}} fears storms since 1999.",
+                                "enabled": True, "insertion_order": 100, "id": 7, "comment": "storms",
+                                "position": "after_char", "extensions": {}},
+                               {"keys": ["beam"], "content": "The lamp's beam turns every 9 seconds.",
+                                "enabled": True, "insertion_order": 50, "use_regex": False, "id": 8,
+                                "selective": True, "secondary_keys": ["night"], "extensions": {"selectiveLogic": 2},
+                                "position": "before_char"}]}}}
+    path = tmp_path / "mira.json"
+    path.write_text(json.dumps(card), encoding="utf-8")
+    character = import_card(path, tmp_path / "characters")
+    assert character.lorebook is not None and character.lorebook.name == "Coast"
+    assert character.lorebook.scan_depth == 3 and character.lorebook.token_budget == 300  # from originalData
+
+    builder = PersonaBuilder(character)
+    persona = UserPersona("Sam")
+    prompt = builder.build([], Turn("user", "A STORM is coming, and the beam is out", "Sam"), persona=persona)
+    assert "Mira is a lighthouse keeper who teases Sam." in prompt.system and "{{" not in prompt.system
+    assert "Sam:「Any ships tonight?」" in prompt.system  # the card's example dialogue, as a classic scene
+    assert "Mira fears storms since 1999." in prompt.system and "The lamp's beam turns" in prompt.system
+    at_night = builder.build([], Turn("user", "the beam at night", "Sam"), persona=persona)
+    assert "The lamp's beam turns" not in at_night.system  # NOT ANY of "night"
+    last = to_messages(Conversation.from_prompt(prompt))[-1]["content"]
+    assert last == ("（Mira hums sea shanties.）\nSam:「A STORM is coming, and the beam is out」\n"
+                    "（Answer as Mira in one line.）")
