@@ -130,12 +130,13 @@ def copy_to_memory(store: Store, chat: Chat) -> tuple[Store, Chat]:
 
 
 def apply_persona(session: ChatSession, persona: str | None) -> None:
-    """Who the user plays (``--persona``); for now a name, stored with the chat."""
-    if persona is not None:
-        try:
-            session.set_user_name(persona)
-        except ValueError:
-            raise HaruhiError("--persona needs a name (who you play in the chat)") from None
+    """Who the user plays (``--persona``): a stored persona of that name brings its description, any other name
+    is just the name; stored with the chat."""
+    if persona is None:
+        return
+    if not persona.strip():
+        raise HaruhiError("--persona needs a name (who you play in the chat)")
+    session.set_persona(persona)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .character_manifest import CharacterManifest, read_manifest
 from .errors import HaruhiError
+from .lorebook import Lorebook, character_lorebook
 
 #: Speaker tags that mark narration or a scene heading rather than somebody talking.
 NARRATION_SPEAKERS = frozenset(
@@ -70,6 +71,7 @@ class Character:
     warnings: list[str] = field(default_factory=list)
     manifest: CharacterManifest = field(default_factory=CharacterManifest)  # character.json, if any
     path: Path | None = None  # the folder it was loaded from (its avatar, lorebook, source card live there)
+    lorebook: Lorebook | None = None  # lorebook.json (world info), if any
 
     @cached_property
     def interlocutor(self) -> str:
@@ -264,7 +266,8 @@ def load_character(folder: str | Path, speaker: str | None = None) -> Character:
             )
     if not role_prompt:
         role_prompt = generic_role_prompt(name)
-    return Character(folder_name, role_prompt, scenes, name, skipped, warnings, manifest, path)
+    lorebook = character_lorebook(path, warnings)
+    return Character(folder_name, role_prompt, scenes, name, skipped, warnings, manifest, path, lorebook)
 
 
 def generic_role_prompt(name: str) -> str:

@@ -140,6 +140,7 @@ def _sample(builder: PersonaBuilder, history: list[Turn], target: Turn, scene: S
     """``history`` ends with the user turn ``target`` answers; that turn is kept whatever the budget.
     ``exclude``: scenes never retrieved into the prompt (the scene's own dialogue, wherever it is)."""
     prompt = builder.build(history[:-1], history[-1], query=_query(history), exclude_scene_ids=exclude)
+    target = Turn(target.role, prompt.resolve(target.text), target.speaker)  # a card's "{{user}}!" as chat says it
     conv = Conversation(prompt.system, (*prompt.turns, target), prompt.character)
     return Sample(to_messages(conv), builder.character.name, scene.scene_id)
 
