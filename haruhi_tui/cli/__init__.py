@@ -1,8 +1,8 @@
 """``haruhi``: the command line for everything but the chat app and the converter.
 
 Subcommands: ``data`` (build and check datasets), ``train`` (LoRA fine-tune), ``eval`` (BLEU/ROUGE),
-``models`` (find and download models). Heavy libraries are imported inside commands, so ``--help``
-is instant.
+``models`` (find and download models), ``characters`` (the character library: list, get, import, export,
+remove). Heavy libraries are imported inside commands, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from rich.console import Console
 from rich.table import Table
 
 from haruhi_tui.core.errors import HaruhiError, friendly_errors
-from haruhi_tui.core.paths import default_characters_dir
 
 app = typer.Typer(
     name="haruhi",
@@ -43,8 +42,10 @@ def _parse_speakers(values: list[str]) -> dict[str, str]:
 @data_app.command("build")
 @friendly_errors
 def data_build(
-    characters: Path = typer.Option(None, "--characters", "-c", help="Folder of ChatHaruhi character folders "
-                                    "(each: system_prompt.txt + texts/*.txt). Default: $HARUHI_CHARACTERS or the bundled development data."),
+    characters: Path = typer.Option(None, "--characters", "-c", help="Build from this folder of ChatHaruhi character "
+                                    "folders only (each: system_prompt.txt + texts/*.txt). Default: the character "
+                                    "library (the bundled starters, characters you downloaded or imported, "
+                                    "$HARUHI_CHARACTERS); `haruhi characters list` shows it."),
     out: Path = typer.Option(Path("data"), "--out", "-o", help="Output folder for haruhi_train.json, haruhi_val.json, dataset_info.json, stats.json."),
     seed: int = typer.Option(42, help="Seed of the per-character train/val split by scene (same seed, same files)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of each character's scenes that go to validation."),
@@ -63,11 +64,20 @@ def data_build(
     from haruhi_tui.core.characters import list_character_folders
     from haruhi_tui.core.dataset import BuildOptions, build, write
     from haruhi_tui.core.persona import PromptBudget
+    from haruhi_tui.services.library import CharacterLibrary
 
     if train_unit not in ("scene", "reply"):
         raise HaruhiError(f"--train-unit is 'scene' or 'reply', not {train_unit!r}")
-    root = characters or default_characters_dir()
-    total = len(list_character_folders(root)) if not only else len(only)
+    source: Path | list
+    if characters is not None:
+        source, root = characters, str(characters)
+        total = len(list_character_folders(characters)) if not only else len(only)
+    else:
+        library = CharacterLibrary()
+        if library.problems:
+            raise HaruhiError(library.problems[0])
+        source, root = library.load(only or None, _parse_speakers(speaker)), "the character library"
+        total = len(source)
     options = BuildOptions(
         seed=seed, val_fraction=val_fraction, max_turns=max_turns, train_unit=train_unit,  # type: ignore[arg-type]
         budget=PromptBudget(scenes=scene_budget, max_scenes=max_scenes, history=history_budget),
@@ -75,7 +85,7 @@ def data_build(
     with Progress(TextColumn("[bold]building[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("", total=total)
-        result = build(root, options, only=only or None, speakers=_parse_speakers(speaker), extra=extra,
+        result = build(source, options, only=only or None, speakers=_parse_speakers(speaker), extra=extra,
                        progress=lambda ch: progress.update(task, advance=1, description=ch.name))
     paths = write(result, out)
     table = Table(title=f"haruhi dataset ({root})", show_footer=True)
@@ -114,15 +124,17 @@ def data_check(
 
 
 def _register_optional() -> None:
-    """Attach the training, evaluation and model commands (they live in their own packages)."""
+    """Attach the training, evaluation, model and character commands (they live in their own modules)."""
     from trainer.cli import register as register_trainer
     from trainer.eval_cli import register as register_eval
 
+    from .characters import register as register_characters
     from .models import register as register_models
 
     register_trainer(app)
     register_eval(app)
     register_models(app)
+    register_characters(app)
 
 
 _register_optional()
