@@ -19,6 +19,7 @@ from haruhi_tui.core.fsutil import atomic_open, write_text
 from haruhi_tui.core.persona import PersonaBuilder, Turn
 from haruhi_tui.core.prompt_format import Conversation, to_messages
 from haruhi_tui.core.sharegpt import Sample, write_samples
+from haruhi_tui.services.chat import ChatSession
 
 FORMATS = ("markdown", "jsonl", "sharegpt")
 _MD_TURN = re.compile(r"^\*\*(?P<speaker>.+?)\*\*(?P<role> \(you\))?: (?P<text>.*)$")
@@ -42,7 +43,8 @@ def format_for(path: str | Path) -> str:
         return "jsonl"
     if suffix == ".json":
         return "sharegpt"
-    raise HaruhiError(f"unknown export format for {Path(path).name}: use .md (Markdown), .jsonl (JSONL) or .json (ShareGPT)")
+    raise HaruhiError(f"unknown export format for {Path(path).name}: "
+                      "use .md (Markdown), .jsonl (JSONL) or .json (ShareGPT)")
 
 
 def to_markdown(chat: ChatRecord) -> str:
@@ -75,7 +77,8 @@ def to_jsonl_rows(chat: ChatRecord) -> list[dict[str, Any]]:
 
 
 def parse_jsonl(text: str) -> list[Turn]:
-    return [Turn(row["role"], row["content"], row["speaker"]) for row in map(json.loads, filter(str.strip, text.splitlines()))]
+    rows = map(json.loads, filter(str.strip, text.splitlines()))
+    return [Turn(row["role"], row["content"], row["speaker"]) for row in rows]
 
 
 def to_sharegpt(chat: ChatRecord, builder: PersonaBuilder | None = None) -> Sample:
@@ -108,6 +111,14 @@ def export_chat(chat: ChatRecord, path: str | Path, builder: PersonaBuilder | No
     else:
         write_samples(target, [to_sharegpt(chat, builder)])
     return target
+
+
+def export_session(session: ChatSession, path: str | Path) -> Path:
+    """Write a chat's current branch to ``path`` (format by suffix): what the app's Export chat does."""
+    speakers = {"user": session.settings.user_name, "assistant": session.character.name}
+    turns = tuple(Turn(m.role, m.content, speakers[m.role])  # type: ignore[arg-type]
+                  for m in session.messages if m.role in speakers and m.content.strip())
+    return export_chat(ChatRecord(session.title, session.character, turns, Path(session.chat.model).name), path)
 
 
 def alternate(turns: Sequence[Turn]) -> list[Turn]:

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.core.events import EVENTS_FILE, JobState, read_events
 from haruhi_tui.core.paths import models_dir
+from haruhi_tui.services.eval_compare import Comparisons
 from haruhi_tui.store import Store
 from haruhi_tui.store.jobs import JobRow, JobTable
 
@@ -143,7 +144,9 @@ def plan_train(form: dict[str, Any], *, cwd: str | os.PathLike | None = None, av
         if traces:
             raise JobError(f"{config.output} already holds a training run ({', '.join(sorted(traces)[:2])}): "
                            "resume it from the history, or choose another output")
-    dataset = config.dataset.split(":")[0] if ":" in config.dataset and not Path(config.dataset).exists() else config.dataset
+    dataset = config.dataset
+    if ":" in dataset and not Path(dataset).exists():
+        dataset = dataset.split(":")[0]
     if not (base_dir / dataset).exists():
         raise JobError(f"dataset not found: {config.dataset} (build one with `haruhi data build -o data/`)")
     args = tc.to_cli_args(config, changed_only=True)
@@ -260,6 +263,7 @@ class Launcher:
         self.python = python
         self.available_gpus = available_gpus
         self._jobs: dict[int, Job] = {}
+        self.comparisons = Comparisons(lambda argv: runnable(argv, self.python), self.cwd)
 
     # -- starting --------------------------------------------------------------------------------
     def plan_train(self, form: dict[str, Any], resume: bool = False) -> TrainPlan:
@@ -467,16 +471,9 @@ class Launcher:
 
     # -- results ---------------------------------------------------------------------------------
     def comparison(self, job: Job) -> dict[str, Any] | None:
-        """The side-by-side comparison of an eval group once every run in it has metrics (trainer.compare)."""
-        group = job.row.config.get("compare") or {}
-        outputs = group.get("outputs") or []
-        if not outputs or not all((Path(o) / "metrics.json").is_file() for o in outputs):
-            return None
-        from trainer.compare import comparison, write_comparison
-
-        data = comparison(outputs, group.get("names"))
-        write_comparison(data, group.get("root") or Path(outputs[0]).parent)
-        return data
+        """The side-by-side comparison of the job's eval group, written by ``haruhi eval compare`` once every run
+        in it has metrics: None until then (poll again); a failed compare raises :class:`HaruhiError`."""
+        return self.comparisons.result(job.row.config.get("compare") or {})
 
     def gguf_of(self, job: Job) -> Path | None:
         path = job.row.config.get("gguf")

@@ -38,24 +38,26 @@ async def test_an_imported_card_appears_in_the_picker_and_a_malformed_one_is_a_m
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, CharacterPicker), what="the picker")
         await pilot.pause()
-        configured = len(app.characters)
+        configured = len(app.library.characters)
         await pilot.press("f5")
         await _submit(pilot, PathDialog, str(card))
-        await wait_for(pilot, lambda: isinstance(app.screen, CharacterPicker) and app.imported, what="the import")
-        imported = next(iter(app.imported))
+        await wait_for(pilot, lambda: isinstance(app.screen, CharacterPicker) and app.library.imported
+                       and app.screen.query_one("#characters", OptionList).option_count > configured,
+                       what="the import in the picker")
+        imported = next(iter(app.library.imported))
         assert imported == "haruhi_card"  # the configured haruhi keeps its name: no duplicates
         assert (data_dir() / "characters" / imported / "system_prompt.txt").is_file()
         options = app.screen.query_one("#characters", OptionList)
         ids = _option_ids(options)
         assert len(ids) == len(set(ids)) == configured + 1 and "haruhi" in ids
         assert "[imported]" in str(options.get_option_at_index(ids.index(imported)).prompt)
-        assert app.characters[imported].name == app.characters["haruhi"].name == "春日"
+        assert app.library.characters[imported].name == app.library.characters["haruhi"].name == "春日"
 
         await pilot.press("f5")
         await _submit(pilot, PathDialog, str(bad))
         await wait_for(pilot, lambda: isinstance(app.screen, CharacterPicker), what="back to the picker")
         assert any("bad.json" in p for p in app.problems)
-        assert len(app.characters) == configured + 1
+        assert len(app.library.characters) == configured + 1
         await pilot.press(*"imported")
         assert _option_ids(options) == [imported]
         await pilot.press("enter")  # the app kept running: the imported character is chosen and talks
@@ -75,7 +77,7 @@ async def test_an_imported_card_appears_in_the_picker_and_a_malformed_one_is_a_m
         await wait_for(pilot, lambda: "cannot write" in app.problems[-1], what="the refusal")
 
     again = make_app(characters_dir, tmp_path / "s2.db", engine=None, model=tmp_path / "none.gguf")
-    characters, marked, problem = again._read_characters()
+    characters, marked, problem = again.library.read()
     assert marked == {imported} and not problem
     assert len({c.folder for c in characters}) == len(characters) == configured + 1
 
@@ -120,7 +122,8 @@ async def test_chat_export_in_three_formats_and_an_unwritable_path_is_a_message(
 
 
 @pytest.mark.slow
-async def test_download_dialog_shows_progress_then_the_model_is_in_the_picker(characters_dir, tmp_path, hub, monkeypatch):  # noqa: F811
+async def test_download_dialog_shows_progress_then_the_model_is_in_the_picker(characters_dir, tmp_path, hub,  # noqa: F811
+                                                                              monkeypatch):
     app = make_app(characters_dir, tmp_path / "s.db", engine=None, model=tmp_path / "none.gguf")
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: isinstance(app.screen, CharacterPicker), what="the picker")

@@ -75,9 +75,9 @@ async def test_stop_regenerate_and_thinking_toggle(engine, characters_dir, tmp_p
         assert app.store.chat(chat_id).leaf_id == siblings[1].id == views[-1].message_id
 
         await pilot.press("ctrl+t")
-        assert app.show_thinking and all(v.show_thinking for v in screen.views() if v.role == "assistant")
+        assert screen.show_thinking and all(v.show_thinking for v in screen.views() if v.role == "assistant")
         await pilot.press("ctrl+t")
-        assert not app.show_thinking
+        assert not screen.show_thinking
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ def engines():
 @pytest.mark.slow
 async def test_compare_shows_two_replies_and_keeps_the_picked_one(engines, characters_dir, tmp_path):
     app = make_app(characters_dir, tmp_path / "s.db", engines[0])
-    app.compare_engine = engines[1]
+    app.models.compare_engine = engines[1]
     async with app.run_test(size=(120, 30)) as pilot:
         await pick_character(pilot, app, "haruhi")
         screen = app.chat_screen

@@ -96,8 +96,9 @@ async def test_train_watch_convert_chat_and_evaluate_from_the_panel(engine, char
         assert table is not None and [j.kind for j in screen.launcher.jobs()] == ["eval", "eval", "convert", "train"]
 
         await pilot.press("ctrl+g")  # chat with the export
-        await wait_for(pilot, lambda: app.engine is not None and Path(app.engine.path) == workdir / "tiny.gguf"
-                       and not app.model_loading, timeout=60, what="the exported model in the chat")
+        models = app.models
+        await wait_for(pilot, lambda: models.engine is not None and Path(models.engine.path) == workdir / "tiny.gguf"
+                       and not models.loading, timeout=60, what="the exported model in the chat")
         assert app.screen is app.chat_screen
 
 

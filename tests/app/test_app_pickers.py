@@ -19,18 +19,18 @@ async def test_the_character_picker_shows_name_work_and_first_line_and_filters(c
         await wait_for(pilot, lambda: isinstance(app.screen, CharacterPicker), what="the picker")
         await pilot.pause()
         options = app.screen.query_one("#characters", OptionList)
-        assert options.option_count == len(app.characters) >= 30
+        assert options.option_count == len(app.library.characters) >= 30
         shown = [options.get_option_at_index(i) for i in range(options.option_count)]
         labels = {option.id: str(option.prompt) for option in shown}
         assert "韦小宝" in labels["weixiaobao"] and "鹿鼎记" in labels["weixiaobao"]
-        assert app.characters["weixiaobao"].first_line[:10] in labels["weixiaobao"]
+        assert app.library.characters["weixiaobao"].first_line[:10] in labels["weixiaobao"]
         assert "Harry Potter" in labels["Hermione"]
         await pilot.press(*"鹿鼎")
         assert [options.get_option_at_index(i).id for i in range(options.option_count)] == ["weixiaobao"]
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.chat_screen.session is not None, what="the chat")
         assert app.chat_screen.session.character.name == "韦小宝"
-        assert app.chat_screen.session.settings.user_name == app.characters["weixiaobao"].interlocutor
+        assert app.chat_screen.session.settings.user_name == app.library.characters["weixiaobao"].interlocutor
 
 
 async def test_an_empty_characters_folder_is_a_message_and_the_app_keeps_running(tmp_path):
@@ -56,9 +56,10 @@ async def test_a_broken_model_is_a_message_then_the_bundled_one_is_picked_and_an
     app = make_app(characters_dir, tmp_path / "s.db", engine=None, model=broken)
     async with app.run_test(size=SIZE) as pilot:
         await pick_character(pilot, app, "haruhi")
-        await wait_for(pilot, lambda: app.engine_error, what="the model error")
-        assert "broken.gguf cannot be used" in app.engine_error
-        assert "no model" in str(app.chat_screen.query_one("#title").render())
+        title = app.chat_screen.query_one("#title")
+        await wait_for(pilot, lambda: app.models.error and "no model" in str(title.render()), what="the model error")
+        assert "broken.gguf cannot be used" in app.models.error
+        assert "no model" in str(title.render())
         await send(pilot, app, "有人吗？")  # said while no model is loaded: kept, not lost
         assert [v.role for v in app.chat_screen.views()] == ["user"]
         assert [m.content for m in app.store.branch(app.chat_screen.session.chat.id)] == ["有人吗？"]
@@ -73,8 +74,9 @@ async def test_a_broken_model_is_a_message_then_the_bundled_one_is_picked_and_an
         assert broken_option.disabled and "not a usable GGUF" in str(broken_option.prompt)
         models.highlighted = ids.index(str(tmp_path / "models" / "gemma.gguf"))
         await pilot.press("enter")
-        await wait_for(pilot, lambda: app.engine is not None and not app.model_loading, what="the model to load")
-        assert app.engine.style == "script"
+        await wait_for(pilot, lambda: app.models.engine is not None and not app.models.loading,
+                       what="the model to load")
+        assert app.models.engine.style == "script"
         await pilot.press("ctrl+r")  # reply to the message that waited
         await wait_for(pilot, lambda: app.chat_screen.turns_done == 2, what="the reply")
         assert [v.role for v in app.chat_screen.views()] == ["user", "assistant"]
@@ -93,8 +95,8 @@ async def test_a_typed_path_that_is_not_a_model_keeps_the_current_one(characters
         app.screen.query_one("#model-path").focus()
         app.screen.query_one("#model-path").value = str(tmp_path / "missing.gguf")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: app.engine_error, what="the error")
-        assert "not found" in app.engine_error and app.engine is engine
+        await wait_for(pilot, lambda: app.models.error, what="the error")
+        assert "not found" in app.models.error and app.models.engine is engine
         await send(pilot, app, "你好")
         assert app.chat_screen.views()[-1].content
 

@@ -31,7 +31,8 @@ async def main(characters: Path, db: Path) -> None:
     sampling = Sampling(temperature=0.0, max_tokens=400, repeat_penalty=GREEDY.repeat_penalty)
     app = make_app(characters, db, None, character="haruhi", sampling=sampling, save_interval=0.1)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: app.chat_screen.session is not None and app.engine is not None, what="ready")
+        await wait_for(pilot, lambda: app.chat_screen.session is not None and app.models.engine is not None,
+                       what="ready")
         await send(pilot, app, "给我讲讲SOS团的故事吧", wait=False)
         print("SENT", flush=True)
         while True:

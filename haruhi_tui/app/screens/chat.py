@@ -1,38 +1,33 @@
-"""The main screen: saved chats on the left, the conversation, the status line and the message box.
+"""The main screen: a chat and what the user does in it — talk, stop, regenerate, edit and switch versions,
+compare two models, look at the memory and the context.
 
 The reply is generated in a thread worker (:meth:`ChatScreen.run_turn`) that drives the UI-free
 :class:`~haruhi_tui.services.chat.ChatSession`; it posts messages back for every piece of text, so the UI never
-waits on the model and a stop key takes effect between two tokens.
+waits on the model and a stop key takes effect between two tokens. What is on screen and the saved chats are
+:class:`~.chat_view.ChatView`'s.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from textual import on, work
-from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message as TMessage
-from textual.screen import Screen
-from textual.widgets import Footer, ProgressBar, Static
 
-from haruhi_tui.app.widgets import ChatList, MessageView, PromptInput, character_color
+from haruhi_tui.app.services import Services
+from haruhi_tui.app.widgets import MessageView, PromptInput
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.services.chat import ChatSession
-from haruhi_tui.store import Message, StoreError
+from haruhi_tui.store import Message
 
+from .chat_view import ChatView
 from .context import ContextScreen
-from .dialogs import ConfirmDialog, RenameDialog
-from .pick import CharacterPicker
-
-if TYPE_CHECKING:
-    from haruhi_tui.app.app import HaruhiApp
+from .dialogs import RenameDialog
 
 
-class ChatScreen(Screen[None]):
+class ChatScreen(ChatView):
     BINDINGS = [
         Binding("escape", "stop", "Stop", tooltip="Stop the reply being written (it is kept, marked stopped)"),
         Binding("ctrl+r", "regenerate", "Retry", tooltip="A new reply to your last message (the old one is kept)"),
@@ -42,11 +37,14 @@ class ChatScreen(Screen[None]):
         Binding("ctrl+o", "app.pick_model", "Model", tooltip="Pick a model: bundled, a local GGUF, or a path"),
         Binding("ctrl+b", "toggle_sidebar", "Chats", show=False, tooltip="Show or hide saved chats"),
         Binding("f1", "app.help", "Help", tooltip="This list"),
-        Binding("f3", "memory", "Memory", show=False, tooltip="Memory: pinned facts and the summary of earlier turns"),
+        Binding("f3", "memory", "Memory", show=False,
+                tooltip="Memory: pinned facts and the summary of earlier turns"),
         Binding("ctrl+k", "compare", priority=True, description="Compare", show=False,
                 tooltip="Your line answered by two models side by side; keep one"),
-        Binding("alt+up", "select(-1)", priority=True, description="Select previous", show=False, tooltip="Select an earlier message"),
-        Binding("alt+down", "select(1)", priority=True, description="Select next", show=False, tooltip="Select a later message"),
+        Binding("alt+up", "select(-1)", priority=True, description="Select previous", show=False,
+                tooltip="Select an earlier message"),
+        Binding("alt+down", "select(1)", priority=True, description="Select next", show=False,
+                tooltip="Select a later message"),
         Binding("f4", "edit", "Edit", show=False,
                 tooltip="Edit the selected message (or your last); old one kept as a branch"),
         Binding("alt+left", "sibling(-1)", priority=True, description="Previous version", show=False,
@@ -72,213 +70,13 @@ class ChatScreen(Screen[None]):
             super().__init__()
             self.reply, self.error = reply, error
 
-    class Problem(TMessage):
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.session: ChatSession | None = None
-        self.generating = False
+    def __init__(self, services: Services) -> None:
+        super().__init__(services)
         self.cancel = threading.Event()
         self._reply_view: MessageView | None = None
         self.turns_done = 0
         self.submitted_at = 0.0  # perf_counter of the last Enter/ctrl+r: first-token latency as the user sees it
         self.selected: int | None = None  # id of the message the edit and version keys act on
-
-    @property
-    def haruhi(self) -> "HaruhiApp":
-        return self.app  # type: ignore[return-value]
-
-    def compose(self) -> ComposeResult:
-        with Horizontal():
-            yield ChatList(id="sidebar")
-            with Vertical(id="main"):
-                yield Static("", id="title")
-                yield VerticalScroll(id="conversation")
-                with Horizontal(id="status-row"):
-                    yield Static("", id="status")
-                    yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="model-progress")
-                yield PromptInput(self.haruhi.input_history(), placeholder="Say something… (Enter sends)", id="prompt")
-        yield Footer()
-
-    def on_mount(self) -> None:
-        self.query_one("#conversation", VerticalScroll).anchor()
-        self.query_one("#sidebar").display = self.app.size.width >= 100
-        self.refresh_chats()
-        self.update_title()
-        self.query_one(PromptInput).focus()
-        self.haruhi.start()
-
-    # -- helpers ---------------------------------------------------------------------------------
-    @property
-    def conversation(self) -> VerticalScroll:
-        return self.query_one("#conversation", VerticalScroll)
-
-    def set_status(self, text: str) -> None:
-        self.query_one("#status", Static).update(text)
-
-    def show_progress(self, visible: bool, fraction: float | None = None) -> None:
-        bar = self.query_one("#model-progress", ProgressBar)
-        bar.display = visible
-        if fraction is None:
-            bar.update(total=None)
-        else:
-            bar.update(total=1.0, progress=fraction)
-
-    def refresh_chats(self) -> None:
-        try:
-            chats = self.haruhi.store.chats()
-        except StoreError as exc:
-            self.haruhi.report(str(exc))
-            return
-        current = self.session.chat.id if self.session else None
-        self.query_one(ChatList).show_chats(chats, current)
-
-    def update_title(self) -> None:
-        app = self.haruhi
-        parts = []
-        if self.session is not None:
-            c = self.session.character
-            parts.append(f"[b {character_color(c.folder)}]{c.name}[/]" + (f" · {c.source_work}" if c.source_work else ""))
-        else:
-            parts.append("no chat yet: ctrl+n picks a character")
-        parts.append(app.model_label())
-        self.query_one("#title", Static).update("  —  ".join(parts))
-
-    def _view_for(self, m: Message) -> MessageView:
-        assert self.session is not None
-        character = self.session.character
-        if m.role == "user":
-            return MessageView("user", self.session.settings.user_name, m.content, message_id=m.id)
-        return MessageView("assistant", character.name, m.content, analysis=m.analysis, status=m.status,
-                           color=character_color(character.folder), message_id=m.id,
-                           show_thinking=self.haruhi.show_thinking)
-
-    async def show_session(self, session: ChatSession | None) -> None:
-        """Put a chat on screen (all messages of its current branch)."""
-        self.session = session
-        await self.conversation.remove_children()
-        if session is not None:
-            await self.conversation.mount_all([self._view_for(m) for m in session.messages])
-            incomplete = [m for m in session.messages if m.status == "incomplete"]
-            if incomplete:
-                self.set_status("a reply was cut off when the app stopped: ctrl+r regenerates it")
-        self.conversation.anchor()
-        self.update_title()
-        self.refresh_chats()
-
-    def views(self) -> list[MessageView]:
-        return list(self.conversation.query(MessageView))
-
-    # -- chats -----------------------------------------------------------------------------------
-    def action_new_chat(self) -> None:
-        if self.generating:
-            self.notify("a reply is still coming: Esc stops it", severity="warning")
-            return
-        app = self.haruhi
-        picker = CharacterPicker(app.character_list(), app.characters_problem, app.imported)
-
-        async def picked(folder: str | None) -> None:
-            if folder:
-                await self.start_chat(folder)
-
-        self.app.push_screen(picker, picked)
-
-    async def start_chat(self, folder: str) -> None:
-        app = self.haruhi
-        character = app.characters.get(folder)
-        if character is None:
-            self.haruhi.report(f"no character {folder!r} in {app.characters_dir}")
-            return
-        try:
-            session = ChatSession.start(app.store, character, model=app.model_path_str(), on_error=self._store_problem)
-        except StoreError as exc:
-            self.haruhi.report(str(exc))
-            return
-        await self.show_session(session)
-        self.query_one(PromptInput).focus()
-
-    async def resume_chat(self, chat_id: int) -> None:
-        try:
-            session = ChatSession.resume(self.haruhi.store, chat_id, self.haruhi.characters, on_error=self._store_problem)
-        except HaruhiError as exc:
-            self.haruhi.report(str(exc))
-            return
-        await self.show_session(session)
-
-    @on(ChatList.OptionSelected, "#sidebar")
-    async def _open_chat(self, event: ChatList.OptionSelected) -> None:
-        if self.generating:
-            self.notify("a reply is still coming: Esc stops it", severity="warning")
-            return
-        if event.option.id and (self.session is None or str(self.session.chat.id) != event.option.id):
-            await self.resume_chat(int(event.option.id))
-        self.query_one(PromptInput).focus()
-
-    @on(ChatList.Rename)
-    def _rename(self, event: ChatList.Rename) -> None:
-        self.rename_chat(event.chat_id)
-
-    @on(ChatList.Delete)
-    def _delete(self, event: ChatList.Delete) -> None:
-        self.delete_chat(event.chat_id)
-
-    def rename_chat(self, chat_id: int | None = None) -> None:
-        chat_id = chat_id or (self.session.chat.id if self.session else None)
-        if chat_id is None:
-            return
-        try:
-            title = self.haruhi.store.chat(chat_id).title
-        except StoreError as exc:
-            self.haruhi.report(str(exc))
-            return
-
-        def done(new: str | None) -> None:
-            if not new:
-                return
-            try:
-                self.haruhi.store.rename_chat(chat_id, new)
-            except StoreError as exc:
-                self.haruhi.report(str(exc))
-                return
-            if self.session and self.session.chat.id == chat_id:
-                self.session.chat.title = new
-            self.refresh_chats()
-
-        self.app.push_screen(RenameDialog(title), done)
-
-    def delete_chat(self, chat_id: int | None = None) -> None:
-        chat_id = chat_id or (self.session.chat.id if self.session else None)
-        if chat_id is None:
-            return
-        if self.generating and self.session and self.session.chat.id == chat_id:
-            self.notify("a reply is still coming: Esc stops it first", severity="warning")
-            return
-
-        async def done(yes: bool | None) -> None:
-            if not yes:
-                return
-            try:
-                self.haruhi.store.delete_chat(chat_id)
-            except StoreError as exc:
-                self.haruhi.report(str(exc))
-                return
-            if self.session and self.session.chat.id == chat_id:
-                await self.show_session(None)
-            self.refresh_chats()
-
-        self.app.push_screen(ConfirmDialog("Delete this chat and all its messages?"), done)
-
-    def action_toggle_sidebar(self) -> None:
-        sidebar = self.query_one("#sidebar")
-        sidebar.display = not sidebar.display
-        if sidebar.display:
-            self.refresh_chats()
-            sidebar.focus()
-        else:
-            self.query_one(PromptInput).focus()
 
     # -- talking ---------------------------------------------------------------------------------
     @on(PromptInput.Submitted, "#prompt")
@@ -324,20 +122,23 @@ class ChatScreen(Screen[None]):
         self.submitted_at = time.perf_counter()
         self.generating = True
         self.cancel = threading.Event()
-        self.set_status("thinking…" if self.haruhi.engine is not None else "waiting for the model to load…")
+        loaded = self.services.models.engine is not None
+        self.set_status("thinking…" if loaded else "waiting for the model to load…")
 
     @work(thread=True, group="generate")
     def run_turn(self, text: str | None) -> None:
         """One turn in a worker thread: commit the user's line, wait for the model, stream the reply."""
-        session, app, cancel = self.session, self.haruhi, self.cancel
+        session, services, cancel = self.session, self.services, self.cancel
         assert session is not None
         reply: Message | None = None
         try:
             if text is not None:
                 session.add_user_message(text)
-            engine = app.wait_for_engine(cancel)
+            engine = services.models.wait(cancel)
             if engine is None:
-                error = "" if cancel.is_set() else f"no model loaded ({app.engine_error or 'pick one with ctrl+o'}); your message is saved, ctrl+r replies once a model is ready"
+                error = "" if cancel.is_set() else (
+                    f"no model loaded ({services.models.error or 'pick one with ctrl+o'}); "
+                    "your message is saved, ctrl+r replies once a model is ready")
                 self.post_message(self.TurnDone(None, error))
                 return
 
@@ -346,15 +147,16 @@ class ChatScreen(Screen[None]):
             def started(m: Message) -> None:
                 self.post_message(self.ReplyStarted(m))
 
-            kwargs = dict(on_start=started, on_delta=batch.add, cancel=cancel, sampling=app.sampling,
-                          save_interval=app.save_interval)
+            kwargs = dict(on_start=started, on_delta=batch.add, cancel=cancel, sampling=services.sampling,
+                          save_interval=services.save_interval)
             reply = session.reply(engine, **kwargs) if text is not None else session.regenerate(engine, **kwargs)
             batch.flush()
             if not cancel.is_set() and reply.status == "complete":
                 self._fold_memory(session, engine, cancel)
             self.post_message(self.TurnDone(reply))
         except (HaruhiError, ValueError) as exc:
-            self.post_message(self.TurnDone(session.leaf if session.leaf and session.leaf.role == "assistant" else None, str(exc)))
+            leaf = session.leaf if session.leaf and session.leaf.role == "assistant" else None
+            self.post_message(self.TurnDone(leaf, str(exc)))
         except Exception as exc:  # the app keeps running whatever the model does
             self.post_message(self.TurnDone(None, f"generation failed: {type(exc).__name__}: {exc}"))
 
@@ -365,13 +167,6 @@ class ChatScreen(Screen[None]):
             session.fold_history(engine, cancel=cancel)
         except (HaruhiError, ValueError) as exc:
             self.post_message(self.Problem(f"could not update the summary: {exc}"))
-
-    def _store_problem(self, text: str) -> None:
-        self.post_message(self.Problem(text))
-
-    @on(Problem)
-    def _problem(self, event: Problem) -> None:
-        self.haruhi.report(event.text, timeout=8)
 
     @on(ReplyStarted)
     async def _reply_started(self, event: ReplyStarted) -> None:
@@ -396,7 +191,7 @@ class ChatScreen(Screen[None]):
         if view is not None and reply is not None:
             await view.finish(reply.content, reply.analysis, reply.status, reply.id)
         if event.error:
-            self.haruhi.report(event.error, timeout=10)
+            self.services.report(event.error, timeout=10)
             self.set_status(event.error)
         elif reply is not None:
             self.set_status(self.stats_line(reply))
@@ -432,7 +227,7 @@ class ChatScreen(Screen[None]):
         if self.session is None:
             self.notify("no chat yet", severity="warning")
             return
-        self.app.push_screen(MemoryScreen(self.session))
+        self.app.push_screen(MemoryScreen(self.session, self.services.report))
 
     def action_select(self, step: int) -> None:
         views = [v for v in self.views() if v.message_id is not None and v.message_id > 0]
@@ -477,7 +272,7 @@ class ChatScreen(Screen[None]):
             try:
                 msg = session.edit(target, text)
             except (HaruhiError, ValueError) as exc:
-                self.haruhi.report(str(exc))
+                self.services.report(str(exc))
                 return
             await self.show_session(session)
             self._mark(msg.id)
@@ -498,7 +293,7 @@ class ChatScreen(Screen[None]):
         try:
             shown = self.session.switch_sibling(target, step)
         except (HaruhiError, ValueError) as exc:
-            self.haruhi.report(str(exc))
+            self.services.report(str(exc))
             return
         if shown is None:
             self.notify("no other version that way", timeout=2)
@@ -511,10 +306,10 @@ class ChatScreen(Screen[None]):
     async def action_compare(self) -> None:
         from .compare import CompareScreen
 
-        app, session = self.haruhi, self.session
+        services, session = self.services, self.session
         if session is None or self._refuse_while_generating():
             return
-        if app.engine is None or app.model_loading:
+        if not services.models.ready:
             self.notify("the model is not loaded yet", severity="warning")
             return
         box = self.query_one(PromptInput)
@@ -525,7 +320,7 @@ class ChatScreen(Screen[None]):
             try:
                 session.add_user_message(text)
             except (HaruhiError, ValueError) as exc:
-                self.haruhi.report(str(exc))
+                self.services.report(str(exc))
                 return
         elif not any(m.role == "user" for m in session.messages):
             self.notify("type a line first: ctrl+k sends it to both", severity="warning")
@@ -539,18 +334,18 @@ class ChatScreen(Screen[None]):
                 try:
                     session.switch_to(reply_id)
                 except HaruhiError as exc:
-                    self.haruhi.report(str(exc))
+                    self.services.report(str(exc))
             await self.show_session(session)
 
-        self.app.push_screen(CompareScreen(session, app.compare_runs()), picked)
+        runs = services.models.compare_runs(services.sampling)
+        self.app.push_screen(CompareScreen(session, runs, services.report), picked)
 
     # -- views -----------------------------------------------------------------------------------
     def action_toggle_thinking(self) -> None:
-        app = self.haruhi
-        app.show_thinking = not app.show_thinking
+        self.show_thinking = not self.show_thinking
         for view in self.views():
-            view.set_thinking(app.show_thinking)
-        self.notify("thinking shown" if app.show_thinking else "thinking hidden", timeout=2)
+            view.set_thinking(self.show_thinking)
+        self.notify("thinking shown" if self.show_thinking else "thinking hidden", timeout=2)
 
     def action_context(self) -> None:
         if self.session is None:
@@ -565,14 +360,14 @@ class ChatScreen(Screen[None]):
     @work(thread=True, group="context")
     def preview_context(self) -> None:
         """Nothing sent yet in this run: show what the next prompt would hold."""
-        engine = self.haruhi.engine
+        engine = self.services.models.engine
         if engine is None or self.session is None:
             self.app.call_from_thread(self.notify, "the model is not loaded yet", severity="warning")
             return
         try:
             ctx = self.session.build_context(engine)
         except HaruhiError as exc:
-            self.app.call_from_thread(self.haruhi.report, str(exc))
+            self.app.call_from_thread(self.services.report, str(exc))
             return
         self.app.call_from_thread(self.app.push_screen, ContextScreen(ctx, "Context the next reply would see"))
 

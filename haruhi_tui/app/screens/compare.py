@@ -19,6 +19,7 @@ from textual.message import Message as TMessage
 from textual.screen import Screen
 from textual.widgets import Footer, Label, Static
 
+from haruhi_tui.app.services import Report
 from haruhi_tui.core.engine import Engine, Sampling
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.services.chat import ChatSession
@@ -49,10 +50,11 @@ class CompareScreen(Screen["int | None"]):
             super().__init__()
             self.replies, self.error = replies, error
 
-    def __init__(self, session: ChatSession, runs: list[tuple[Engine, Sampling | None, str]]) -> None:
+    def __init__(self, session: ChatSession, runs: list[tuple[Engine, Sampling | None, str]], report: Report) -> None:
         super().__init__()
         self.session = session
         self.runs = runs
+        self.report = report
         self.cancel = threading.Event()
         self.generating = True
         self.replies: list[Message] = []
@@ -96,7 +98,8 @@ class CompareScreen(Screen["int | None"]):
 
     @on(Started)
     def _started(self, event: Started) -> None:
-        self.query_one("#compare-status", Static).update(f"reply {event.column + 1} of {len(self.runs)}… (Esc stops)")
+        status = f"reply {event.column + 1} of {len(self.runs)}… (Esc stops)"
+        self.query_one("#compare-status", Static).update(status)
 
     @on(Delta)
     def _delta(self, event: Delta) -> None:
@@ -113,7 +116,7 @@ class CompareScreen(Screen["int | None"]):
             self.query_one(f"#text-{i}", Static).update(Text(reply.content + stopped))
         status = self.query_one("#compare-status", Static)
         if event.error:
-            self.app.report(event.error)  # type: ignore[attr-defined]
+            self.report(event.error)
             status.update(event.error)
         else:
             status.update("1 or 2 keeps that reply and goes on from it; Esc keeps the last one")

@@ -12,6 +12,7 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, ProgressBar, Static
 
+from haruhi_tui.app.services import Report
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.services.hub import download
 
@@ -25,8 +26,9 @@ class DownloadDialog(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Close")]
 
-    def __init__(self, dest: Path | None = None) -> None:
+    def __init__(self, report: Report, dest: Path | None = None) -> None:
         super().__init__()
+        self.report = report
         self.dest = dest
         self.running = False
         self.error = ""
@@ -90,7 +92,7 @@ class DownloadDialog(ModalScreen[str | None]):
 
     def _failed(self, message: str) -> None:
         self.running, self.error = False, message
-        self.app.report(message)  # type: ignore[attr-defined]  # HaruhiApp keeps every problem shown
+        self.report(message)
         if not self.is_attached:
             return
         self.query_one("#download-progress", ProgressBar).update(total=1.0, progress=0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rich.console import Group
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -31,6 +30,8 @@ from textual.widgets import (
 )
 from textual_plotext import PlotextPlot
 
+from haruhi_tui.app.messages import LoadModel
+from haruhi_tui.app.widgets.comparison import comparison_view
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.services.jobs import CONVERT_TYPES, Job, JobError, Launcher, train_fields
 
@@ -40,16 +41,6 @@ def _clock(seconds: Any) -> str:
         return "–"
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-class _Collect:
-    """A console stand-in that keeps what :func:`trainer.compare.print_comparison` prints."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-
-    def print(self, item: Any) -> None:
-        self.items.append(Text.from_markup(item) if isinstance(item, str) else item)
 
 
 class JobsScreen(Screen):
@@ -73,19 +64,14 @@ class JobsScreen(Screen):
     JobsScreen Button { margin: 0 1 0 0; }
     """
 
-    def __init__(self, launcher: Launcher | None = None) -> None:
+    def __init__(self, launcher: Launcher) -> None:
         super().__init__()
-        self._launcher = launcher
+        self.launcher = launcher
         self.watched: Job | None = None
         self._plotted: tuple = ()
         self._log_shown: list[str] = []
-        self.comparison: dict | None = None
-
-    @property
-    def launcher(self) -> Launcher:
-        if self._launcher is None:
-            self._launcher = Launcher(self.app.store)  # type: ignore[attr-defined]
-        return self._launcher
+        self.comparison: dict | None = None  # the watched eval group's, once `haruhi eval compare` wrote it
+        self.comparison_error = ""
 
     # -- layout ----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -194,8 +180,9 @@ class JobsScreen(Screen):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         handlers = {
             "train-start": self.start_train, "train-copy": self.copy_command,
-            "watch-cancel": self.action_cancel_job, "watch-resume": self.resume_job, "watch-convert": self.prefill_convert,
-            "watch-chat": self.action_chat_with_export, "convert-start": self.start_convert, "eval-start": self.start_eval,
+            "watch-cancel": self.action_cancel_job, "watch-resume": self.resume_job,
+            "watch-convert": self.prefill_convert, "watch-chat": self.action_chat_with_export,
+            "convert-start": self.start_convert, "eval-start": self.start_eval,
         }
         handler = handlers.get(event.button.id or "")
         if handler:
@@ -278,7 +265,7 @@ class JobsScreen(Screen):
             self._refuse("eval", exc)
             return
         self.query_one("#eval-problem", Static).update("")
-        self.comparison = None
+        self.comparison, self.comparison_error = None, ""
         self.query_one("#eval-results", Static).update("")
         self.watch(job)
 
@@ -288,7 +275,7 @@ class JobsScreen(Screen):
         if gguf is None:
             self.notify("no exported GGUF yet: convert a training run first", severity="warning")
             return
-        self.app.load_model(str(gguf))  # type: ignore[attr-defined]
+        self.app.post_message(LoadModel(str(gguf)))
         self.action_close()
 
     def action_close(self) -> None:
@@ -315,6 +302,8 @@ class JobsScreen(Screen):
                 return
         if changed or (job is not None and job.running):
             self.refresh_watch()
+        elif job is not None and self._comparison_pending(job):
+            self.show_comparison(job)
         if changed:
             self.refresh_history()
 
@@ -355,7 +344,7 @@ class JobsScreen(Screen):
             log.clear()
             log.write_lines(tail)
             self._log_shown = tail
-        if job.kind == "eval" and job.status == "completed" and self.comparison is None:
+        if self._comparison_pending(job):
             self.show_comparison(job)
 
     def _plot(self, job: Job) -> None:
@@ -378,20 +367,22 @@ class JobsScreen(Screen):
             plt.xlabel(job.state.unit)
         widget.refresh()
 
-    def show_comparison(self, job: Job) -> None:
-        from trainer.compare import print_comparison
+    def _comparison_pending(self, job: Job) -> bool:
+        return job.kind == "eval" and job.status == "completed" and self.comparison is None \
+            and not self.comparison_error
 
+    def show_comparison(self, job: Job) -> None:
+        """The group's table, from the comparison.json `haruhi eval compare` writes (polled: it runs a moment)."""
         try:
             data = self.launcher.comparison(job)
         except HaruhiError as exc:
-            self.query_one("#eval-problem", Static).update(str(exc))
+            self.comparison_error = str(exc)
+            self.query_one("#eval-problem", Static).update(self.comparison_error)
             return
         if data is None:
             return
         self.comparison = data
-        out = _Collect()
-        print_comparison(data, out)
-        self.query_one("#eval-results", Static).update(Group(*out.items))
+        self.query_one("#eval-results", Static).update(comparison_view(data))
 
     # -- history ---------------------------------------------------------------------------------
     def refresh_history(self) -> None:

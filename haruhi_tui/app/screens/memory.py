@@ -13,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Label, OptionList, Static, TextArea
 from textual.widgets.option_list import Option
 
+from haruhi_tui.app.services import Report
 from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.store import StoreError
 
@@ -28,9 +29,10 @@ class MemoryScreen(Screen[None]):
         Binding("ctrl+s", "save_summary", "Save summary"),
     ]
 
-    def __init__(self, session: ChatSession) -> None:
+    def __init__(self, session: ChatSession, report: Report) -> None:
         super().__init__()
         self.session = session
+        self.report = report
 
     def compose(self) -> ComposeResult:
         with Vertical(id="memory"):
@@ -54,7 +56,8 @@ class MemoryScreen(Screen[None]):
     def show_pins(self) -> None:
         pins = self.query_one("#pins", OptionList)
         pins.clear_options()
-        pins.add_options([Option(p.text, id=str(p.id)) for p in self.session.pins] or [Option("(no pins yet: a adds one)", disabled=True)])
+        options = [Option(p.text, id=str(p.id)) for p in self.session.pins]
+        pins.add_options(options or [Option("(no pins yet: a adds one)", disabled=True)])
         if self.session.pins:
             pins.highlighted = 0
 
@@ -105,5 +108,5 @@ class MemoryScreen(Screen[None]):
             fn()
             return True
         except (StoreError, ValueError) as exc:
-            self.app.report(str(exc))  # type: ignore[attr-defined]
+            self.report(str(exc))
             return False

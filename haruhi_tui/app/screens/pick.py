@@ -13,13 +13,13 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from haruhi_tui.app.messages import CharactersChanged
 from haruhi_tui.app.widgets.message import character_color
-from haruhi_tui.core.characters import Character
 from haruhi_tui.core.fsutil import human_bytes
 from haruhi_tui.services.bundled_model import BUNDLED_NAME
+from haruhi_tui.services.character_library import CharacterLibrary
 from haruhi_tui.services.local_models import LocalModel
-
-BUNDLED = "bundled"
+from haruhi_tui.services.model_service import BUNDLED
 
 
 class CharacterPicker(ModalScreen[str | None]):
@@ -30,14 +30,15 @@ class CharacterPicker(ModalScreen[str | None]):
         Binding("escape", "dismiss(None)", "Cancel"),
         Binding("down", "move(1)", "Next", show=False),
         Binding("up", "move(-1)", "Previous", show=False),
-        Binding("f5", "import_card", "Import card"),
+        Binding("f5", "app.import_card", "Import card"),
     ]
 
-    def __init__(self, characters: list[Character], problem: str = "", imported: set[str] = frozenset()) -> None:
+    def __init__(self, library: CharacterLibrary) -> None:
         super().__init__()
-        self.characters = characters
-        self.problem = problem
-        self.imported = set(imported)
+        self.library = library
+        self.characters = library.listing()
+        self.problem = library.problem
+        self.imported = set(library.imported)
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog picker"):
@@ -73,9 +74,10 @@ class CharacterPicker(ModalScreen[str | None]):
             options.highlighted = 0
         self.query_one("#filter", Input).focus()
 
-    def set_characters(self, characters: list[Character], imported: set[str]) -> None:
-        """Show a new list (after an import), keeping the filter."""
-        self.characters, self.imported = characters, set(imported)
+    @on(CharactersChanged)
+    def _characters_changed(self) -> None:
+        """Show the library's new list (after an import), keeping the filter."""
+        self.characters, self.imported = self.library.listing(), set(self.library.imported)
         options = self.query_one("#characters", OptionList)
         options.clear_options()
         options.add_options(self._options(self.query_one("#filter", Input).value))
@@ -83,9 +85,6 @@ class CharacterPicker(ModalScreen[str | None]):
             options.highlighted = 0
         for problem in self.query(".problem"):
             problem.remove()
-
-    def action_import_card(self) -> None:
-        self.app.action_import_card()  # type: ignore[attr-defined]
 
     def action_move(self, step: int) -> None:
         options = self.query_one("#characters", OptionList)

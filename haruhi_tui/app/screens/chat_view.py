@@ -1,0 +1,288 @@
+"""A chat on screen: saved chats on the left, the conversation, the status line and the message box.
+
+:class:`ChatView` shows which chat is open and its messages, keeps the saved chats (open, new, rename,
+delete) and follows what the app's services report (a model loading, ready or failed; the characters read).
+:class:`~.chat.ChatScreen` builds on it with what the user does in a chat: talk, edit, compare.
+"""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message as TMessage
+from textual.screen import Screen
+from textual.widgets import Footer, ProgressBar, Static
+
+from haruhi_tui.app.messages import CharactersLoaded, ModelFailed, ModelLoading, ModelReady
+from haruhi_tui.app.services import Services
+from haruhi_tui.app.widgets import ChatList, MessageView, PromptInput, character_color
+from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.services.chat import ChatSession
+from haruhi_tui.store import Message, StoreError
+
+from .dialogs import ConfirmDialog, RenameDialog
+from .pick import CharacterPicker
+
+
+class ChatView(Screen[None]):
+    """One chat on screen, the saved chats beside it, and the model's and characters' state."""
+
+    class Problem(TMessage):
+        """Something went wrong in a worker (the database refused a write): reported, the chat goes on."""
+
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    def __init__(self, services: Services) -> None:
+        super().__init__()
+        self.services = services
+        self.session: ChatSession | None = None
+        self.generating = False
+        self.show_thinking = False  # gpt-oss analysis shown in replies (ctrl+t)
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            yield ChatList(id="sidebar")
+            with Vertical(id="main"):
+                yield Static("", id="title")
+                yield VerticalScroll(id="conversation")
+                with Horizontal(id="status-row"):
+                    yield Static("", id="status")
+                    yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="model-progress")
+                yield PromptInput(self.input_history(), placeholder="Say something… (Enter sends)", id="prompt")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#conversation", VerticalScroll).anchor()
+        self.query_one("#sidebar").display = self.app.size.width >= 100
+        self.refresh_chats()
+        self.update_title()
+        self.query_one(PromptInput).focus()
+        if self.services.store_problem:
+            self.set_status("sessions are not being saved (see the message)")
+        self.show_progress(False)
+
+    # -- what the app's services report ----------------------------------------------------------
+    @on(ModelLoading)
+    def _model_loading(self, event: ModelLoading) -> None:
+        self.show_progress(True, event.fraction)
+        self.set_status(event.text)
+        self.update_title()
+
+    @on(ModelReady)
+    def _model_ready(self, event: ModelReady) -> None:
+        engine = event.engine
+        self.show_progress(False)
+        self.set_status(f"{engine.name} ready · {engine.style} style · context {engine.n_ctx} tokens")
+        self.update_title()
+
+    @on(ModelFailed)
+    def _model_failed(self, event: ModelFailed) -> None:
+        self.show_progress(False)
+        self.set_status("model not loaded: ctrl+o picks another")
+        self.update_title()
+
+    @on(CharactersLoaded)
+    async def _characters_loaded(self, event: CharactersLoaded) -> None:
+        """At start: a new chat with the character asked for, else the last chat, else the character picker."""
+        library = self.services.library
+        if event.start:
+            match = library.find(event.start)
+            if match is not None:
+                await self.start_chat(match.folder)
+                return
+            self.services.report(f"no character {event.start!r} in {library.characters_dir}")
+        try:
+            chats = self.services.store.chats(limit=1)
+        except StoreError:
+            chats = []
+        if chats and chats[0].character in library.characters:
+            await self.resume_chat(chats[0].id)
+        else:
+            self.action_new_chat()
+
+    def _store_problem(self, text: str) -> None:
+        self.post_message(self.Problem(text))
+
+    @on(Problem)
+    def _problem(self, event: Problem) -> None:
+        self.services.report(event.text, timeout=8)
+
+    # -- what is on screen -----------------------------------------------------------------------
+    @property
+    def conversation(self) -> VerticalScroll:
+        return self.query_one("#conversation", VerticalScroll)
+
+    def set_status(self, text: str) -> None:
+        self.query_one("#status", Static).update(text)
+
+    def show_progress(self, visible: bool, fraction: float | None = None) -> None:
+        bar = self.query_one("#model-progress", ProgressBar)
+        bar.display = visible
+        if fraction is None:
+            bar.update(total=None)
+        else:
+            bar.update(total=1.0, progress=fraction)
+
+    def update_title(self) -> None:
+        parts = []
+        if self.session is not None:
+            c = self.session.character
+            work = f" · {c.source_work}" if c.source_work else ""
+            parts.append(f"[b {character_color(c.folder)}]{c.name}[/]{work}")
+        else:
+            parts.append("no chat yet: ctrl+n picks a character")
+        parts.append(self.services.models.label())
+        self.query_one("#title", Static).update("  —  ".join(parts))
+
+    def _view_for(self, m: Message) -> MessageView:
+        assert self.session is not None
+        character = self.session.character
+        if m.role == "user":
+            return MessageView("user", self.session.settings.user_name, m.content, message_id=m.id)
+        return MessageView("assistant", character.name, m.content, analysis=m.analysis, status=m.status,
+                           color=character_color(character.folder), message_id=m.id,
+                           show_thinking=self.show_thinking)
+
+    async def show_session(self, session: ChatSession | None) -> None:
+        """Put a chat on screen (all messages of its current branch)."""
+        self.session = session
+        await self.conversation.remove_children()
+        if session is not None:
+            await self.conversation.mount_all([self._view_for(m) for m in session.messages])
+            incomplete = [m for m in session.messages if m.status == "incomplete"]
+            if incomplete:
+                self.set_status("a reply was cut off when the app stopped: ctrl+r regenerates it")
+        self.conversation.anchor()
+        self.update_title()
+        self.refresh_chats()
+
+    def views(self) -> list[MessageView]:
+        return list(self.conversation.query(MessageView))
+
+    # -- saved chats -----------------------------------------------------------------------------
+    def input_history(self) -> list[str]:
+        """What the user typed in earlier chats (up/down in the message box)."""
+        try:
+            return self.services.store.recent_user_lines()
+        except StoreError:
+            return []
+
+    def refresh_chats(self) -> None:
+        try:
+            chats = self.services.store.chats()
+        except StoreError as exc:
+            self.services.report(str(exc))
+            return
+        current = self.session.chat.id if self.session else None
+        self.query_one(ChatList).show_chats(chats, current)
+
+    def action_new_chat(self) -> None:
+        if self.generating:
+            self.notify("a reply is still coming: Esc stops it", severity="warning")
+            return
+
+        async def picked(folder: str | None) -> None:
+            if folder:
+                await self.start_chat(folder)
+
+        self.app.push_screen(CharacterPicker(self.services.library), picked)
+
+    async def start_chat(self, folder: str) -> None:
+        services = self.services
+        character = services.library.characters.get(folder)
+        if character is None:
+            services.report(f"no character {folder!r} in {services.library.characters_dir}")
+            return
+        try:
+            session = ChatSession.start(services.store, character, model=services.models.path(),
+                                        on_error=self._store_problem)
+        except StoreError as exc:
+            services.report(str(exc))
+            return
+        await self.show_session(session)
+        self.query_one(PromptInput).focus()
+
+    async def resume_chat(self, chat_id: int) -> None:
+        try:
+            session = ChatSession.resume(self.services.store, chat_id, self.services.library.characters,
+                                         on_error=self._store_problem)
+        except HaruhiError as exc:
+            self.services.report(str(exc))
+            return
+        await self.show_session(session)
+
+    @on(ChatList.OptionSelected, "#sidebar")
+    async def _open_chat(self, event: ChatList.OptionSelected) -> None:
+        if self.generating:
+            self.notify("a reply is still coming: Esc stops it", severity="warning")
+            return
+        if event.option.id and (self.session is None or str(self.session.chat.id) != event.option.id):
+            await self.resume_chat(int(event.option.id))
+        self.query_one(PromptInput).focus()
+
+    @on(ChatList.Rename)
+    def _rename(self, event: ChatList.Rename) -> None:
+        self.rename_chat(event.chat_id)
+
+    @on(ChatList.Delete)
+    def _delete(self, event: ChatList.Delete) -> None:
+        self.delete_chat(event.chat_id)
+
+    def rename_chat(self, chat_id: int | None = None) -> None:
+        chat_id = chat_id or (self.session.chat.id if self.session else None)
+        if chat_id is None:
+            return
+        store, report = self.services.store, self.services.report
+        try:
+            title = store.chat(chat_id).title
+        except StoreError as exc:
+            report(str(exc))
+            return
+
+        def done(new: str | None) -> None:
+            if not new:
+                return
+            try:
+                store.rename_chat(chat_id, new)
+            except StoreError as exc:
+                report(str(exc))
+                return
+            if self.session and self.session.chat.id == chat_id:
+                self.session.chat.title = new
+            self.refresh_chats()
+
+        self.app.push_screen(RenameDialog(title), done)
+
+    def delete_chat(self, chat_id: int | None = None) -> None:
+        chat_id = chat_id or (self.session.chat.id if self.session else None)
+        if chat_id is None:
+            return
+        if self.generating and self.session and self.session.chat.id == chat_id:
+            self.notify("a reply is still coming: Esc stops it first", severity="warning")
+            return
+
+        async def done(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                self.services.store.delete_chat(chat_id)
+            except StoreError as exc:
+                self.services.report(str(exc))
+                return
+            if self.session and self.session.chat.id == chat_id:
+                await self.show_session(None)
+            self.refresh_chats()
+
+        self.app.push_screen(ConfirmDialog("Delete this chat and all its messages?"), done)
+
+    def action_toggle_sidebar(self) -> None:
+        sidebar = self.query_one("#sidebar")
+        sidebar.display = not sidebar.display
+        if sidebar.display:
+            self.refresh_chats()
+            sidebar.focus()
+        else:
+            self.query_one(PromptInput).focus()
