@@ -64,7 +64,7 @@ def data_build(
     from haruhi_tui.core.characters import list_character_folders
     from haruhi_tui.core.dataset import BuildOptions, build, write
     from haruhi_tui.core.persona import PromptBudget
-    from haruhi_tui.services.library import CharacterLibrary
+    from haruhi_tui.services.character_library import CharacterLibrary
 
     if train_unit not in ("scene", "reply"):
         raise HaruhiError(f"--train-unit is 'scene' or 'reply', not {train_unit!r}")
@@ -76,7 +76,7 @@ def data_build(
         library = CharacterLibrary()
         if library.problems:
             raise HaruhiError(library.problems[0])
-        source, root = library.load(only or None, _parse_speakers(speaker)), "the character library"
+        source, root = library.select(only or None, _parse_speakers(speaker)), "the character library"
         total = len(source)
     options = BuildOptions(
         seed=seed, val_fraction=val_fraction, max_turns=max_turns, train_unit=train_unit,  # type: ignore[arg-type]

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from haruhi_tui.core.errors import HaruhiError, friendly_errors
+from haruhi_tui.core.paths import bundled_notice
 
 characters_app = typer.Typer(
     help="The character library: the bundled starters, characters downloaded from the ChatHaruhi hub datasets, "
@@ -24,7 +25,7 @@ CHARACTERS_OPTION = typer.Option(None, "--characters", "-c", metavar="DIR",
 
 
 def _library(characters: Path | None):
-    from haruhi_tui.services.library import CharacterLibrary
+    from haruhi_tui.services.character_library import CharacterLibrary
 
     return CharacterLibrary(characters)
 
@@ -51,8 +52,9 @@ def list_command(
                       f"{by.origin} one of the same folder name")
     for problem in library.problems:
         console.print(f"[yellow]warning:[/] {problem}")
-    out.print("Starter data: ChatHaruhi (github.com/LC1332/Chat-Haruhi-Suzumiya), CC BY-NC 4.0: see NOTICE. "
-              "`haruhi characters list --hub` shows who else `haruhi characters get NAME` can fetch.")
+    out.print("Starter data: ChatHaruhi (github.com/LC1332/Chat-Haruhi-Suzumiya), CC BY-NC 4.0; attribution in "
+              f"{bundled_notice()}. `haruhi characters list --hub` shows who else `haruhi characters get NAME` "
+              "can fetch.")
 
 
 def _table(title: str, *columns: str) -> Table:
@@ -132,8 +134,8 @@ def import_command(
 ) -> None:
     """Turn a character card into a character folder in <data dir>/characters."""
     library = _library(characters)
-    entry = library.import_card(file)
-    Console().print(f"imported {entry.display_name} as {entry.key} into {entry.folder.parent}")
+    character = library.import_card(file)
+    Console().print(f"imported {character.name} as {character.folder} into {library.user_dir}")
 
 
 @characters_app.command("export")
@@ -145,7 +147,8 @@ def export_command(
     characters: Optional[Path] = CHARACTERS_OPTION,
 ) -> None:
     """Write a character as a Character Card V2 other apps import."""
-    print(_library(characters).export_card(name, file))
+    library = _library(characters)
+    print(library.export_card(library.entry(name).load(), file))
 
 
 @characters_app.command("remove")
@@ -157,7 +160,7 @@ def remove_command(
 ) -> None:
     """Delete a downloaded or imported character (bundled ones and your own folder are never touched)."""
     library = _library(characters)
-    entry = library.find(name)
+    entry = library.entry(name)
     if entry.removable and not yes:
         typer.confirm(f"remove {entry.display_name} ({entry.key}) and its folder {entry.folder}?", abort=True)
     removed = library.remove(name)

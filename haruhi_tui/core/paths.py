@@ -1,6 +1,6 @@
 """Where things live: the app's data folder, characters, models. Environment variables override.
 
-Characters come from three places (:mod:`haruhi_tui.services.library` puts them together): the starter
+Characters come from three places (:mod:`haruhi_tui.services.character_library` puts them together): the starter
 set shipped inside the package, the user's own folder ``<data dir>/characters`` (downloaded and imported
 characters) and a folder the user configures (``--characters`` or ``$HARUHI_CHARACTERS``). Nothing is read
 from beside the checkout: a development copy of the ChatHaruhi data is used only when named explicitly.
@@ -47,7 +47,7 @@ def configured_characters_dir() -> Path | None:
 def default_characters_dir() -> Path:
     """One folder for code that wants a single one: $HARUHI_CHARACTERS, else <data dir>/characters.
 
-    Prefer :class:`haruhi_tui.services.library.CharacterLibrary`, which also has the starter characters.
+    Prefer :class:`haruhi_tui.services.character_library.CharacterLibrary`, which also has the starter characters.
     """
     return configured_characters_dir() or user_characters_dir()
 

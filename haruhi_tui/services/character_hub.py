@@ -51,8 +51,8 @@ from haruhi_tui.core.paths import data_dir
 from haruhi_tui.core.progress import Progress, report
 
 from . import hub
+from .character_library import HUB_URL_PREFIX, CharacterLibrary
 from .hub_catalogue import CHATHARUHI, ROLELLM
-from .library import HUB_URL_PREFIX, CharacterLibrary
 
 Collection = Literal["chatharuhi", "rolellm"]
 REPOS: dict[Collection, str] = {"chatharuhi": "silk-road/ChatHaruhi-RolePlaying",

@@ -94,7 +94,8 @@ STRICT_TEMPLATE = (  # Gemma's rule: after the system text, turns alternate and 
 def test_a_strict_chat_template_gets_a_user_line_before_the_greeting(engine):
     strict = Engine(engine.llama, dataclasses.replace(engine.info, chat_template=STRICT_TEMPLATE),
                     n_ctx=engine.n_ctx, style="chat")
-    opened = Conversation("你是春日。", (Turn("assistant", "喂，阿虚！", "春日"), Turn("user", "干嘛？", "阿虚")), "春日")
+    turns = (Turn("assistant", "喂，阿虚！", "春日"), Turn("user", "干嘛？", "阿虚"))
+    opened = Conversation("你是春日。", turns, "春日")
     text = strict.render(opened)
     assert text.index(CHAT_START) < text.index("喂，阿虚！") < text.index("干嘛？")
     usual = Conversation("你是春日。", (Turn("user", "干嘛？", "阿虚"),), "春日")
