@@ -117,10 +117,11 @@ def get_command(
     if all_ and result.present:
         out.print(f"{len(result.present)} already in the library")
     if result.missing:
-        missing = ", ".join(c.stem for c in result.missing)
+        names = [c.stem for c in result.missing]
+        missing = ", ".join(names[:5]) + (f"… ({len(names)} in all)" if len(names) > 5 else "")
         if not all_:
             raise HaruhiError(f"not on the hub (any more): {missing}")
-        console.print(f"[yellow]warning:[/] not on the hub: {missing}")
+        console.print(f"[yellow]warning:[/] not on the hub (any more): {missing}")
     if not result.fetched and not result.missing:
         out.print("nothing to download: you have them all")
 

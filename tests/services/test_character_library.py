@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import filecmp
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -190,8 +191,8 @@ def test_list_reads_at_80_columns(cli):
     assert max(cell_len(line.rstrip()) for line in lines) <= 80
     row = next(line for line in lines if "凉宫春日" in line)
     assert "bundled" in row and "chatharuhi" in row and "CC BY-NC 4.0" in row
-    assert sum("bundled" in line for line in lines) == len(STARTERS)
-    assert "NOTICE" in result.output
+    assert sum("bundled" in line and "chatharuhi" in line for line in lines) == len(STARTERS)
+    assert "NOTICE" in result.output.replace("\n", "")  # where the attribution is
     hub = CliRunner().invoke(cli, ["characters", "list", "--hub"], env={"COLUMNS": "80"})
     assert hub.exit_code == 0 and max(cell_len(line.rstrip()) for line in hub.output.splitlines()) <= 80
     assert "Jack Sparrow" in hub.output and "CC BY 4.0" in hub.output
@@ -209,6 +210,16 @@ def test_get_import_export_remove_through_the_command(cli, hub, tmp_path):
     assert missing.exit_code == 1 and "not on the hub (any more): Doctor Who" in missing.output
     neither = runner.invoke(cli, ["characters", "get"])
     assert neither.exit_code == 1 and "pass --all" in neither.output
+    every = runner.invoke(cli, ["characters", "get", "--all"])  # the local hub holds only a few of the 127
+    assert every.exit_code == 0, every.output
+    assert "8 already in the library" in every.output and "not on the hub (any more): tangshiye" in every.output
+    assert "(119 in all)" in every.output  # 6 starters are ChatHaruhi's, 2 were fetched above
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    offline = runner.invoke(cli, ["characters", "get", "Ron"], env={"HF_ENDPOINT": closed})
+    [line] = offline.output.strip().splitlines()  # one line (the progress bar leaves nothing behind)
+    assert offline.exit_code == 1 and line.startswith("error: cannot reach the Hugging Face hub: you are offline")
 
     listed = runner.invoke(cli, ["characters", "list"], env={"COLUMNS": "80"})
     sparrow = next(line for line in listed.output.splitlines() if "Jack Sparrow" in line)

@@ -58,7 +58,9 @@ class CharacterPicker(ModalScreen[str | None]):
         needle = needle.casefold().strip()
         out = []
         for c in self.characters:
-            hay = f"{c.name} {c.folder} {c.source_work}{' imported' if c.folder in self.imported else ''}".casefold()
+            origin = "imported" if c.folder in self.imported else (
+                "downloaded" if c.folder in self.library.downloaded else "")
+            hay = f"{c.name} {c.folder} {c.source_work} {origin}".casefold()
             if needle and needle not in hay:
                 continue
             label = Text(c.name, style=f"bold {character_color(c.folder)}")
@@ -66,8 +68,8 @@ class CharacterPicker(ModalScreen[str | None]):
                 label.append(f"  {c.folder}", style="dim")
             if c.source_work:
                 label.append(f"  · {c.source_work}", style="italic")
-            if c.folder in self.imported or c.folder in self.library.downloaded:
-                label.append("  [imported]" if c.folder in self.imported else "  [downloaded]", style="bold green")
+            if origin:
+                label.append(f"  [{origin}]", style="bold green")
             if c.first_line:
                 line = c.first_line if len(c.first_line) <= 60 else c.first_line[:59] + "…"
                 label.append(f"\n  「{line}」", style="dim")
