@@ -457,9 +457,9 @@ def main() -> None:
     if "real" in args.workloads.split(","):
         dataset = prepare_dataset(scratch, args.dataset, args.characters)
         if dataset is None and args.device == "cpu":
-            from haruhi_tui.core.paths import default_characters_dir
+            from haruhi_tui.core.paths import bundled_characters_dir
 
-            dataset = prepare_dataset(scratch, None, str(default_characters_dir()))
+            dataset = prepare_dataset(scratch, None, str(bundled_characters_dir()))
         if dataset is not None and args.max_samples:
             trimmed = scratch / f"haruhi_train_first_{args.max_samples}.json"
             trimmed.write_text(json.dumps(json.loads(dataset.read_text(encoding="utf-8"))[:args.max_samples],

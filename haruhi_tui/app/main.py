@@ -8,7 +8,7 @@ from pathlib import Path
 
 from haruhi_tui.core.engine import DEFAULT_N_CTX
 from haruhi_tui.core.errors import HaruhiError, friendly_errors
-from haruhi_tui.core.paths import default_characters_dir, models_dir
+from haruhi_tui.core.paths import models_dir
 
 
 def parser() -> argparse.ArgumentParser:
@@ -22,7 +22,8 @@ def parser() -> argparse.ArgumentParser:
         epilog="Keys: Enter sends, Esc stops a reply, ctrl+r regenerates, F2 shows the prompt, F1 lists every key.",
     )
     p.add_argument("--characters", "-c", type=Path, default=None, metavar="DIR",
-                   help=f"ChatHaruhi characters folder ($HARUHI_CHARACTERS; default {default_characters_dir()})")
+                   help="your own folder of ChatHaruhi character folders ($HARUHI_CHARACTERS), listed with the "
+                        "bundled starters and the characters you downloaded or imported")
     p.add_argument("--model", "-m", type=Path, default=None, metavar="GGUF",
                    help="GGUF model to chat with (default: the last one used, else the bundled Gemma 3 270M)")
     p.add_argument("--models-dir", type=Path, action="append", default=[], metavar="DIR",

@@ -1,8 +1,9 @@
 """``haruhi``: the command line for everything but the chat app and the converter.
 
 Subcommands: ``chat`` (talk to a character in the shell), ``data`` (build and check datasets), ``train``
-(LoRA fine-tune), ``eval`` (BLEU/ROUGE), ``models`` (find and download models). Heavy libraries are imported
-inside commands, so ``--help`` is instant.
+(LoRA fine-tune), ``eval`` (BLEU/ROUGE), ``models`` (find and download models), ``characters`` (the character
+library: list, get, import, export, remove). Heavy libraries are imported inside commands, so ``--help`` is
+instant.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from rich.console import Console
 from rich.table import Table
 
 from haruhi_tui.core.errors import HaruhiError, friendly_errors
-from haruhi_tui.core.paths import default_characters_dir
 
 app = typer.Typer(
     name="haruhi",
@@ -44,8 +44,9 @@ def _parse_speakers(values: list[str]) -> dict[str, str]:
 @friendly_errors
 def data_build(
     characters: Path = typer.Option(
-        None, "--characters", "-c", help="Folder of ChatHaruhi character folders (each: system_prompt.txt + "
-        "texts/*.txt). Default: $HARUHI_CHARACTERS or the bundled development data."),
+        None, "--characters", "-c", help="Build from this folder of ChatHaruhi character folders only (each: "
+        "system_prompt.txt + texts/*.txt). Default: the character library (the bundled starters, characters you "
+        "downloaded or imported, $HARUHI_CHARACTERS); `haruhi characters list` shows it."),
     out: Path = typer.Option(Path("data"), "--out", "-o", help="Output folder for haruhi_train.json, "
                              "haruhi_val.json, dataset_info.json, stats.json (replaced together)."),
     seed: int = typer.Option(42, help="Seed of the per-character train/val split by scene (same seed, same files)."),
@@ -74,11 +75,20 @@ def data_build(
     from haruhi_tui.core.dataset import BuildOptions, build, write
     from haruhi_tui.core.persona import PromptBudget
     from haruhi_tui.core.scene_split import MIN_SHARED_CHARS
+    from haruhi_tui.services.character_library import CharacterLibrary
 
     if train_unit not in ("scene", "reply"):
         raise HaruhiError(f"--train-unit is 'scene' or 'reply', not {train_unit!r}")
-    root = characters or default_characters_dir()
-    total = len(list_character_folders(root)) if not only else len(only)
+    source: Path | list
+    if characters is not None:
+        source, root = characters, str(characters)
+        total = len(list_character_folders(characters)) if not only else len(only)
+    else:
+        library = CharacterLibrary()
+        if library.problems:
+            raise HaruhiError(library.problems[0])
+        source, root = library.select(only or None, _parse_speakers(speaker)), "the character library"
+        total = len(source)
     options = BuildOptions(
         seed=seed, val_fraction=val_fraction, max_turns=max_turns, train_unit=train_unit,  # type: ignore[arg-type]
         budget=PromptBudget(scenes=scene_budget, max_scenes=max_scenes, history=history_budget),
@@ -86,7 +96,7 @@ def data_build(
     with Progress(TextColumn("[bold]building[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("", total=total)
-        result = build(root, options, only=only or None, speakers=_parse_speakers(speaker), extra=extra,
+        result = build(source, options, only=only or None, speakers=_parse_speakers(speaker), extra=extra,
                        progress=lambda ch: progress.update(task, advance=1, description=escape(ch.name)))
     paths = write(result, out)
     overlap = result.overlap
@@ -129,10 +139,11 @@ def data_check(
 
 
 def _register_optional() -> None:
-    """Attach the training, evaluation and model commands (they live in their own packages)."""
+    """Attach the training, evaluation, model and character commands (they live in their own modules)."""
     from trainer.cli import register as register_trainer
     from trainer.eval_cli import register as register_eval
 
+    from .characters import register as register_characters
     from .chat import register as register_chat
     from .models import register as register_models
 
@@ -140,6 +151,7 @@ def _register_optional() -> None:
     register_trainer(app)
     register_eval(app)
     register_models(app)
+    register_characters(app)
 
 
 _register_optional()

@@ -25,6 +25,7 @@ from haruhi_tui.core.errors import ModelError
 from haruhi_tui.core.harmony import Delta
 from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, Turn, budget_for, estimate_tokens
 from haruhi_tui.core.prompt_format import Conversation
+from haruhi_tui.services.greeting import store_greeting
 from haruhi_tui.store import Chat, Message, Pin, Store, StoreError
 
 from .roleplay import ChatRoleplay
@@ -100,14 +101,15 @@ class ChatSession(ChatRoleplay):
     # -- opening -------------------------------------------------------------------------------
     @classmethod
     def start(cls, store: Store, character: Character, *, model: str = "", settings: ChatSettings | None = None,
-              on_error: ErrorCallback | None = None) -> "ChatSession":
-        """A new chat with ``character`` (reasoning effort and user name from the character's preferences)."""
+              on_error: ErrorCallback | None = None, greet: bool = True) -> "ChatSession":
+        """A new chat with ``character`` (user name, reasoning effort from their prefs), opened by their greeting."""
         if settings is None:
             settings = ChatSettings.from_dict(_quiet(lambda: store.pref(f"character:{character.folder}", {}), {}) or {})
         if not settings.user_name:
             settings.user_name = character.interlocutor
         chat = store.create_chat(character.folder, character.name, title=f"{character.name}", model=model,
                                  settings=asdict(settings))
+        chat.leaf_id = store_greeting(store, chat.id, character, settings.user_name, on_error) if greet else None
         return cls(store, character, chat, on_error=on_error)
 
     @classmethod
@@ -351,10 +353,10 @@ class ChatSession(ChatRoleplay):
     def regenerate(self, engine: Engine, **kwargs: Any) -> Message:
         """A new reply to the last user message. The old reply stays in the tree as an alternative
         (a sibling); the new one becomes the leaf."""
+        if not any(m.role == "user" for m in self.messages):  # only the greeting: nothing was asked yet
+            raise ValueError("nothing to regenerate: send a message first")
         while self.leaf is not None and self.leaf.role == "assistant":
             self.messages.pop()
-        if self.leaf is None:
-            raise ValueError("nothing to regenerate: send a message first")
         return self.reply(engine, **kwargs)
 
     def switch_to(self, leaf_id: int) -> None:

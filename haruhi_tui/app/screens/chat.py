@@ -100,8 +100,8 @@ class ChatScreen(ChatView):
         self.run_turn(text)
 
     def action_regenerate(self) -> None:
-        if self.session is None or not self.session.messages:
-            self.notify("nothing to regenerate yet", severity="warning")
+        if self.session is None or not any(m.role == "user" for m in self.session.messages):
+            self.notify("nothing to regenerate yet", severity="warning")  # a greeting alone is not a reply
             return
         if self.generating:
             self.notify("a reply is still coming: Esc stops it", severity="warning")
@@ -248,13 +248,13 @@ class ChatScreen(ChatView):
             view.set_class(view.message_id == message_id and message_id is not None, "selected")
 
     def _target(self) -> int | None:
-        """The selected message, else the last thing the user said."""
+        """The selected message, else the last thing the user said, else the greeting."""
         if self.session is None:
             return None
         ids = [m.id for m in self.session.messages]
         if self.selected in ids:
             return self.selected
-        return next((m.id for m in reversed(self.session.messages) if m.role == "user"), None)
+        return next((m.id for m in reversed(self.session.messages) if m.role == "user"), ids[0] if ids else None)
 
     def action_edit(self) -> None:
         if self.session is None or self._refuse_while_generating():

@@ -40,7 +40,8 @@ class MessageView(Vertical):
     """
 
     def __init__(self, role: str, speaker: str, content: str = "", *, analysis: str = "", status: str = "complete",
-                 color: str = "", message_id: int | None = None, show_thinking: bool = False) -> None:
+                 color: str = "", message_id: int | None = None, show_thinking: bool = False,
+                 caption: str = "") -> None:
         super().__init__(classes=role)
         self.role = role
         self.speaker = speaker
@@ -50,6 +51,7 @@ class MessageView(Vertical):
         self.color = color
         self.message_id = message_id
         self.show_thinking = show_thinking
+        self.caption = caption  # a note under the text when there is no status to show (a greeting's origin)
         self._stream: MarkdownStream | None = None
         self.deltas_shown = 0
         self.first_shown_at = 0.0
@@ -62,8 +64,8 @@ class MessageView(Vertical):
         thinking.display = bool(self.analysis)
         yield thinking
         yield Markdown(self.content, classes="body")
-        note = Static(STATUS_NOTES.get(self.status, ""), classes="note")
-        note.display = self.status in STATUS_NOTES
+        note = Static(STATUS_NOTES.get(self.status, self.caption), classes="note")
+        note.display = self.status in STATUS_NOTES or bool(self.caption)
         yield note
 
     @property
