@@ -25,7 +25,6 @@ from rich.table import Table
 
 from haruhi_tui.core.characters import Character
 from haruhi_tui.core.errors import Cancelled, HaruhiError, friendly_errors
-from haruhi_tui.core.paths import default_characters_dir
 from haruhi_tui.services.character_library import CharacterLibrary
 from haruhi_tui.services.chat import ChatSession, ContextSnapshot
 from haruhi_tui.store import MEMORY, Chat, Store, StoreError, default_db_path
@@ -37,7 +36,7 @@ err = Console(stderr=True, highlight=False)
 
 def find_characters(characters_dir: Path | None = None) -> list[Character]:
     """The characters the app lists (:class:`CharacterLibrary`): ``haruhi chat`` finds characters only here."""
-    library = CharacterLibrary(characters_dir or default_characters_dir())
+    library = CharacterLibrary(characters_dir)
     library.load()
     if not library.characters:
         raise HaruhiError(library.problem or "no characters found; pass --characters DIR or set $HARUHI_CHARACTERS")

@@ -44,14 +44,6 @@ def configured_characters_dir() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
-def default_characters_dir() -> Path:
-    """One folder for code that wants a single one: $HARUHI_CHARACTERS, else <data dir>/characters.
-
-    Prefer :class:`haruhi_tui.services.character_library.CharacterLibrary`, which also has the starter characters.
-    """
-    return configured_characters_dir() or user_characters_dir()
-
-
 def models_dir() -> Path:
     """Where GGUF models are looked for and downloaded to: $HARUHI_MODELS or <data dir>/models."""
     if os.environ.get("HARUHI_MODELS"):

@@ -102,7 +102,7 @@ def test_a_fresh_install_has_the_attributed_starters_and_never_reads_shared(char
     assert bundled_notice().read_text(encoding="utf-8") == notice
     assert "CC BY-NC 4.0" in notice and all(folder in notice for folder in STARTERS)
     assert not hasattr(paths, "_DEV_CHARACTERS")
-    assert paths.default_characters_dir() == data_dir() / "characters"
+    assert paths.user_characters_dir() == data_dir() / "characters" and paths.configured_characters_dir() is None
 
 
 def test_precedence_configured_then_user_then_bundled(tmp_path):
