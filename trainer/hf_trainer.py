@@ -116,7 +116,7 @@ class RunCallback(TrainerCallback):
         self.cancelled = False
 
     def throughput(self) -> float | None:
-        """Real tokens per second over this session's steps, the first (warm-up) step left out."""
+        """Real tokens per second over this session's steps, the warm-up and profiled steps left out."""
         return self.speed.overall()
 
     def on_train_begin(self, args, state, control, **kwargs):

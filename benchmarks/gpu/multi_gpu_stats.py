@@ -185,8 +185,8 @@ def wait(run: Path, checkpoint: int, step: int, timeout: float) -> int:
         records = events(run)
         saved = any(r["event"] == "checkpoint" and r["step"] >= checkpoint for r in records)
         stepped = any(r["event"] == "step" and r["step"] >= step for r in records)
-        marker = any((run / f"checkpoint-{n}" / "haruhi_checkpoint.json").is_file()
-                     for n in range(checkpoint, step + 1))
+        marker = any(path.name.split("-")[-1].isdigit() and int(path.name.split("-")[-1]) >= checkpoint
+                     and (path / "haruhi_checkpoint.json").is_file() for path in run.glob("checkpoint-*"))
         if saved and stepped and marker:
             return 0
         if any(r["event"] == "end" for r in records):
