@@ -107,9 +107,8 @@ class StepProfiler:
                 torch.cuda.synchronize()
             self.wall = time.perf_counter() - self.started_at
         self.prof.stop()
-        if not done:
+        if not done:  # nothing to write (and an earlier session's profile stays)
             self.summary = {"steps": 0, "note": f"the session ended before step {self.first}"}
-            self._write(self.summary, [], [])
             return self.summary
         kernels, host = [], []
         for event in self.prof.key_averages():

@@ -158,9 +158,10 @@ case "$stage" in
       wait $launcher 2>/dev/null
       for _ in $(seq 30); do [ -z "$(nvidia-smi --query-compute-apps=pid --format=csv,noheader)" ] && break; sleep 1; done
     fi
-    echo "+ (cd $run.cwd && timeout 420 python3 -m haruhi_tui.cli train --resume --output $run --gpus 4) >> $run.log 2>&1"
+    echo "+ (cd $run.cwd && timeout 420 python3 -m haruhi_tui.cli train --resume --output $run --gpus 4 --profile-steps 0) >> $run.log 2>&1"
     if [ -z "$DRY" ]; then
-      (cd $run.cwd && timeout 420 python3 -m haruhi_tui.cli train --resume --output $run --gpus 4) >> $run.log 2>&1
+      (cd $run.cwd && timeout 420 python3 -m haruhi_tui.cli train --resume --output $run --gpus 4 --profile-steps 0) \
+        >> $run.log 2>&1
       echo "resume: exit $?"; tail -n 3 $run.log
     fi
     x timeout 300 python3 -m haruhi_tui.cli eval --model $BASE --adapter $run/adapter --dataset $DATA/haruhi_val.json \
