@@ -20,7 +20,8 @@ HELP = """LoRA fine-tune a model (gpt-oss-20b by default) on a role-play dataset
 
 The defaults reproduce the reference run: base openai/gpt-oss-20b, LoRA r=16 alpha=32 dropout 0 on
 attention (q/k/v/o) and the MoE experts (gate_up_proj, down_proj), lr 1e-4 cosine with 3% warm-up,
-3 epochs, 2048-token sequences, 4 rows x 2 accumulation per step, data/haruhi_train.json
+3 epochs, 2048-token sequences, 8 rows per optimizer step per GPU (8 x 1, or 4 x 2 and smaller
+micro-batches when the card's memory is short; gradient checkpointing only where needed), data/haruhi_train.json
 (`haruhi data build -o data/`). Unsloth trains on CUDA (bf16 base; --load-in-4bit for QLoRA);
 without CUDA the same recipe runs on transformers + PEFT.
 
@@ -56,13 +57,13 @@ def _option_for(f: Any) -> tuple[Any, Any]:
     flag = tc.flag_of(f.name)
     choices = f.metadata.get("choices")
     text = f.metadata["help"]
-    if choices:
+    if choices and not f.metadata.get("switch"):
         text += f" One of: {', '.join(choices)}."
     shown = ",".join(default) if isinstance(default, list) else default
     shown = str(shown).lower() if isinstance(shown, bool) else str(shown)
     text += f" \\[default: {shown}]"  # escaped: rich would read [default: …] as markup
     panel = SECTION_PANELS[f.metadata["section"]]
-    if isinstance(default, bool):
+    if isinstance(default, bool) or f.metadata.get("switch"):  # a switch: not given = auto (or the file's value)
         no_flag = "--no-" + flag[2:]
         return Optional[bool], typer.Option(None, f"{flag}/{no_flag}", help=text, show_default=False,
                                             rich_help_panel=panel)

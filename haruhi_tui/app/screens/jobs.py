@@ -323,12 +323,22 @@ class JobsScreen(Screen):
             parts.append(f"loss {last['loss']:.4f}")
         if last.get("learning_rate") is not None:
             parts.append(f"lr {last['learning_rate']:.2e}")
-        if last.get("tokens_per_second"):
-            parts.append(f"{last['tokens_per_second']:.0f} tok/s")
+        rate = last.get("tokens_per_second_recent") or last.get("tokens_per_second")
+        if rate:  # in all, per GPU and against one GPU (the same figures as `haruhi train`'s progress line)
+            speed = f"{rate:,.0f} tok/s"
+            if (last.get("world_size") or 1) > 1 and last.get("tokens_per_second_per_device"):
+                scaling = f", {last['scaling']:.0%} of 1 GPU" if last.get("scaling") else ""
+                speed += f" ({last['tokens_per_second_per_device']:,.0f}/GPU{scaling})"
+            parts.append(speed)
         if last.get("rate"):
             parts.append(f"{last['rate']:.2f} {state.unit}s/s")
-        if last.get("gpu_memory_gb"):
+        ranks = [m for m in last.get("rank_memory_gb") or [] if m is not None]
+        if len(ranks) > 1:
+            parts.append(f"GPU {min(ranks):.1f}-{max(ranks):.1f} GB")
+        elif last.get("gpu_memory_gb"):
             parts.append(f"GPU {last['gpu_memory_gb']:.1f} GB")
+        if last.get("epoch_time"):
+            parts.append(f"epoch {_clock(last['epoch_time'])}")
         if state.metrics:
             parts.append("metrics: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                  for k, v in list(state.metrics.items())[:6]))
