@@ -2,7 +2,7 @@
 own characters folder, and cards written back out.
 
 UI-free. A configured character and an imported one never share a folder name: at load a clash keeps the
-configured one, and an imported card whose folder clashes is renamed (``haruhi_card``, ``haruhi_card2``…).
+configured one, and a card is imported under a free name (``haruhi_card``, ``haruhi_card2``…).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from haruhi_tui.core.cards import export_card, import_card
-from haruhi_tui.core.characters import Character, load_character, load_characters
+from haruhi_tui.core.characters import Character, load_characters
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.core.paths import data_dir
 
@@ -71,20 +71,15 @@ class CharacterLibrary:
         return next((c for c in self.characters.values() if wanted in (c.folder.casefold(), c.name.casefold())), None)
 
     def import_card(self, path: Path) -> Character:
-        """A Character Card V2 (.json or .png) becomes a character folder in :attr:`imported_dir`.
+        """A Character Card V2/V3 (.json, .png or .charx) becomes a character folder in :attr:`imported_dir`,
+        never under the folder name of a configured character (``haruhi_card``…); what the card had that
+        could not be used is in the character's ``warnings``.
 
         Raises :class:`HaruhiError` ("cannot import <file>: why") for a bad card or an unwritable folder.
         """
+        reserved = [folder for folder in self.characters if folder not in self.imported]
         try:
-            character = import_card(path, self.imported_dir)
-            if character.folder in self.characters:  # a configured character of the same folder name
-                folder = self.imported_dir / character.folder
-                n = 1
-                while (target := self.imported_dir / f"{character.folder}_card{n if n > 1 else ''}").exists() \
-                        or target.name in self.characters:
-                    n += 1
-                folder.rename(target)
-                character = load_character(target, speaker=character.name)
+            character = import_card(path, self.imported_dir, reserved=reserved)
         except HaruhiError as exc:
             raise HaruhiError(f"cannot import {path.name}: {exc}") from None
         except OSError as exc:
@@ -95,5 +90,5 @@ class CharacterLibrary:
         return character
 
     def export_card(self, character: Character, path: Path) -> Path:
-        """Write ``character`` as a card: ``.png`` (the card inside the image) or ``.json``."""
+        """Write ``character`` as a card: ``.png`` (the card inside the image), ``.json`` or ``.charx``."""
         return export_card(character, path)
