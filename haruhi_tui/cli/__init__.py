@@ -1,8 +1,8 @@
 """``haruhi``: the command line for everything but the chat app and the converter.
 
 Subcommands: ``chat`` (talk to a character in the shell), ``data`` (build and check datasets), ``train``
-(LoRA fine-tune), ``eval`` (BLEU/ROUGE), ``models`` (find and download models). Heavy libraries are imported
-inside commands, so ``--help`` is instant.
+(LoRA fine-tune), ``eval`` (BLEU/ROUGE), ``models`` (find and download models), ``personas`` (who you play).
+Heavy libraries are imported inside commands, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -135,11 +135,13 @@ def _register_optional() -> None:
 
     from .chat import register as register_chat
     from .models import register as register_models
+    from .personas import register as register_personas
 
     register_chat(app)
     register_trainer(app)
     register_eval(app)
     register_models(app)
+    register_personas(app)
 
 
 _register_optional()
