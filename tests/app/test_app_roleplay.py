@@ -276,7 +276,7 @@ async def test_the_context_view_shows_persona_world_info_and_notes_with_counts(e
             assert tokens == str(block.tokens) == str(engine.count_tokens(block.text)) and cut == (block.cut or "—")
         screen = app.screen
         lore_cell = str(screen.query_one("#blocks", DataTable).get_row_at(kinds.index("lore"))[0]).splitlines()
-        assert lore_cell == ["World info (1)", "  棒球大赛 (春日的世界): key “棒球”"]  # the entry, the key that fired it
+        assert lore_cell == ["World info (1)", "  棒球大赛 (春日的世界): key “棒球”"]  # entry and key
         lore = next(b for b in sent.prompt.blocks if b.kind == "lore")
         assert lore.text.endswith("春日带SOS团参加过社区棒球大赛，还让Alice当了四棒。")
         rendered = screen.query_one("#rendered", TextArea).text
