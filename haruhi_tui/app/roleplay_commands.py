@@ -66,8 +66,9 @@ def open_persona(app: HaruhiApp) -> None:
 
     async def done(changed: bool | None) -> None:
         screen = app.chat_screen
-        if screen.session is session and not screen.generating:
+        if changed and screen.session is session and not screen.generating:
             await screen.show_session(session)  # every line of yours carries the name, as the prompt does
+        screen.update_title()
 
     app.push_screen(PersonaScreen(session, app.services.report), done)
 

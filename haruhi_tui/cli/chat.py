@@ -245,8 +245,9 @@ def chat_command(
                                         help="A .gguf file, a downloaded catalogue id, or 'bundled'. Default: the "
                                              "chat's model, else the app's last one, else the bundled Gemma 3 270M."),
     persona: Optional[str] = typer.Option(None, "--persona", metavar="NAME",
-                                          help="Who you play (your name in the chat; default: the character's "
-                                               "usual partner). Kept with the chat."),
+                                          help="Who you play: a stored persona (`haruhi personas`) brings its "
+                                               "description, any other name is just the name (default: the "
+                                               "character's usual partner). Kept with the chat."),
     new: bool = typer.Option(False, "--new", help="Start a new chat instead of continuing the latest one."),
     show: bool = typer.Option(False, "--show-prompt", help="Print the exact prompt (stdout) and its blocks "
                                                            "with token counts (stderr); generate nothing."),
