@@ -29,6 +29,7 @@ from haruhi_tui.services.model_service import ModelService, choice_name
 from haruhi_tui.store import MEMORY, Store, StoreError, default_db_path
 
 from .messages import CharactersChanged, CharactersLoaded, LoadModel, ModelFailed, ModelLoading, ModelReady
+from .roleplay_commands import roleplay_commands
 from .screens.chat import ChatScreen
 from .screens.dialogs import RenameDialog
 from .screens.help import HelpScreen
@@ -187,12 +188,14 @@ class HaruhiApp(App[None]):
         yield SystemCommand("Toggle chat list", "Show or hide saved chats (ctrl+b)", chat.action_toggle_sidebar)
         yield SystemCommand("Rename chat", "Rename the current chat", chat.rename_chat)
         yield SystemCommand("Delete chat", "Delete the current chat", chat.delete_chat)
-        yield SystemCommand("Your name", "Who you play in this chat (default: the character's usual partner)",
+        yield SystemCommand("Your name", "Your name in this chat (Persona: a name and a description)",
                             self.ask_user_name)
-        yield SystemCommand("Export chat", "Write the chat as Markdown, JSONL or ShareGPT JSON", self.export_chat)
-        yield SystemCommand("Import character card", "A Character Card V2 .json or .png becomes a character",
+        yield from roleplay_commands(self)
+        yield SystemCommand("Export chat", "Write the chat as Markdown, JSONL, ShareGPT JSON or a SillyTavern chat",
+                            self.export_chat)
+        yield SystemCommand("Import character card", "A Character Card V2/V3 .json/.png/.charx becomes a character",
                             self.action_import_card)
-        yield SystemCommand("Export character card", "The current character as a Character Card V2 .png or .json",
+        yield SystemCommand("Export character card", "The current character as a card: .png, .json or .charx",
                             self.action_export_card)
         yield SystemCommand("Download model", "A GGUF from the Hugging Face hub into the models folder",
                             self.action_download_model)
@@ -274,7 +277,8 @@ class HaruhiApp(App[None]):
             if path:
                 self.import_card(Path(path))
 
-        self.push_screen(PathDialog("Import character card", placeholder="path to a Character Card V2 .json or .png",
+        self.push_screen(PathDialog("Import character card",
+                                    placeholder="path to a Character Card V2/V3 .json/.png/.charx",
                                     note=f"becomes a character folder in {self.library.imported_dir}"), chosen)
 
     def import_card(self, path: Path) -> Character | None:
@@ -288,6 +292,9 @@ class HaruhiApp(App[None]):
             if isinstance(screen, CharacterPicker):
                 screen.post_message(CharactersChanged())
         self.notify(f"imported {character.name} ({character.folder}): ctrl+n to talk to them")
+        if character.warnings:  # what the card had that could not be used
+            self.notify("\n".join(character.warnings), title="card imported with warnings", severity="warning",
+                        timeout=15)
         return character
 
     def action_export_card(self) -> None:
@@ -306,7 +313,7 @@ class HaruhiApp(App[None]):
 
         default = data_dir() / "exports" / f"{character.folder}.png"
         self.push_screen(PathDialog(f"Export {character.name} as a character card", str(default),
-                                    note=".png (card inside the image) or .json"), chosen)
+                                    note=".png (card inside the image), .json or .charx (V3 zip)"), chosen)
 
     # -- downloads -------------------------------------------------------------------------------
     def action_download_model(self) -> None:

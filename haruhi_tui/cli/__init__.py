@@ -2,8 +2,8 @@
 
 Subcommands: ``chat`` (talk to a character in the shell), ``data`` (build and check datasets), ``train``
 (LoRA fine-tune), ``eval`` (BLEU/ROUGE), ``models`` (find and download models), ``characters`` (the character
-library: list, get, import, export, remove). Heavy libraries are imported inside commands, so ``--help`` is
-instant.
+library: list, get, import, export, remove), ``personas`` (who you play). Heavy libraries are imported inside
+commands, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -146,12 +146,14 @@ def _register_optional() -> None:
     from .characters import register as register_characters
     from .chat import register as register_chat
     from .models import register as register_models
+    from .personas import register as register_personas
 
     register_chat(app)
     register_trainer(app)
     register_eval(app)
     register_models(app)
     register_characters(app)
+    register_personas(app)
 
 
 _register_optional()

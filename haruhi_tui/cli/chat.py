@@ -22,6 +22,7 @@ from typing import Iterator, Optional, TextIO
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from haruhi_tui.core.characters import Character
 from haruhi_tui.core.errors import Cancelled, HaruhiError, friendly_errors
@@ -110,13 +111,18 @@ def latest_chat(store: Store, character: Character | None) -> Chat | None:
     return None
 
 
-def copy_to_memory(store: Store, chat: Chat) -> tuple[Store, Chat]:
-    """The chat's current branch, pins, summary and sticky scenes in a new in-memory store (``--no-save``,
-    ``--show-prompt``: the prompt is the one the saved chat would get, and nothing is written)."""
+def copy_to_memory(store: Store | None, chat: Chat | None) -> tuple[Store, Chat | None]:
+    """A new in-memory store with the stored personas and (given a chat) the chat's current branch, pins,
+    summary, sticky scenes, persona, lorebooks and author's note (``--no-save``, ``--show-prompt``: the prompt
+    is the one the saved chat would get, ``--persona`` finds the stored personas, and nothing is written)."""
     memory = Store(MEMORY)
+    personas = {p.id: memory.add_persona(p.name, p.description).id for p in store.personas()} if store else {}
+    if store is None or chat is None:
+        return memory, None
     copy = memory.create_chat(chat.character, chat.character_name, title=chat.title, model=chat.model,
                               settings=chat.settings)
-    memory.update_chat(copy.id, scene_ids=chat.scene_ids)
+    memory.update_chat(copy.id, scene_ids=chat.scene_ids, persona_id=personas.get(chat.persona_id or 0),
+                       authors_note=chat.authors_note, note_depth=chat.note_depth)
     ids: dict[int, int] = {}
     for m in store.branch(chat.id):
         ids[m.id] = memory.add_message(copy.id, ids.get(m.parent_id) if m.parent_id else None, m.role, m.content,
@@ -125,6 +131,12 @@ def copy_to_memory(store: Store, chat: Chat) -> tuple[Store, Chat]:
         memory.add_pin(copy.id, pin.text)
     if chat.summary:
         memory.set_summary(copy.id, chat.summary, ids.get(chat.summary_upto) if chat.summary_upto else None)
+    for attached in store.chat_lorebooks(chat.id):
+        if attached.lorebook_id is None:
+            memory.attach_lorebook(copy.id, path=attached.path)
+        else:
+            book = store.lorebook(attached.lorebook_id)
+            memory.attach_lorebook(copy.id, lorebook_id=memory.add_lorebook(book.name, book.data, book.source).id)
     return memory, memory.chat(copy.id)
 
 
@@ -194,7 +206,10 @@ def show_prompt(ctx: ContextSnapshot, out: TextIO) -> None:
     table.add_column("tokens", justify="right")
     table.add_column("cut")
     for block in ctx.prompt.blocks:
-        table.add_row(block.title, str(block.tokens), block.cut or "—")
+        title = Text(block.title)
+        if block.detail:  # world info: each entry that fired and the key that fired it
+            title.append("".join(f"\n  {line}" for line in block.detail.splitlines()), style="dim")
+        table.add_row(title, str(block.tokens), block.cut or "—")
     err.print(table)
     err.print(f"[dim]rendered prompt ({ctx.style}) on stdout:[/]")
     out.write(ctx.text)
@@ -229,8 +244,9 @@ def chat_command(
                                         help="A .gguf file, a downloaded catalogue id, or 'bundled'. Default: the "
                                              "chat's model, else the app's last one, else the bundled Gemma 3 270M."),
     persona: Optional[str] = typer.Option(None, "--persona", metavar="NAME",
-                                          help="Who you play (your name in the chat; default: the character's "
-                                               "usual partner). Kept with the chat."),
+                                          help="Who you play: a stored persona (`haruhi personas`) brings its "
+                                               "description, any other name is just the name (default: the "
+                                               "character's usual partner). Kept with the chat."),
     new: bool = typer.Option(False, "--new", help="Start a new chat instead of continuing the latest one."),
     show: bool = typer.Option(False, "--show-prompt", help="Print the exact prompt (stdout) and its blocks "
                                                            "with token counts (stderr); generate nothing."),
@@ -271,7 +287,7 @@ def chat_command(
     engine = open_gguf(path, n_ctx=n_ctx)
     _progress_line(None, "")  # clears the assembling line, if any
     if not saving:
-        store, chat = copy_to_memory(store, chat) if chat is not None and store is not None else (Store(MEMORY), None)
+        store, chat = copy_to_memory(store, chat)
     assert store is not None
     session = (ChatSession.resume(store, chat.id, {wanted.folder: wanted}, on_error=_warn) if chat is not None
                else ChatSession.start(store, wanted, model=str(path), on_error=_warn))

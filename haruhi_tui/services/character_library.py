@@ -256,23 +256,15 @@ class CharacterLibrary:
 
     # -- changing <data dir>/characters ------------------------------------------------------------
     def import_card(self, path: str | Path) -> Character:
-        """A Character Card (.json/.png) becomes a folder in <data dir>/characters. A folder name that another
-        library character has gets a ``_card`` suffix (``haruhi_card``, ``haruhi_card2``…), so nothing is
-        shadowed. A bad card or an unwritable folder is a HaruhiError "cannot import <file>: why"."""
+        """A Character Card V2/V3 (.json, .png or .charx) becomes a folder in <data dir>/characters, never under
+        the folder name another library character has (``haruhi_card``, ``haruhi_card2``…), so nothing is
+        shadowed; what the card had that could not be used is in the character's ``warnings``. A bad card or an
+        unwritable folder is a HaruhiError "cannot import <file>: why"."""
         name = Path(path).name
+        reserved = sorted({e.key for e in self._entries} | set(self.characters))
         try:
             self.user_dir.mkdir(parents=True, exist_ok=True)
-            character = import_card(path, self.user_dir)
-            folder = self.user_dir / character.folder
-            taken = {e.key.casefold() for e in self._entries if e.folder.resolve() != folder.resolve()}
-            taken |= {k.casefold() for k in self.characters}
-            if folder.name.casefold() in taken:
-                n = 1
-                while ((target := self.user_dir / f"{character.folder}_card{n if n > 1 else ''}").exists()
-                       or target.name.casefold() in taken):
-                    n += 1
-                folder.rename(target)
-                character = load_character(target, speaker=character.name)
+            character = import_card(path, self.user_dir, reserved=reserved)
         except HaruhiError as exc:
             raise HaruhiError(f"cannot import {name}: {exc}") from None
         except OSError as exc:
@@ -308,5 +300,5 @@ class CharacterLibrary:
         return entry
 
     def export_card(self, character: Character, path: str | Path) -> Path:
-        """Write ``character`` as a Character Card V2: ``.png`` (the card inside the image) or ``.json``."""
+        """Write ``character`` as a card: ``.png`` (the card inside the image), ``.json`` or ``.charx``."""
         return export_card(character, path)

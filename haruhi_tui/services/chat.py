@@ -227,7 +227,7 @@ class ChatSession(ChatRoleplay):
     def _insert(self, parent: Message | None, role: str, content: str = "", **kw: Any) -> Message:
         """Insert a message as the new leaf; kept in memory (and retried) if the database refuses."""
         try:
-            self._flush()
+            self.flush()
             msg = self.store.add_message(self.chat.id, parent.id if parent else None, role, content, **kw)  # type: ignore[arg-type]
         except StoreError as exc:
             now = time.time()
@@ -244,7 +244,7 @@ class ChatSession(ChatRoleplay):
         for key, value in changes.items():
             setattr(msg, key, value)
         try:
-            self._flush()
+            self.flush()
             if msg.id < 0:
                 return
             self.store.update_message(msg.id, content=msg.content, analysis=msg.analysis, status=msg.status,
@@ -255,8 +255,9 @@ class ChatSession(ChatRoleplay):
                 self._error(f"{exc} (kept in memory; saving again shortly)")
             self._pending.updates.add(msg.id)
 
-    def _flush(self) -> None:
-        """Retry the writes the database refused earlier, oldest first (parents before children)."""
+    def flush(self) -> None:
+        """Retry the writes the database refused earlier, oldest first (parents before children); a StoreError
+        if it still refuses. Also before something reads the chat from the store (a SillyTavern export)."""
         with self._lock:
             while self._pending.inserts:
                 msg = self._pending.inserts[0]

@@ -1,11 +1,11 @@
-"""Export a chat as Markdown, JSONL, or a ShareGPT sample in the dataset builder's format.
+"""Export a chat as Markdown, JSONL, a ShareGPT sample in the dataset builder's format, or a SillyTavern chat.
 
 A ShareGPT export is built by the same persona builder as ``haruhi data build`` (role prompt plus
 scenes retrieved for the conversation), so a user's best chats drop straight into training with
 ``haruhi data build --extra chat.json``. A record taken from a live chat (:func:`session_record`) carries
 the prompt the chat itself built for its last reply (persona, world info, author's note and all), and the
 sample is that prompt, so a fine-tune sees what the chat sends. Markdown and JSONL parse back into the
-same turns.
+same turns. A SillyTavern chat (``*.st.jsonl``) is :mod:`.st_chat`'s: the chat's branch with its swipes.
 """
 
 from __future__ import annotations
@@ -23,11 +23,14 @@ from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, Turn
 from haruhi_tui.core.prompt_format import Conversation, to_messages
 from haruhi_tui.core.sharegpt import Sample, write_samples
 from haruhi_tui.services.chat import ChatSession
+from haruhi_tui.services.st_chat import export_st_chat
+from haruhi_tui.store import StoreError
 
 if TYPE_CHECKING:
     from haruhi_tui.core.engine import Engine
 
-FORMATS = ("markdown", "jsonl", "sharegpt")
+FORMATS = ("markdown", "jsonl", "sharegpt", "sillytavern")
+ST_SUFFIX = ".st.jsonl"  # a SillyTavern chat, told apart from our own JSONL by its name
 _MD_TURN = re.compile(r"^\*\*(?P<speaker>.+?)\*\*(?P<role> \(you\))?: (?P<text>.*)$")
 
 
@@ -61,6 +64,8 @@ def session_record(session: ChatSession, engine: "Engine | None" = None, *, with
 
 def format_for(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
+    if Path(path).name.lower().endswith(ST_SUFFIX):
+        return "sillytavern"
     if suffix == ".md":
         return "markdown"
     if suffix == ".jsonl":
@@ -68,7 +73,7 @@ def format_for(path: str | Path) -> str:
     if suffix == ".json":
         return "sharegpt"
     raise HaruhiError(f"unknown export format for {Path(path).name}: "
-                      "use .md (Markdown), .jsonl (JSONL) or .json (ShareGPT)")
+                      f"use .md (Markdown), .jsonl (JSONL), .json (ShareGPT) or {ST_SUFFIX} (SillyTavern)")
 
 
 def to_markdown(chat: ChatRecord) -> str:
@@ -131,9 +136,12 @@ def _user_first(turns: list[Turn]) -> list[Turn]:
 
 
 def export_chat(chat: ChatRecord, path: str | Path, builder: PersonaBuilder | None = None) -> Path:
-    """Write ``chat`` to ``path`` in the format its suffix names, atomically."""
+    """Write ``chat`` to ``path`` in the format its suffix names, atomically (a SillyTavern chat is written
+    from the store: :func:`export_session`)."""
     target = Path(path)
     kind = format_for(target)
+    if kind == "sillytavern":
+        raise HaruhiError(f"a SillyTavern chat ({ST_SUFFIX}) is exported from a saved chat, not from its turns")
     if kind == "markdown":
         write_text(target, to_markdown(chat))
     elif kind == "jsonl":
@@ -148,7 +156,14 @@ def export_chat(chat: ChatRecord, path: str | Path, builder: PersonaBuilder | No
 def export_session(session: ChatSession, path: str | Path, engine: "Engine | None" = None) -> Path:
     """Write a chat's current branch to ``path`` (format by suffix): what the app's Export chat does. A
     ShareGPT export carries the prompt the chat builds (see :func:`session_record`; pass the chat's
-    ``engine`` so the budgets and token counts are the model's)."""
+    ``engine`` so the budgets and token counts are the model's). A SillyTavern chat is the stored chat's
+    branch, swipes included: what the session has not written yet is written first."""
+    if format_for(path) == "sillytavern":
+        try:
+            session.flush()
+        except StoreError as exc:
+            raise HaruhiError(f"{exc}: the chat cannot be exported as a SillyTavern chat until it is saved") from None
+        return export_st_chat(session.store, session.chat.id, path)
     record = session_record(session, engine, with_prompt=format_for(path) == "sharegpt")
     return export_chat(record, path)
 

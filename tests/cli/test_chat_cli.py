@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -59,7 +58,8 @@ def test_one_message_one_reply_streamed_and_saved(chat):
     assert result.exit_code == 0, result.output
     reply = result.stdout.strip()
     assert reply and "\n" not in reply and "」" not in reply
-    messages = saved()
+    greeting, *messages = saved()  # a new chat opens with the character's greeting, as in the app
+    assert greeting[1:3] == ("assistant", "complete") and greeting[3]
     assert [(role, status) for _, role, status, _ in messages] == [("user", "complete"), ("assistant", "complete")]
     assert messages[0][3] == "你好，今天社团做什么？" and messages[1][3] == reply
 
@@ -73,7 +73,7 @@ def test_piped_lines_are_answered_one_by_one_in_one_chat(chat):
     assert len({chat_id for chat_id, *_ in messages}) == 1
     assert [(role, content) for _, role, _, content in messages if role == "user"] == [("user", "你是谁？"),
                                                                                        ("user", "再见")]
-    assert replies == [content for _, role, _, content in messages if role == "assistant"]
+    assert replies == [content for _, role, _, content in messages if role == "assistant"][1:]  # after the greeting
     assert len(replies) == 2 and all(replies)
 
 
@@ -106,13 +106,13 @@ def test_a_second_run_resumes_the_chat_and_no_save_or_new_keep_it_apart(chat):
     assert shown.stdout.index(reply) < shown.stdout.index("然后呢？")
 
     assert chat(*GREEDY, "--no-save", "然后呢？").exit_code == 0  # no --character: the latest chat
-    assert len(saved()) == 2
+    assert len(saved()) == 3  # the greeting, the line and the reply
 
     again = chat(*GREEDY, "然后呢？")
     assert again.exit_code == 0, again.output
     messages = saved()
-    assert len(messages) == 4 and len({chat_id for chat_id, *_ in messages}) == 1
-    assert [content for *_, content in messages][:2] == ["凉宫，今天社团做什么？", reply]
+    assert len(messages) == 5 and len({chat_id for chat_id, *_ in messages}) == 1
+    assert [content for *_, content in messages][1:3] == ["凉宫，今天社团做什么？", reply]
 
     fresh = chat("--character", "haruhi", "--new", "--show-prompt", "你好")
     assert "凉宫，今天社团做什么？" not in fresh.stdout
@@ -136,10 +136,10 @@ def test_ctrl_c_mid_reply_stops_and_keeps_the_partial_reply_as_stopped(few_chara
     assert proc.returncode == 130, err.decode()[-2000:]
     assert len(err_lines) == 1 and "stopped" in err_lines[0] and "Traceback" not in err.decode()
     printed = (first + out).decode().strip()
-    with sqlite3.connect(default_db_path()) as db:
-        rows = db.execute("SELECT role, status, content FROM messages ORDER BY id").fetchall()
-    assert [(role, status) for role, status, _ in rows] == [("user", "complete"), ("assistant", "stopped")]
-    assert rows[1][2] == printed and printed
+    rows = [(role, status, content) for _, role, status, content in saved()]  # the branch on screen
+    assert [(role, status) for role, status, _ in rows] == [("assistant", "complete"), ("user", "complete"),
+                                                             ("assistant", "stopped")]  # greeting, line, reply
+    assert rows[2][2] == printed and printed
 
 
 def test_errors_are_one_line_with_what_to_do(chat, tmp_path):

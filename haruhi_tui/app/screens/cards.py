@@ -12,12 +12,28 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from haruhi_tui.services.export import ST_SUFFIX
+
 #: Chat export formats: suffix -> what the user sees. export.py picks the writer from the suffix.
 CHAT_FORMATS = {
     ".md": "Markdown (.md): to read or share",
     ".jsonl": "JSONL (.jsonl): one message per line",
     ".json": "ShareGPT (.json): training data, like `haruhi data build` writes",
+    ST_SUFFIX: f"SillyTavern ({ST_SUFFIX}): a chat SillyTavern opens, swipes included",
 }
+
+
+def format_suffix(path: Path) -> str:
+    """The export format a path names: one of :data:`CHAT_FORMATS` (``.st.jsonl`` before ``.jsonl``), or ""."""
+    name = path.name.lower()
+    return next((suffix for suffix in sorted(CHAT_FORMATS, key=len, reverse=True) if name.endswith(suffix)), "")
+
+
+def with_format(path: Path, suffix: str) -> Path:
+    """``path`` with its format suffix (``.md``, ``.st.jsonl``…) replaced by ``suffix``."""
+    old = format_suffix(path) or path.suffix
+    stem = path.name[:len(path.name) - len(old)] if old else path.name
+    return path.with_name(stem + suffix)
 
 
 class PathDialog(ModalScreen[str | None]):
@@ -61,7 +77,7 @@ class ExportChatDialog(ModalScreen[str | None]):
     def on_mount(self) -> None:
         formats = self.query_one("#formats", OptionList)
         suffixes = list(CHAT_FORMATS)
-        suffix = self.default_path.suffix.lower()
+        suffix = format_suffix(self.default_path)
         formats.highlighted = suffixes.index(suffix) if suffix in suffixes else 0
         formats.focus()
 
@@ -70,7 +86,7 @@ class ExportChatDialog(ModalScreen[str | None]):
     def _format(self, event: OptionList.OptionHighlighted | OptionList.OptionSelected) -> None:
         box = self.query_one("#path", Input)
         current = Path(box.value.strip() or str(self.default_path))
-        box.value = str(current.with_suffix(event.option.id or ".md"))
+        box.value = str(with_format(current, event.option.id or ".md"))
         if isinstance(event, OptionList.OptionSelected):
             box.focus()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.markup import escape
 from textual.message import Message as TMessage
 from textual.screen import Screen
 from textual.widgets import Footer, ProgressBar, Static
@@ -132,7 +133,8 @@ class ChatView(Screen[None]):
         if self.session is not None:
             c = self.session.character
             work = f" · {c.source_work}" if c.source_work else ""
-            parts.append(f"[b {character_color(c.folder)}]{c.name}[/]{work}")
+            you = escape(self.session.settings.user_name)  # who you play (Persona in the palette)
+            parts.append(f"[b {character_color(c.folder)}]{c.name}[/]{work} · you: {you}")
         else:
             parts.append("no chat yet: ctrl+n picks a character")
         parts.append(self.services.models.label())

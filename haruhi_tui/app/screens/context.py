@@ -10,6 +10,7 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Collapsible, DataTable, Footer, Label, Static, TextArea
 
+from haruhi_tui.core.persona import Block
 from haruhi_tui.services.chat import ContextSnapshot
 
 
@@ -22,6 +23,13 @@ def summary_line(ctx: ContextSnapshot) -> str:
     if ctx.prompt.dropped_turns:
         parts.append(f"{ctx.prompt.dropped_turns} older turn(s) left out")
     return " · ".join(parts)
+
+
+def block_cell(block: Block) -> str | Text:
+    """A block's title, with its detail lines under it (world info: each entry that fired and the key that did)."""
+    if not block.detail:
+        return block.title
+    return Text(block.title).append("".join(f"\n  {line}" for line in block.detail.splitlines()), style="dim")
 
 
 class ContextScreen(Screen[None]):
@@ -43,7 +51,8 @@ class ContextScreen(Screen[None]):
                 table = DataTable(id="blocks", cursor_type="row", zebra_stripes=True)
                 table.add_columns("block", "tokens", "cut")
                 for block in ctx.prompt.blocks:
-                    table.add_row(block.title, str(block.tokens), block.cut or "—", key=block.kind)
+                    table.add_row(block_cell(block), str(block.tokens), block.cut or "—", key=block.kind,
+                                  height=None if block.detail else 1)
                 yield table
                 for block in ctx.prompt.blocks:
                     with Collapsible(title=f"{block.title} · {block.tokens} tokens", collapsed=block.kind != "message"):
