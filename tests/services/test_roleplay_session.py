@@ -50,7 +50,7 @@ def test_the_persona_is_chosen_per_chat_stored_and_named_everywhere(store, card)
     session.add_user_message("你好，{{char}}")
     prompt = _reopen(session).build_prompt()
     assert prompt.user == "Alice" and "Alice是转学生，想加入春日的社团。" in prompt.system
-    assert "\nAlice:「你好，{{char}}」\n" in prompt.turns[-1].as_line()  # the user's own text is left as typed
+    assert "Alice:「你好，{{char}}」\n" in prompt.turns[-1].as_line()  # the user's own text is left as typed
     assert session.set_persona("Bob").description == "" and session.chat.persona_id is None
     assert session.set_persona("Alice").description.startswith("{{user}}是转学生")  # a stored persona by name
     assert session.set_persona(None).name == "阿虚"
