@@ -311,10 +311,10 @@ class GroupSession(ChatSession):
     def regenerate(self, engine: Engine, **kwargs: Any) -> Message:
         """A new version of the last reply by the same character (the old one stays as an alternative); after a
         line of the user's, the next character's reply."""
-        speaker = kwargs.pop("speaker", None) or self._drop_last_reply()
-        if self.leaf is None:
-            raise ValueError("nothing to regenerate: send a message first")
-        return self.reply(engine, speaker=speaker, **kwargs)
+        if self.leaf is None or (self.leaf.role == "assistant" and self.leaf.parent_id is None):
+            raise ValueError("nothing to regenerate: send a message first")  # (a greeting answers nothing)
+        dropped = self._drop_last_reply()
+        return self.reply(engine, speaker=kwargs.pop("speaker", None) or dropped, **kwargs)
 
     def compare(self, runs: list[tuple[Engine, Any, str]], **kwargs: Any) -> list[Message]:
         """Like a one-character chat's compare, each run a version of the same character's reply."""
