@@ -93,11 +93,14 @@ def addressed(text: str, members: Iterable[Character]) -> Character | None:
 
 def script_turns(turns: Sequence[Turn]) -> list[Turn]:
     """Consecutive user turns (the user's and the other characters' lines) merged into one turn of script lines,
-    so the speaker's prompt alternates like a dataset sample; a lone line keeps its speaker."""
+    so the speaker's prompt alternates like a dataset sample (a lone line keeps its speaker); the speaker's own
+    consecutive lines (picked to go on after themselves) become one turn of theirs."""
     out: list[Turn] = []
     for turn in turns:
         if out and turn.role == "user" and out[-1].role == "user":
             out[-1] = Turn("user", out[-1].as_line() + "\n" + turn.as_line(), "")
+        elif out and turn.role == "assistant" and out[-1].role == "assistant":
+            out[-1] = Turn("assistant", out[-1].text + "\n" + turn.text, turn.speaker)
         else:
             out.append(turn)
     return out

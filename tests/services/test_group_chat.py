@@ -98,6 +98,9 @@ def test_each_reply_is_prompted_as_its_speaker_with_the_others_as_script_lines(s
         ("user", f"长门:「{NAGATO_GROUP_GREETING}」\n阿虚:「大家好」"), ("assistant", "日安，两位。"),
         ("user", "阿虚:「长门，你在读什么？」")]
     assert script_turns(prompt.turns) == prompt.turns  # already alternating
+    _say(session, "koizumi", "书名是《白鲸》。")
+    _say(session, "koizumi", "我猜的。")  # picked to go on after himself: his two lines are one turn of his
+    assert [(t.role, t.text) for t in session.build_prompt().turns][-1] == ("assistant", "书名是《白鲸》。\n我猜的。")
 
 
 def test_greetings_fall_back_to_the_first_members_and_none_is_fine(store, cast):
