@@ -180,6 +180,8 @@ class HaruhiApp(App[None]):
         yield from super().get_system_commands(screen)
         chat = self.chat_screen
         yield SystemCommand("New chat", "Pick a character to talk to (ctrl+n)", chat.action_new_chat)
+        yield SystemCommand("New group chat", "Two or more characters in one scene (ctrl+g: who speaks next)",
+                            chat.action_new_group_chat)
         yield SystemCommand("Pick model", "Bundled Gemma, a local GGUF, or a path (ctrl+o)", self.action_pick_model)
         yield SystemCommand("Regenerate reply", "A new reply to your last message (ctrl+r)", chat.action_regenerate)
         yield SystemCommand("Stop reply", "Stop the reply being generated (Esc)", chat.action_stop)

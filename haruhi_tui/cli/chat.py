@@ -3,7 +3,8 @@
 With MESSAGE: one reply, streamed to stdout. Without: one reply per line read from stdin (a pipe, or a prompt
 on a terminal). By default the latest chat with the character goes on (a chat started here continues in
 ``haruhi-tui`` and the other way round); ``--new`` starts another, ``--no-save`` keeps the run in memory.
-``--show-prompt`` prints exactly what the model would be sent, without generating.
+``--show-prompt`` prints exactly what the model would be sent, without generating. Two or more ``--character``
+make a group chat; ``--speaker`` (or ``@Name`` in the line) picks who answers.
 
 Ctrl-C during a reply stops it between two tokens; the partial reply is saved as ``stopped``.
 """
@@ -17,7 +18,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator, Optional, TextIO
+from typing import Iterator, List, Optional, TextIO
 
 import typer
 from rich.console import Console
@@ -28,6 +29,7 @@ from haruhi_tui.core.characters import Character
 from haruhi_tui.core.errors import Cancelled, HaruhiError, friendly_errors
 from haruhi_tui.services.character_library import CharacterLibrary
 from haruhi_tui.services.chat import ChatSession, ContextSnapshot
+from haruhi_tui.services.group_chat import GroupSession, find_member, resume_chat
 from haruhi_tui.store import MEMORY, Chat, Store, StoreError, default_db_path
 
 err = Console(stderr=True, highlight=False)
@@ -103,10 +105,17 @@ def _progress_line(fraction: float | None, message: str) -> None:
 
 # -- the chat --------------------------------------------------------------------------------------
 
-def latest_chat(store: Store, character: Character | None) -> Chat | None:
-    """The most recently used chat with ``character`` (any character when None)."""
+def latest_chat(store: Store, cast: list[Character]) -> Chat | None:
+    """The most recently used chat with ``cast``: one character's own chat, or the group chat of exactly these
+    characters (any chat when the cast is empty)."""
+    groups = store.group_chat_ids()
     for chat in store.chats(limit=100_000):
-        if character is None or chat.character == character.folder:
+        if not cast:
+            return chat
+        if len(cast) == 1 and chat.id not in groups and chat.character == cast[0].folder:
+            return chat
+        if len(cast) > 1 and chat.id in groups and ({m.character for m in store.chat_members(chat.id)}
+                                                     == {c.folder for c in cast}):
             return chat
     return None
 
@@ -120,13 +129,14 @@ def copy_to_memory(store: Store | None, chat: Chat | None) -> tuple[Store, Chat 
     if store is None or chat is None:
         return memory, None
     copy = memory.create_chat(chat.character, chat.character_name, title=chat.title, model=chat.model,
-                              settings=chat.settings)
+                              settings=chat.settings, members=store.chat_members(chat.id))
     memory.update_chat(copy.id, scene_ids=chat.scene_ids, persona_id=personas.get(chat.persona_id or 0),
                        authors_note=chat.authors_note, note_depth=chat.note_depth)
     ids: dict[int, int] = {}
     for m in store.branch(chat.id):
         ids[m.id] = memory.add_message(copy.id, ids.get(m.parent_id) if m.parent_id else None, m.role, m.content,
-                                       analysis=m.analysis, status=m.status, model=m.model, stats=m.stats).id
+                                       analysis=m.analysis, status=m.status, model=m.model, stats=m.stats,
+                                       character=m.character).id
     for pin in store.pins(chat.id):
         memory.add_pin(copy.id, pin.text)
     if chat.summary:
@@ -170,11 +180,16 @@ def ctrl_c_stops(cancel: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def stream_reply(session: ChatSession, engine, sampling, out: TextIO, *, thinking: bool) -> bool:
-    """Generate the reply to the last user message, printing the character's words as they come; analysis
-    (gpt-oss thinking) goes to stderr with ``thinking``. False if Ctrl-C stopped it."""
+def stream_reply(session: ChatSession, engine, sampling, out: TextIO, *, thinking: bool,
+                 speaker: str | None = None) -> bool:
+    """Generate the reply to the last user message, printing the character's words as they come (in a group chat
+    after who speaks: ``长门: …``); analysis (gpt-oss thinking) goes to stderr with ``thinking``. False if Ctrl-C
+    stopped it."""
     cancel = threading.Event()
     started = False
+    group: dict = {}
+    if isinstance(session, GroupSession):
+        group = {"speaker": speaker, "on_start": lambda m: out.write(f"{session.character_for(m).name}: ")}
 
     def on_delta(_message, delta) -> None:
         nonlocal started
@@ -189,7 +204,7 @@ def stream_reply(session: ChatSession, engine, sampling, out: TextIO, *, thinkin
             sys.stderr.flush()
 
     with ctrl_c_stops(cancel):
-        reply = session.reply(engine, on_delta=on_delta, cancel=cancel, sampling=sampling)
+        reply = session.reply(engine, on_delta=on_delta, cancel=cancel, sampling=sampling, **group)
     out.write("\n")
     out.flush()
     return reply.status != "stopped"
@@ -237,9 +252,13 @@ def chat_command(
     message: Optional[str] = typer.Argument(None, metavar="MESSAGE",
                                             help="Say this, print the reply and exit. Without it: one reply per "
                                                  "line of stdin (a pipe, or a prompt on a terminal)."),
-    character: Optional[str] = typer.Option(None, "--character", metavar="NAME",
-                                            help="Folder or speaking name (haruhi, 春日, Hermione). Default: the "
-                                                 "character of your latest chat."),
+    character: Optional[List[str]] = typer.Option(None, "--character", metavar="NAME",
+                                                  help="Folder or speaking name (haruhi, 春日, Hermione). Default: "
+                                                       "the character of your latest chat. Twice or more: a group "
+                                                       "chat with them all."),
+    speaker: Optional[str] = typer.Option(None, "--speaker", metavar="NAME",
+                                          help="Group chat: who answers. Default: @Name in your line, else a "
+                                               "character your line names, else the next in turn."),
     model: Optional[str] = typer.Option(None, "--model", "-m", metavar="GGUF",
                                         help="A .gguf file, a downloaded catalogue id, or 'bundled'. Default: the "
                                              "chat's model, else the app's last one, else the bundled Gemma 3 270M."),
@@ -280,30 +299,39 @@ def chat_command(
     if max_tokens is not None and max_tokens < 1:
         raise HaruhiError("--max-tokens must be at least 1")
     characters = find_characters(characters_dir)
-    wanted = pick_character(character, characters) if character else None
+    cast = list({c.folder: c for c in (pick_character(name, characters) for name in character or [])}.values())
+    if character and len(character) > 1 and len(cast) < 2:
+        raise HaruhiError("a group chat needs two or more different characters: --character A --character B")
     saving = not (no_save or show)
-    store, chat, wanted = _open_chat(db or default_db_path(), characters, wanted, new=new, saving=saving)
+    store, chat, cast = _open_chat(db or default_db_path(), characters, cast, new=new, saving=saving)
+    if speaker is not None:  # a name that is not in the chat: a one-line error before the model loads
+        chosen = find_member(speaker, cast)
+        speaker = chosen.folder if len(cast) > 1 else None  # a chat with one character: they answer anyway
     path = resolve_model(model, store, chat)
     engine = open_gguf(path, n_ctx=n_ctx)
     _progress_line(None, "")  # clears the assembling line, if any
     if not saving:
         store, chat = copy_to_memory(store, chat)
     assert store is not None
-    session = (ChatSession.resume(store, chat.id, {wanted.folder: wanted}, on_error=_warn) if chat is not None
-               else ChatSession.start(store, wanted, model=str(path), on_error=_warn))
+    if chat is not None:
+        session = resume_chat(store, chat.id, {c.folder: c for c in characters}, on_error=_warn)
+    elif len(cast) > 1:
+        session = GroupSession.start_group(store, cast, model=str(path), on_error=_warn)
+    else:
+        session = ChatSession.start(store, cast[0], model=str(path), on_error=_warn)
     try:
         _talk(session, engine, message, persona=persona, show=show, thinking=thinking, temperature=temperature,
-              max_tokens=max_tokens)
+              max_tokens=max_tokens, speaker=speaker)
     finally:
-        if chat is None and saving and not session.messages:  # nothing was said: leave no empty chat behind
-            with contextlib.suppress(StoreError):
+        if chat is None and saving and not any(m.role == "user" for m in session.messages):  # nothing was said:
+            with contextlib.suppress(StoreError):  # leave no empty chat behind
                 store.delete_chat(session.chat.id)
 
 
-def _open_chat(db_path: Path, characters: list[Character], wanted: Character | None, *, new: bool,
-               saving: bool) -> tuple[Store | None, Chat | None, Character]:
+def _open_chat(db_path: Path, characters: list[Character], cast: list[Character], *, new: bool,
+               saving: bool) -> tuple[Store | None, Chat | None, list[Character]]:
     """The sessions database (None: a run that saves nothing and finds none), the chat to continue (None: a
-    new one) and its character."""
+    new one) and its characters."""
     store: Store | None = None
     try:
         if saving or db_path.exists():  # a run that saves nothing creates no database either
@@ -311,21 +339,23 @@ def _open_chat(db_path: Path, characters: list[Character], wanted: Character | N
     except StoreError as exc:
         if saving:
             raise HaruhiError(f"{exc} (or pass --no-save)") from None
-    chat = None if new or store is None else latest_chat(store, wanted)
-    if chat is not None and wanted is None:
-        wanted = next((c for c in characters if c.folder == chat.character), None)
-        if wanted is None:
+    chat = None if new or store is None else latest_chat(store, cast)
+    if chat is not None and not cast:
+        folders = [m.character for m in store.chat_members(chat.id)] or [chat.character]  # type: ignore[union-attr]
+        cast = [c for c in characters if c.folder in folders]
+        if len(cast) < len(folders):
             raise HaruhiError(f"your latest chat is with {chat.character_name or chat.character}, who is not in "
                               "the characters folder: pass --character NAME (or --characters DIR)")
-    if wanted is None:
+    if not cast:
         raise HaruhiError("no chat to continue: pass --character NAME, e.g. "
                           + ", ".join(c.folder for c in characters[:4]))
-    return store, chat, wanted
+    return store, chat, cast
 
 
 def _talk(session: ChatSession, engine, message: str | None, *, persona: str | None, show: bool, thinking: bool,
-          temperature: float | None, max_tokens: int | None) -> None:
+          temperature: float | None, max_tokens: int | None, speaker: str | None = None) -> None:
     """Show the prompt, answer MESSAGE, or answer each line of stdin."""
+    group = session if isinstance(session, GroupSession) else None
     apply_persona(session, persona)
     sampling = session.settings.sampling()
     if temperature is not None:
@@ -336,22 +366,26 @@ def _talk(session: ChatSession, engine, message: str | None, *, persona: str | N
     if show:
         if message is not None:
             session.add_user_message(message)
+        if group is not None:
+            group.speaker = group.member(speaker) if speaker else group.next_speaker()
+            err.print(f"the prompt for {group.speaker.name} (of {', '.join(m.name for m in group.members)}):")
         show_prompt(session.build_context(engine), sys.stdout)
         return
     if message is not None:
         session.add_user_message(message)
-        if not stream_reply(session, engine, sampling, sys.stdout, thinking=thinking):
+        if not stream_reply(session, engine, sampling, sys.stdout, thinking=thinking, speaker=speaker):
             raise Cancelled("stopped (Ctrl-C); the partial reply is kept, marked stopped")
         return
     on_terminal = sys.stdin.isatty() and sys.stdout.isatty()
     if on_terminal:
-        err.print(f"[dim]{session.character.name} · {engine.name} · you are {session.settings.user_name}. "
+        err.print(f"[dim]{', '.join(c.name for c in session.members)} · {engine.name} · you are "
+                  f"{session.settings.user_name}. "
                   "Ctrl-C stops a reply, Ctrl-D ends.[/]")
     for line in _lines(f"{session.settings.user_name}> " if on_terminal else ""):
         session.add_user_message(line)
-        if on_terminal:
+        if on_terminal and group is None:
             sys.stdout.write(f"{session.character.name}: ")
-        if not stream_reply(session, engine, sampling, sys.stdout, thinking=thinking):
+        if not stream_reply(session, engine, sampling, sys.stdout, thinking=thinking, speaker=speaker):
             if not on_terminal:
                 raise Cancelled("stopped (Ctrl-C); the partial reply is kept, marked stopped")
             err.print("[dim](stopped; kept, marked stopped)[/]")

@@ -8,7 +8,8 @@ as it happens: the user's message before generation starts, the reply while it s
 ``incomplete`` until it ends), then ``complete`` or ``stopped``.
 
 If the database refuses a write (locked, disk full), the chat goes on in memory and the write is retried
-at the next save; nothing said is dropped. Persona, lorebooks, author's note: :mod:`.roleplay`.
+at the next save; nothing said is dropped. Persona, lorebooks, author's note: :mod:`.roleplay`; pins and the
+rolling summary: :mod:`.memory`; a chat with several characters: :mod:`.group_chat`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from haruhi_tui.core.prompt_format import Conversation
 from haruhi_tui.services.greeting import store_greeting
 from haruhi_tui.store import Chat, Message, Pin, Store, StoreError
 
+from .memory import ChatMemory
 from .roleplay import ChatRoleplay
 
 DeltaCallback = Callable[[Message, Delta], None]
@@ -44,6 +46,7 @@ class ChatSettings:
     top_p: float = 0.95
     repeat_penalty: float = 1.1
     max_tokens: int = 512
+    next_speaker: str = ""  # group chats: the member picked to answer (a folder; "" = by mention, then in turn)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ChatSettings":
@@ -75,7 +78,7 @@ class _Pending:
     updates: set[int] = field(default_factory=set)
 
 
-class ChatSession(ChatRoleplay):
+class ChatSession(ChatRoleplay, ChatMemory):
     """One chat: the current branch (root to leaf), its character, settings and persona builder."""
 
     def __init__(self, store: Store, character: Character, chat: Chat, *,
@@ -89,7 +92,7 @@ class ChatSession(ChatRoleplay):
         self.on_error = on_error
         self.messages: list[Message] = store.branch(chat.id) if chat.id > 0 else []
         self.last_context: ContextSnapshot | None = None
-        self._builders: dict[int, tuple[Engine, PersonaBuilder]] = {}
+        self._builders: dict[tuple[int, str], tuple[Engine, PersonaBuilder]] = {}
         self.pins: list[Pin] = _quiet(lambda: store.pins(chat.id), []) if chat.id > 0 else []
         self._window_start: int | None = None  # id of the oldest message in the history window
         self._token_cache: dict[tuple[int, int, str], int] = {}
@@ -115,7 +118,10 @@ class ChatSession(ChatRoleplay):
     @classmethod
     def resume(cls, store: Store, chat_id: int, characters: dict[str, Character],
                on_error: ErrorCallback | None = None) -> "ChatSession":
+        """The saved chat ``chat_id`` with one character (any chat: :func:`~.group_chat.resume_chat`)."""
         chat = store.chat(chat_id)
+        if store.chat_members(chat_id):
+            raise StoreError(f"chat {chat.title!r} is a group chat: open it with group_chat.resume_chat")
         character = characters.get(chat.character)
         if character is None:
             raise StoreError(
@@ -132,14 +138,24 @@ class ChatSession(ChatRoleplay):
     def title(self) -> str:
         return self.chat.title or self.character.name
 
+    @property
+    def members(self) -> list[Character]:
+        """The characters of this chat (one; several in a group chat)."""
+        return [self.character]
+
+    def character_for(self, message: Message) -> Character:
+        """Who speaks ``message`` if it is a reply (the chat's character; in a group chat, its speaker)."""
+        return self.character
+
     # -- persona ---------------------------------------------------------------------------------
     def builder(self, engine: Engine | None) -> PersonaBuilder:
         """One builder per engine (a compare runs two models on one chat; each keeps its scene index), budgets
         fitted to its context and the blocks this chat uses; no engine: estimated tokens, default budgets."""
-        held = self._builders.get(id(engine))
+        key = (id(engine), self.character.folder)  # a group chat prompts each speaker with their own builder
+        held = self._builders.get(key)
         if held is None or held[0] is not engine:
             counter = engine.count_tokens if engine is not None else estimate_tokens
-            held = self._builders[id(engine)] = (engine, PersonaBuilder(self.character, count_tokens=counter))
+            held = self._builders[key] = (engine, PersonaBuilder(self.character, count_tokens=counter))
         if engine is not None:
             held[1].budget = budget_for(engine.n_ctx, self.settings.max_tokens, **self._roleplay_uses())
         return held[1]
@@ -195,11 +211,8 @@ class ChatSession(ChatRoleplay):
         branch = self.messages if branch is None else branch
         persona, builder = self.persona, self.builder(engine)  # the persona first: the user's name follows it
         style = engine.style if engine is not None else "chat"
-        message = branch[-1] if branch and branch[-1].role == "user" else None
-        history = branch[:-1] if message is not None else branch
-        window_start, (turns, left_out) = self._window_start, self._history(history, style, builder)
+        window_start, (turns, turn, left_out) = self._window_start, self._conversation(branch, style, builder)
         self._window_start = window_start if probe else self._window_start
-        turn = self._turn(message, style) if message is not None else None
         prompt = builder.build(turns, turn, sticky_scene_ids=self.chat.scene_ids, user_name=self.settings.user_name,
                                pins=[p.text for p in self.pins], summary=self.summary if left_out else "",
                                persona=persona, lorebooks=self.chat_lorebooks(), authors_note=self.authors_note,
@@ -210,6 +223,15 @@ class ChatSession(ChatRoleplay):
                 if block.kind == "history":
                     block.cut = f"{prompt.dropped_turns} older turn(s) left out"
         return prompt
+
+    def _conversation(self, branch: list[Message], style: str,
+                      builder: PersonaBuilder) -> tuple[list[Turn], Turn | None, int]:
+        """The history turns of ``branch``, the message to answer (None: no user message pending) and how many
+        older turns the history window leaves out."""
+        message = branch[-1] if branch and branch[-1].role == "user" else None
+        history = branch[:-1] if message is not None else branch
+        turns, left_out = self._history(history, style, builder)
+        return turns, (self._turn(message, style) if message is not None else None), left_out
 
     def build_context(self, engine: Engine, branch: list[Message] | None = None) -> ContextSnapshot:
         """The prompt for replying to the last user message of ``branch`` (default: the current branch),
@@ -233,7 +255,7 @@ class ChatSession(ChatRoleplay):
             now = time.time()
             msg = Message(self._next_temp_id, self.chat.id, parent.id if parent else None, role, content,  # type: ignore[arg-type]
                           kw.get("analysis", ""), kw.get("status", "complete"), kw.get("model", ""), now, now,
-                          dict(kw.get("stats") or {}))
+                          dict(kw.get("stats") or {}), kw.get("character", ""))
             self._next_temp_id -= 1
             self._pending.inserts.append(msg)
             self._error(f"{exc} (kept in memory; saving again at the next message)")
@@ -263,7 +285,7 @@ class ChatSession(ChatRoleplay):
                 msg = self._pending.inserts[0]
                 saved = self.store.add_message(self.chat.id, msg.parent_id, msg.role, msg.content,
                                                analysis=msg.analysis, status=msg.status, model=msg.model,
-                                               stats=msg.stats, make_leaf=msg is self.leaf)
+                                               stats=msg.stats, make_leaf=msg is self.leaf, character=msg.character)
                 old, msg.id = msg.id, saved.id
                 for m in [*self.messages, *self._pending.inserts]:
                     if m.parent_id == old:
@@ -304,17 +326,15 @@ class ChatSession(ChatRoleplay):
         The reply row exists (``incomplete``) before the first token and is saved every ``save_interval``
         seconds while it streams; it ends ``complete``, ``stopped`` (``cancel`` was set) or ``error``.
         """
-        if self.leaf is None or self.leaf.role != "user":
+        if not self.can_reply():
             raise ValueError("nothing to reply to: send a message first")
         context = self.build_context(engine)
-        if context.prompt.scene_ids != self.chat.scene_ids:
-            self.chat.scene_ids = list(context.prompt.scene_ids)
-            _quiet(lambda: self.store.update_chat(self.chat.id, scene_ids=self.chat.scene_ids), self._error)
+        self._keep_scenes(context.prompt.scene_ids)
         model = label or engine.path.name
         if self.chat.model != str(engine.path):
             self.chat.model = str(engine.path)
             _quiet(lambda: self.store.update_chat(self.chat.id, model=self.chat.model))
-        reply = self._insert(self.leaf, "assistant", "", status="incomplete", model=model)
+        reply = self._insert(self.leaf, "assistant", "", status="incomplete", model=model, **self._reply_fields())
         self.messages.append(reply)
         self.last_context = context
         if on_start is not None:
@@ -345,6 +365,20 @@ class ChatSession(ChatRoleplay):
             self._save(reply, content="".join(final).strip(), analysis="".join(analysis).strip(), status=status,
                        stats=stats.as_dict())
         return reply
+
+    def can_reply(self) -> bool:
+        """Whether there is something to reply to (a user message last; in a group chat, anything said)."""
+        return self.leaf is not None and self.leaf.role == "user"
+
+    def _reply_fields(self) -> dict[str, Any]:
+        """What a new reply row records beyond its text (a group chat: who speaks it)."""
+        return {}
+
+    def _keep_scenes(self, scene_ids: list[str]) -> None:
+        """Store the scenes a reply's prompt used: they stay (sticky) while the conversation stays on topic."""
+        if scene_ids != self.chat.scene_ids:
+            self.chat.scene_ids = list(scene_ids)
+            _quiet(lambda: self.store.update_chat(self.chat.id, scene_ids=self.chat.scene_ids), self._error)
 
     def send(self, engine: Engine, text: str, **kwargs: Any) -> Message:
         """``add_user_message`` then ``reply``: one turn."""
@@ -384,7 +418,8 @@ class ChatSession(ChatRoleplay):
         old = self.messages[i]
         parent = self.messages[i - 1] if i > 0 else None
         self.messages = self.messages[:i]
-        msg = self._insert(parent, old.role, text, model=old.model if old.role == "assistant" else "")
+        msg = self._insert(parent, old.role, text, model=old.model if old.role == "assistant" else "",
+                           character=old.character)
         self.messages.append(msg)
         return msg
 
@@ -421,62 +456,6 @@ class ChatSession(ChatRoleplay):
             if cancel is not None and cancel.is_set():
                 break
         return replies
-
-    # -- long-term memory ----------------------------------------------------------------------
-    @property
-    def summary(self) -> str:
-        """The rolling summary if it belongs to this branch (or the user wrote it by hand)."""
-        upto = self.chat.summary_upto
-        if upto is None or any(m.id == upto for m in self.messages):
-            return self.chat.summary
-        return ""
-
-    def set_summary(self, text: str) -> None:
-        """The user's own edit of the summary (it keeps covering the same turns)."""
-        upto = self.chat.summary_upto if self.summary else None
-        self.store.set_summary(self.chat.id, text, upto)
-        self.chat.summary, self.chat.summary_upto = text.strip(), upto
-
-    def fold_history(self, engine: Engine, *, cancel: threading.Event | None = None) -> bool:
-        """Fold the turns the history window has left out (and the summary does not cover yet) into the
-        rolling summary, written by ``engine``. True if the summary changed."""
-        from .memory import summarize
-
-        builder = self.builder(engine)
-        spoken = [m for m in self.messages if m.role in ("user", "assistant") and m.content.strip()]
-        _, left_out = self._history(self.messages, engine.style, builder)
-        dropped = spoken[:left_out]
-        previous = self.summary
-        upto = self.chat.summary_upto if previous else None
-        ids = [m.id for m in dropped]
-        if upto is not None and upto in ids:
-            dropped = dropped[ids.index(upto) + 1:]
-        elif upto is not None:
-            dropped = []  # the summary already reaches past the window's start
-        if not dropped:
-            return False
-        text = summarize(engine, [self._turn(m, engine.style) for m in dropped], previous, self.character.name,
-                         max_tokens=max(48, min(200, builder.budget.summary // 2)), cancel=cancel)
-        if not text or text == previous:
-            return False
-        self.chat.summary, self.chat.summary_upto = text, dropped[-1].id
-        _quiet(lambda: self.store.set_summary(self.chat.id, text, dropped[-1].id), self._error)
-        return True
-
-    def add_pin(self, text: str) -> Pin:
-        pin = self.store.add_pin(self.chat.id, text)
-        self.pins.append(pin)
-        return pin
-
-    def edit_pin(self, pin_id: int, text: str) -> None:
-        self.store.update_pin(pin_id, text)
-        for p in self.pins:
-            if p.id == pin_id:
-                p.text = text.strip()
-
-    def remove_pin(self, pin_id: int) -> None:
-        self.store.delete_pin(pin_id)
-        self.pins = [p for p in self.pins if p.id != pin_id]
 
     def set_reasoning_effort(self, effort: str) -> None:
         """For this chat and as the character's default for new chats."""

@@ -4,8 +4,9 @@ A ShareGPT export is built by the same persona builder as ``haruhi data build`` 
 scenes retrieved for the conversation), so a user's best chats drop straight into training with
 ``haruhi data build --extra chat.json``. A record taken from a live chat (:func:`session_record`) carries
 the prompt the chat itself built for its last reply (persona, world info, author's note and all), and the
-sample is that prompt, so a fine-tune sees what the chat sends. Markdown and JSONL parse back into the
-same turns. A SillyTavern chat (``*.st.jsonl``) is :mod:`.st_chat`'s: the chat's branch with its swipes.
+sample is that prompt, so a fine-tune sees what the chat sends. A group chat exports one sample per character
+reply, each with the prompt its speaker got (the others' lines as script lines). Markdown and JSONL parse back
+into the same turns. A SillyTavern chat (``*.st.jsonl``) is :mod:`.st_chat`'s: the chat's branch with its swipes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, Turn
 from haruhi_tui.core.prompt_format import Conversation, to_messages
 from haruhi_tui.core.sharegpt import Sample, write_samples
 from haruhi_tui.services.chat import ChatSession
+from haruhi_tui.services.group_chat import GroupSession
 from haruhi_tui.services.st_chat import export_st_chat
 from haruhi_tui.store import StoreError
 
@@ -43,13 +45,20 @@ class ChatRecord:
     turns: tuple[Turn, ...]
     model: str = ""
     prompt: PersonaPrompt | None = None  # the prompt the chat built for its last reply (see session_record)
+    cast: tuple[str, ...] = ()  # a group chat: its characters' names (turns carry who speaks)
+    replies: tuple[tuple[PersonaPrompt, Turn], ...] = ()  # a group chat: each reply with its speaker's prompt
 
 
 def session_record(session: ChatSession, engine: "Engine | None" = None, *, with_prompt: bool = True) -> ChatRecord:
     """What to export of a live chat: its spoken turns and (``with_prompt``) the prompt it builds for its
     last reply with the chat's persona, lorebooks, author's note, pins and summary, counted with
     ``engine``'s tokenizer and budgets when given (the chat's model: then it is the prompt the chat sends),
-    else estimated."""
+    else estimated. A group chat: every character's line as theirs, and (``with_prompt``) each reply's prompt."""
+    model = Path(session.chat.model).name if session.chat.model else ""
+    if isinstance(session, GroupSession):
+        replies = tuple(session.reply_prompts(engine)) if with_prompt else ()
+        return ChatRecord(session.title, session.members[0], tuple(session.script()), model,
+                          cast=tuple(m.name for m in session.members), replies=replies)
     messages = session.messages
     last = max((i for i, m in enumerate(messages) if m.role == "assistant" and m.content.strip()), default=-1)
     prompt = None
@@ -58,7 +67,6 @@ def session_record(session: ChatSession, engine: "Engine | None" = None, *, with
         while branch and branch[-1].role != "user":
             branch = branch[:-1]
         prompt = session.build_prompt(engine, branch, probe=True)
-    model = Path(session.chat.model).name if session.chat.model else ""
     return ChatRecord(session.title, session.character, tuple(session.spoken_turns()), model, prompt)
 
 
@@ -77,7 +85,8 @@ def format_for(path: str | Path) -> str:
 
 
 def to_markdown(chat: ChatRecord) -> str:
-    lines = [f"# {chat.title}", "", f"*{chat.character.name}* · model `{chat.model or 'unknown'}`", ""]
+    who = " · ".join(chat.cast) or chat.character.name
+    lines = [f"# {chat.title}", "", f"*{who}* · model `{chat.model or 'unknown'}`", ""]
     for turn in chat.turns:
         mark = " (you)" if turn.role == "user" else ""
         text = turn.text.replace("\n", "\n    ")
@@ -101,7 +110,8 @@ def parse_markdown(text: str) -> list[Turn]:
 
 
 def to_jsonl_rows(chat: ChatRecord) -> list[dict[str, Any]]:
-    return [{"role": t.role, "speaker": t.speaker, "content": t.text, "character": chat.character.name,
+    return [{"role": t.role, "speaker": t.speaker, "content": t.text,
+             "character": t.speaker if chat.cast and t.role == "assistant" else chat.character.name,
              "model": chat.model} for t in chat.turns]
 
 
@@ -129,6 +139,22 @@ def to_sharegpt(chat: ChatRecord, builder: PersonaBuilder | None = None) -> Samp
     return Sample(to_messages(conv), chat.character.name, f"chat:{chat.title}")
 
 
+def to_samples(chat: ChatRecord, builder: PersonaBuilder | None = None) -> list[Sample]:
+    """The chat as training samples: one (:func:`to_sharegpt`), or in a group chat one per character reply, its
+    system prompt the speaker's."""
+    if not chat.cast:
+        return [to_sharegpt(chat, builder)]
+    samples = []
+    for prompt, reply in chat.replies:
+        turns = _user_first(alternate([*prompt.turns, reply]))
+        if len(turns) > 1:
+            conv = Conversation(prompt.system, tuple(turns), reply.speaker)
+            samples.append(Sample(to_messages(conv), reply.speaker, f"chat:{chat.title}"))
+    if not samples:
+        raise HaruhiError("this chat has no reply from a character yet: nothing to export as training data")
+    return samples
+
+
 def _user_first(turns: list[Turn]) -> list[Turn]:
     while turns and turns[0].role != "user":
         turns.pop(0)  # a sample opens on a user turn (a greeting alone has nobody to answer)
@@ -149,7 +175,7 @@ def export_chat(chat: ChatRecord, path: str | Path, builder: PersonaBuilder | No
             for row in to_jsonl_rows(chat):
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     else:
-        write_samples(target, [to_sharegpt(chat, builder)])
+        write_samples(target, to_samples(chat, builder))
     return target
 
 

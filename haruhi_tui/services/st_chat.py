@@ -10,6 +10,10 @@ builds that tree; exporting writes the chat's current branch, each character mes
 swipes. What the store has no column for (send dates, the message's ``extra``, ``chat_metadata``) rides along
 under a ``sillytavern`` key (message ``stats``, chat ``settings``) so an export gives back what was imported.
 A hidden message (``is_system``) stays hidden on export; a narrator message becomes a ``system`` message.
+
+A group chat (SillyTavern's ``group chats/*.jsonl``: a header whose names are ``unused``, each character message
+named after its speaker, with ``original_avatar``) imports as a group chat of the characters who speak in it,
+and a group chat exports as one.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any, Iterable
 from haruhi_tui.core.characters import Character
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.core.fsutil import atomic_open
-from haruhi_tui.store import Chat, Message, Store, StoreError
+from haruhi_tui.store import Chat, ChatMember, Message, Store, StoreError
 
 KEY = "sillytavern"
 MAX_CHAT_BYTES = 128 * 1024 * 1024
@@ -102,6 +106,22 @@ def _chat_character(header: dict, messages: list[dict], characters, wanted: str 
                       "import their card first, or name the character to import the chat for")
 
 
+def _cast(messages: list[dict], characters, file: str) -> dict[str, Character]:
+    """Who speaks in a group chat: each character message's name and its character, in the order they first
+    speak (empty when fewer than two characters speak: not a group chat)."""
+    names = [n for n in dict.fromkeys(str(m.get("name") or "") for m in messages if _role(m) == "assistant") if n]
+    if len(names) < 2:
+        return {}
+    cast = {}
+    for name in names:
+        found = find_character(characters, name)
+        if found is None:
+            raise HaruhiError(f"{file}: {name} speaks in this group chat but is not among your characters: import "
+                              "their card first")
+        cast[name] = found
+    return cast if len({c.folder for c in cast.values()}) > 1 else {}
+
+
 def _role(row: dict[str, Any]) -> str:
     if row.get("is_user"):
         return "user"
@@ -130,15 +150,22 @@ def import_st_chat(store: Store, path: str | Path, characters: Iterable[Characte
     ``character_name``, or ``character``: a folder or name). All or nothing: a failure removes the chat."""
     header, messages = read_st_chat(path)
     file = Path(path).name
-    who = _chat_character(header, messages, characters, character, file)
+    speakers = {} if character else _cast(messages, characters, file)
+    cast = list({c.folder: c for c in speakers.values()}.values())
+    who = cast[0] if cast else _chat_character(header, messages, characters, character, file)
     said = str(header.get("user_name") or "")
     user_name = (said if said != "unused" else "") or next(
         (str(m.get("name") or "") for m in messages if m.get("is_user") and m.get("name")), "") or who.interlocutor
     first = next((m["mes"] for m in messages if m.get("is_user") and m.get("mes")), "")
     settings = {"user_name": user_name,
                 KEY: {"create_date": header.get("create_date", ""), "chat_metadata": header.get("chat_metadata", {})}}
-    chat = store.create_chat(who.folder, who.name, title=f"{who.name}: {first[:40]}" if first else who.name,
-                             settings=settings)
+    if cast:
+        who, names = cast[0], ", ".join(c.name for c in cast)
+        chat = store.create_chat(who.folder, names, title=names, settings=settings,
+                                 members=[ChatMember(c.folder, c.name) for c in cast])
+    else:
+        chat = store.create_chat(who.folder, who.name, title=f"{who.name}: {first[:40]}" if first else who.name,
+                                 settings=settings)
     try:
         parent: int | None = None
         for row in messages:
@@ -152,6 +179,7 @@ def import_st_chat(store: Store, path: str | Path, characters: Iterable[Characte
                                            make_leaf=False).id
                 continue
             swipes, chosen, infos = _swipes(row)
+            speaker = speakers[row["name"]].folder if cast and row.get("name") in speakers else ""
             selected = parent
             for i, text in enumerate(swipes):
                 own = {"swipe_info": infos[i]}
@@ -159,7 +187,8 @@ def import_st_chat(store: Store, path: str | Path, characters: Iterable[Characte
                     own["message"] = rest
                 reasoning = _reasoning(extra) if i == chosen else _reasoning(infos[i].get("extra"))
                 added = store.add_message(chat.id, parent, "assistant", text, analysis=reasoning,
-                                          model=model if i == chosen else "", stats={KEY: own}, make_leaf=False)
+                                          model=model if i == chosen else "", stats={KEY: own}, make_leaf=False,
+                                          character=speaker)
                 if i == chosen:
                     selected = added.id
             parent = selected
@@ -199,9 +228,11 @@ def _swipe_info(m: Message) -> dict[str, Any]:
     return info
 
 
-def _row(store: Store, m: Message, user_name: str, character_name: str) -> dict[str, Any]:
+def _row(store: Store, m: Message, user_name: str, character_name: str, cast: dict[str, str]) -> dict[str, Any]:
     row = copy.deepcopy(_ours(m).get("message") or {})
-    row.setdefault("name", user_name if m.role == "user" else character_name)
+    row.setdefault("name", user_name if m.role == "user" else cast.get(m.character, character_name))
+    if cast and m.role == "assistant":
+        row.setdefault("original_avatar", f"{m.character or next(iter(cast))}.png")
     row.setdefault("is_user", m.role == "user")
     row.setdefault("is_system", False)
     row.setdefault("send_date", st_timestamp(m.created_at))
@@ -224,14 +255,18 @@ def _row(store: Store, m: Message, user_name: str, character_name: str) -> dict[
 
 
 def st_chat_lines(store: Store, chat_id: int) -> list[dict[str, Any]]:
-    """The chat's current branch as SillyTavern rows: the header, then one row per message."""
+    """The chat's current branch as SillyTavern rows: the header, then one row per message (a group chat's header
+    names nobody, as SillyTavern writes one; its character messages carry their speakers)."""
     chat = store.chat(chat_id)
+    cast = {m.character: m.character_name or m.character for m in store.chat_members(chat_id)}
     user_name = str(chat.settings.get("user_name") or "User")
     own = chat.settings.get(KEY) if isinstance(chat.settings.get(KEY), dict) else {}
-    header = {"user_name": user_name, "character_name": chat.character_name or chat.character,
+    header = {"user_name": "unused" if cast else user_name,
+              "character_name": "unused" if cast else chat.character_name or chat.character,
               "create_date": own.get("create_date") or st_create_date(chat.created_at),
               "chat_metadata": copy.deepcopy(own.get("chat_metadata") or {})}
-    return [header, *(_row(store, m, user_name, header["character_name"]) for m in store.branch(chat_id))]
+    name = next(iter(cast.values()), chat.character_name or chat.character)
+    return [header, *(_row(store, m, user_name, name, cast) for m in store.branch(chat_id))]
 
 
 def export_st_chat(store: Store, chat_id: int, path: str | Path) -> Path:

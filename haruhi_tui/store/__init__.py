@@ -1,12 +1,13 @@
 """Sessions storage: SQLite with WAL, a schema version table and ordered upgrades."""
 
+from .groups import ChatMember
 from .roleplay import LoreAttachment, Persona, StoredLorebook
 from .schema import SCHEMA_VERSION, UPGRADES, current_version, upgrade
 from .sessions import MEMORY, STATUSES, Chat, Message, Pin, Store, StoreError
 
 __all__ = [
-    "MEMORY", "SCHEMA_VERSION", "STATUSES", "UPGRADES", "Chat", "LoreAttachment", "Message", "Persona", "Pin",
-    "Store", "StoreError", "StoredLorebook", "current_version", "upgrade", "default_db_path",
+    "MEMORY", "SCHEMA_VERSION", "STATUSES", "UPGRADES", "Chat", "ChatMember", "LoreAttachment", "Message", "Persona",
+    "Pin", "Store", "StoreError", "StoredLorebook", "current_version", "upgrade", "default_db_path",
 ]
 
 

@@ -7,8 +7,8 @@ one that has shipped.
 
 Version 1 is the conversation model the app grows into: messages form a tree (``parent_id``), a chat
 points at its current leaf, so edit-and-branch, regenerate alternatives and side-by-side compares are
-siblings under one parent. Pinned facts, a rolling summary, a jobs table and role-play depth (personas,
-lorebooks, the author's note) come as later versions.
+siblings under one parent. Pinned facts, a rolling summary, a jobs table, role-play depth (personas,
+lorebooks, the author's note) and group chats come as later versions.
 """
 
 from __future__ import annotations
@@ -165,7 +165,27 @@ def _v5_roleplay(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE chats ADD COLUMN note_depth INTEGER NOT NULL DEFAULT 4")
 
 
-UPGRADES: list[Upgrade] = [_v1_conversations, _v2_generation_stats, _v3_memory, _v4_jobs, _v5_roleplay]
+def _v6_group_chats(db: sqlite3.Connection) -> None:
+    """Group chats: the characters of a chat in the order they take turns (a chat without rows is with
+    ``chats.character`` alone, as before), and which character spoke each reply (empty: the chat's character)."""
+    db.execute(
+        """
+        CREATE TABLE chat_members (
+            id             INTEGER PRIMARY KEY,
+            chat_id        INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+            character      TEXT    NOT NULL,              -- character folder
+            character_name TEXT    NOT NULL DEFAULT '',   -- speaking name when the chat began
+            position       INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (chat_id, character)
+        )
+        """
+    )
+    db.execute("CREATE INDEX chat_members_by_chat ON chat_members(chat_id, position)")
+    db.execute("ALTER TABLE messages ADD COLUMN character TEXT NOT NULL DEFAULT ''")
+
+
+UPGRADES: list[Upgrade] = [_v1_conversations, _v2_generation_stats, _v3_memory, _v4_jobs, _v5_roleplay,
+                           _v6_group_chats]
 SCHEMA_VERSION = len(UPGRADES)
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from . import schema
 from .errors import StoreError
+from .groups import ChatMember, GroupTables, new_chat_member_statements
 from .roleplay import RoleplayTables
 
 Role = Literal["system", "user", "assistant"]
@@ -69,6 +70,7 @@ class Message:
     created_at: float = 0.0
     updated_at: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
+    character: str = ""  # in a group chat, the folder of the character who spoke this reply
 
 
 def _explain(exc: sqlite3.Error, path: str) -> str:
@@ -87,7 +89,7 @@ def _explain(exc: sqlite3.Error, path: str) -> str:
     return f"sessions database {path}: {exc}"
 
 
-class Store(RoleplayTables):
+class Store(RoleplayTables, GroupTables):
     """The sessions database. ``path`` may be :data:`MEMORY` for a store that is not kept."""
 
     def __init__(self, path: str | Path, *, timeout: float = 2.0) -> None:
@@ -157,13 +159,14 @@ class Store(RoleplayTables):
 
     # -- chats ----------------------------------------------------------------------------------
     def create_chat(self, character: str, character_name: str, *, title: str = "", model: str = "",
-                    settings: dict[str, Any] | None = None) -> Chat:
+                    settings: dict[str, Any] | None = None, members: list[ChatMember] | None = None) -> Chat:
+        """A new chat; with ``members`` (two or more characters, in turn order) a group chat, all in one write."""
         now = time.time()
         cur = self._write([(
             "INSERT INTO chats (title, character, character_name, model, settings, created_at, updated_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (title, character, character_name, model, json.dumps(settings or {}, ensure_ascii=False), now, now),
-        )])[0]
+        ), *new_chat_member_statements(members or [])])[0]
         return self.chat(int(cur.lastrowid))
 
     def chat(self, chat_id: int) -> Chat:
@@ -200,6 +203,7 @@ class Store(RoleplayTables):
             ("UPDATE chats SET leaf_id = NULL, summary_upto = NULL WHERE id = ?", (chat_id,)),
             ("DELETE FROM pins WHERE chat_id = ?", (chat_id,)),
             ("DELETE FROM chat_lorebooks WHERE chat_id = ?", (chat_id,)),
+            ("DELETE FROM chat_members WHERE chat_id = ?", (chat_id,)),
             ("DELETE FROM messages WHERE chat_id = ?", (chat_id,)),
             ("DELETE FROM chats WHERE id = ?", (chat_id,)),
         ])
@@ -207,14 +211,15 @@ class Store(RoleplayTables):
     # -- messages -------------------------------------------------------------------------------
     def add_message(self, chat_id: int, parent_id: int | None, role: Role, content: str = "", *,
                     analysis: str = "", status: Status = "complete", model: str = "",
-                    stats: dict[str, Any] | None = None, make_leaf: bool = True) -> Message:
-        """Insert a message under ``parent_id`` and (by default) make it the chat's current leaf, atomically."""
+                    stats: dict[str, Any] | None = None, make_leaf: bool = True, character: str = "") -> Message:
+        """Insert a message under ``parent_id`` and (by default) make it the chat's current leaf, atomically.
+        ``character``: in a group chat, the folder of the character who speaks it."""
         now = time.time()
         statements = [(
             "INSERT INTO messages (chat_id, parent_id, role, content, analysis, status, model, created_at, updated_at, "
-            "stats) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (chat_id, parent_id, role, content, analysis, status, model, now, now, json.dumps(stats or {})),
+            "stats, character) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (chat_id, parent_id, role, content, analysis, status, model, now, now, json.dumps(stats or {}), character),
         )]
         if make_leaf:
             statements.append((
@@ -222,7 +227,7 @@ class Store(RoleplayTables):
             ))
         cur = self._write(statements)[0]
         return Message(int(cur.lastrowid), chat_id, parent_id, role, content, analysis, status, model, now, now,
-                       dict(stats or {}))
+                       dict(stats or {}), character)
 
     def update_message(self, message_id: int, *, content: str | None = None, analysis: str | None = None,
                        status: Status | None = None, stats: dict[str, Any] | None = None) -> None:
@@ -375,5 +380,5 @@ def _message(row: tuple, cols: list[str]) -> Message:
     return Message(
         id=d["id"], chat_id=d["chat_id"], parent_id=d["parent_id"], role=d["role"], content=d["content"],
         analysis=d["analysis"], status=d["status"], model=d["model"], created_at=d["created_at"],
-        updated_at=d["updated_at"], stats=json.loads(d.get("stats") or "{}"),
+        updated_at=d["updated_at"], stats=json.loads(d.get("stats") or "{}"), character=d.get("character") or "",
     )

@@ -18,8 +18,10 @@ from textual.message import Message as TMessage
 
 from haruhi_tui.app.services import Services
 from haruhi_tui.app.widgets import MessageView, PromptInput
+from haruhi_tui.app.widgets.speaker_bar import SpeakerBar
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.services.chat import ChatSession
+from haruhi_tui.services.group_chat import GroupSession
 from haruhi_tui.store import Message
 
 from .chat_view import ChatView
@@ -51,6 +53,8 @@ class ChatScreen(ChatView):
                 tooltip="Previous version (branch) of the selected message"),
         Binding("alt+right", "sibling(1)", priority=True, description="Next version", show=False,
                 tooltip="Next version (branch) of the selected message"),
+        Binding("ctrl+g", "next_speaker", "Speaker", show=False,
+                tooltip="Group chat: who speaks next (auto, or a member)"),
     ]
 
     class ReplyStarted(TMessage):
@@ -82,7 +86,8 @@ class ChatScreen(ChatView):
     @on(PromptInput.Submitted, "#prompt")
     async def _submitted(self, event: PromptInput.Submitted) -> None:
         text = event.value.strip()
-        if not text:
+        group = isinstance(self.session, GroupSession)
+        if not text and not group:  # in a group chat, Enter on an empty line lets the next character speak
             return
         if self.session is None:
             self.notify("pick a character first (ctrl+n)", severity="warning")
@@ -91,17 +96,21 @@ class ChatScreen(ChatView):
             self.notify("a reply is still coming: Esc stops it", severity="warning")
             return
         box = self.query_one(PromptInput)
-        box.value = ""
-        box.remember(text)
-        user_view = MessageView("user", self.session.settings.user_name, text)
-        await self.conversation.mount(user_view)
-        self.conversation.anchor()
+        if text:
+            box.value = ""
+            box.remember(text)
+            user_view = MessageView("user", self.session.settings.user_name, text)
+            await self.conversation.mount(user_view)
+            self.conversation.anchor()
         self._begin()
         self.run_turn(text)
 
     def action_regenerate(self) -> None:
-        if self.session is None or not any(m.role == "user" for m in self.session.messages):
-            self.notify("nothing to regenerate yet", severity="warning")  # a greeting alone is not a reply
+        session = self.session
+        if session is None or (  # a greeting alone answers nothing
+                not any(m.role == "user" for m in session.messages) if not isinstance(session, GroupSession)
+                else not session.messages or session.messages[-1].parent_id is None):
+            self.notify("nothing to regenerate yet", severity="warning")
             return
         if self.generating:
             self.notify("a reply is still coming: Esc stops it", severity="warning")
@@ -110,6 +119,8 @@ class ChatScreen(ChatView):
             if view.role != "assistant":
                 break
             view.remove()
+            if isinstance(self.session, GroupSession):
+                break  # a group chat regenerates the last reply only
         self._begin()
         self.run_turn(None)
 
@@ -127,12 +138,13 @@ class ChatScreen(ChatView):
 
     @work(thread=True, group="generate")
     def run_turn(self, text: str | None) -> None:
-        """One turn in a worker thread: commit the user's line, wait for the model, stream the reply."""
+        """One turn in a worker thread: commit the user's line, wait for the model, stream the reply (``text``
+        None: regenerate; "": in a group chat, the next character speaks on)."""
         session, services, cancel = self.session, self.services, self.cancel
         assert session is not None
         reply: Message | None = None
         try:
-            if text is not None:
+            if text:
                 session.add_user_message(text)
             engine = services.models.wait(cancel)
             if engine is None:
@@ -175,6 +187,7 @@ class ChatScreen(ChatView):
         await self.conversation.mount(view)
         self.conversation.anchor()
         self.set_status("replying… (Esc stops)")
+        self.query_one(SpeakerBar).show(self.session, speaking=event.reply.character)
 
     @on(ReplyDelta)
     async def _reply_delta(self, event: ReplyDelta) -> None:
@@ -197,6 +210,7 @@ class ChatScreen(ChatView):
             self.set_status(self.stats_line(reply))
         self.refresh_chats()
         self.update_title()
+        self.query_one(SpeakerBar).show(self.session)
 
     def stats_line(self, reply: Message) -> str:
         s = reply.stats or {}
@@ -339,6 +353,16 @@ class ChatScreen(ChatView):
 
         runs = services.models.compare_runs(services.sampling)
         self.app.push_screen(CompareScreen(session, runs, services.report), picked)
+
+    def action_next_speaker(self) -> None:
+        """Group chat: pick who speaks next, in the order auto, each member, auto again."""
+        if not isinstance(self.session, GroupSession):
+            self.notify("ctrl+g picks who speaks next in a group chat (palette: New group chat)", timeout=4)
+            return
+        chosen = self.session.cycle_choice()
+        self.query_one(SpeakerBar).show(self.session)
+        self.notify(f"{chosen.name} answers from now on" if chosen else "next speaker: by mention, then in turn",
+                    timeout=3)
 
     # -- views -----------------------------------------------------------------------------------
     def action_toggle_thinking(self) -> None:

@@ -18,9 +18,11 @@ from textual.widgets import Footer, ProgressBar, Static
 from haruhi_tui.app.messages import CharactersLoaded, ModelFailed, ModelLoading, ModelReady
 from haruhi_tui.app.services import Services
 from haruhi_tui.app.widgets import ChatList, MessageView, PromptInput, character_color
+from haruhi_tui.app.widgets.speaker_bar import SpeakerBar
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.services.greeting import greeting_caption
+from haruhi_tui.services.group_chat import GroupSession, resume_chat
 from haruhi_tui.store import Message, StoreError
 
 from .dialogs import ConfirmDialog, RenameDialog
@@ -53,6 +55,7 @@ class ChatView(Screen[None]):
                 with Horizontal(id="status-row"):
                     yield Static("", id="status")
                     yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="model-progress")
+                yield SpeakerBar(id="speakers")
                 yield PromptInput(self.input_history(), placeholder="Say something… (Enter sends)", id="prompt")
         yield Footer()
 
@@ -134,7 +137,8 @@ class ChatView(Screen[None]):
             c = self.session.character
             work = f" · {c.source_work}" if c.source_work else ""
             you = escape(self.session.settings.user_name)  # who you play (Persona in the palette)
-            parts.append(f"[b {character_color(c.folder)}]{c.name}[/]{work} · you: {you}")
+            parts.append(" · ".join(f"[b {character_color(m.folder)}]{m.name}[/]" for m in self.session.members)
+                         + (work if len(self.session.members) == 1 else "") + f" · you: {you}")
         else:
             parts.append("no chat yet: ctrl+n picks a character")
         parts.append(self.services.models.label())
@@ -142,7 +146,7 @@ class ChatView(Screen[None]):
 
     def _view_for(self, m: Message) -> MessageView:
         assert self.session is not None
-        character = self.session.character
+        character = self.session.character_for(m)
         if m.role == "user":
             return MessageView("user", self.session.settings.user_name, m.content, message_id=m.id)
         caption = greeting_caption(m.stats, *self.session.alternatives(m.id)) if m.stats.get("greeting") else ""
@@ -153,6 +157,7 @@ class ChatView(Screen[None]):
     async def show_session(self, session: ChatSession | None) -> None:
         """Put a chat on screen (all messages of its current branch)."""
         self.session = session
+        self.query_one(SpeakerBar).show(session)
         await self.conversation.remove_children()
         if session is not None:
             await self.conversation.mount_all([self._view_for(m) for m in session.messages])
@@ -209,10 +214,36 @@ class ChatView(Screen[None]):
         await self.show_session(session)
         self.query_one(PromptInput).focus()
 
+    def action_new_group_chat(self) -> None:
+        from .group import GroupPicker
+
+        if self.generating:
+            self.notify("a reply is still coming: Esc stops it", severity="warning")
+            return
+
+        async def picked(folders: list[str] | None) -> None:
+            if folders:
+                await self.start_group_chat(folders)
+
+        self.app.push_screen(GroupPicker(self.services.library), picked)
+
+    async def start_group_chat(self, folders: list[str]) -> None:
+        """A new group chat with these characters (in turn order), opened with its group greeting."""
+        services = self.services
+        try:
+            members = [services.library.characters[f] for f in folders]
+            session = GroupSession.start_group(services.store, members, model=services.models.path(),
+                                               on_error=self._store_problem)
+        except (KeyError, HaruhiError) as exc:
+            services.report(f"cannot start the group chat: {exc}")
+            return
+        await self.show_session(session)
+        self.query_one(PromptInput).focus()
+
     async def resume_chat(self, chat_id: int) -> None:
         try:
-            session = ChatSession.resume(self.services.store, chat_id, self.services.library.characters,
-                                         on_error=self._store_problem)
+            session = resume_chat(self.services.store, chat_id, self.services.library.characters,
+                                  on_error=self._store_problem)
         except HaruhiError as exc:
             self.services.report(str(exc))
             return
