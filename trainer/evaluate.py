@@ -377,6 +377,9 @@ class Evaluation:
                                     eta=round(eta, 1) if eta is not None else None)
         except KeyboardInterrupt:
             status = "cancelled"
+        summary = getattr(generator, "summary", None)
+        if callable(summary) and summary():
+            events.emit("log", level="info", message=summary())
 
         ordered = [records[i] for i in chosen if i in records]
         complete = len(ordered) == len(chosen)

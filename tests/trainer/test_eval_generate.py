@@ -128,11 +128,12 @@ def test_sink_attention_matches_eager(tiny_gpt_oss, prompts, monkeypatch):
 
 
 @pytest.mark.slow
-def test_batching_and_chunked_prefill_do_not_change_greedy_output(tiny_gpt_oss, prompts):
+@pytest.mark.parametrize("engine", ["batched", "continuous"])
+def test_batching_and_chunked_prefill_do_not_change_greedy_output(tiny_gpt_oss, prompts, engine):
     options = DecodingOptions(max_new_tokens=8)
-    one = HFGenerator.load(tiny_gpt_oss, batch_size=1)
+    one = HFGenerator.load(tiny_gpt_oss, batch_size=1, engine=engine)
     expected = {c.index: c.raw for c in one.generate(_requests(one, prompts[:4]), options)}
-    batched = HFGenerator.load(tiny_gpt_oss, batch_size=4, prefill_tokens=256)
+    batched = HFGenerator.load(tiny_gpt_oss, batch_size=4, prefill_tokens=256, engine=engine)
     got = {c.index: (c.raw, c.tokens, c.finish) for c in batched.generate(_requests(batched, prompts[:4]), options)}
     assert {i: raw for i, (raw, _, _) in got.items()} == expected
     assert all(tokens == 8 and finish == "length" for _, tokens, finish in got.values())
@@ -140,9 +141,10 @@ def test_batching_and_chunked_prefill_do_not_change_greedy_output(tiny_gpt_oss, 
 
 @pytest.mark.slow
 def test_finished_rows_leave_the_batch(tiny_gpt_oss, prompts):
-    """Rows stopping at different steps (the cache is compacted as they finish) keep their exact tokens."""
+    """Rows stopping at different steps (the batched engine compacts its cache as they finish) keep their exact
+    tokens. (The continuous engine's rows: tests/trainer/test_eval_shared.py.)"""
     options = DecodingOptions(max_new_tokens=12)
-    generator = HFGenerator.load(tiny_gpt_oss, batch_size=10)
+    generator = HFGenerator.load(tiny_gpt_oss, batch_size=10, engine="batched")
     requests = _requests(generator, prompts)
     full = {c.index: c.raw for c in generator.generate(requests, options)}
     lengths = {r.index: 1 + (r.index * 5) % 12 for r in requests}
