@@ -187,8 +187,15 @@ def test_llama_cpp_continuous_batching_with_prefix_reuse(small_val):
     requests = _requests(batched, convs)
     got = {c.index: c for c in batched.generate(requests, options)}
     assert sorted(got) == list(range(5))
+    total = sum(len(r.ids) for r in requests)
+    assert batched.stats["computed"] + batched.stats["reused"] == total and batched.stats["reused"] > 0
+    # without waiting for a prefix another sequence is still evaluating, the first prompts compute it each
+    eager = GGUFGenerator(batched.llm_engine, parallel=3, reuse_prefix=True, wait_for_prefix=False)
+    assert sorted(c.index for c in eager.generate(requests, options)) == list(range(5))
+    assert eager.stats["reused"] < batched.stats["reused"]
     single = GGUFGenerator(batched.llm_engine, parallel=1, reuse_prefix=False)
     expected = {c.index: c for c in single.generate(requests, options)}
+    assert single.stats == {"computed": total, "reused": 0}
     agree = sum(got[i].raw[:1] == expected[i].raw[:1] for i in got)
     assert agree >= 3, {i: (got[i].raw, expected[i].raw) for i in got}
     for c in got.values():

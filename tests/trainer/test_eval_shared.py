@@ -101,6 +101,29 @@ def test_shared_prefixes_give_the_tokens_of_unshared_generation(tiny_window, sma
     unshared = HFGenerator.load(tiny_window, engine="continuous", batch_size=5, share_prefixes=False)
     assert _outputs(unshared, requests, options) == expected
     assert unshared.continuous.stats["shared_tokens"] == 0
+    fused = HFGenerator(shared.model, shared.tokenizer, shared.style, path="tiny", engine="continuous", batch_size=4,
+                        fused_experts=True)
+    assert _outputs(fused, requests, options) == expected
+    assert fused.continuous.stats["experts"] == "haruhi_fused" and not fused.continuous.notes
+    assert shared.model.config._experts_implementation == "grouped_mm"  # restored after the run
+
+
+@pytest.mark.slow
+def test_fused_experts_compute_what_transformers_experts_do(tiny_gpt_oss):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer.generation.fused_experts import fused_experts_forward
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt_oss, dtype=torch.float32)
+    layer = model.model.layers[1].mlp
+    hidden = torch.randn(37, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    _, scores, index = layer.router(hidden)
+    with torch.no_grad():
+        expected = layer.experts(hidden, index, scores)
+        got = fused_experts_forward(layer.experts, hidden, index, scores)
+    assert model.config._experts_implementation == "grouped_mm"
+    assert torch.allclose(got, expected, atol=1e-6, rtol=1e-5) and expected.abs().mean() > 1e-3
 
 
 @pytest.mark.slow
@@ -139,7 +162,7 @@ def test_decode_step_layout_of_cuda_graphs(tiny_window, small_val):
     from trainer.generation.hf import HFGenerator
     from trainer.generation.slot_attention import SlotCache, make_batch, register_slot_attention
 
-    assert buckets_for(40) == [8, 16, 32, 40] and buckets_for(8) == [8]
+    assert buckets_for(40) == [1, 2, 4, 8, 16, 32, 40] and buckets_for(8, smallest=8) == [8]
     generator = HFGenerator.load(tiny_window, engine="continuous")
     model = generator.model
     engine = ContinuousEngine(model, slots=3, prefill_tokens=512)

@@ -20,6 +20,8 @@ import numpy as np
 
 from .decode_graphs import DecodeGraphs, buckets_for
 from .decoding import Completion, DecodingOptions, Request
+from .fused_experts import FUSED_EXPERTS, register_fused_experts
+from .fused_experts import warm_up as warm_up_experts
 from .prefix_share import SortedPrompts, best_source
 from .sampling import select_tokens
 from .slot_attention import SlotCache, check_flash, flash_available, make_batch, register_slot_attention
@@ -31,6 +33,11 @@ SUPPORTED_MODEL_TYPES = ("gpt_oss", "gemma3_text")
 MIN_WAIT_GAIN = 8
 #: Decode-only steps after which waiting prompt work is run even if it is less than a quarter of the budget.
 MAX_PREFILL_DELAY = 8
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def engine_supports(model) -> bool:
@@ -63,7 +70,7 @@ class ContinuousEngine:
     """Generation for many prompts at once on a transformers model the slot engine supports."""
 
     def __init__(self, model, *, slots: int | None, prefill_tokens: int, share_prefixes: bool = True,
-                 cuda_graphs: bool = True, kernel: str = "auto") -> None:
+                 cuda_graphs: bool = True, kernel: str = "auto", fused_experts: bool = False) -> None:
         self.model = model
         self.device = next(model.parameters()).device
         self.slots_wanted = slots
@@ -72,6 +79,7 @@ class ContinuousEngine:
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self.kernel_wanted = kernel
         self.kernel = "reference"
+        self.fused_experts = fused_experts and getattr(model.config, "model_type", None) == "gpt_oss"
         self.notes: list[str] = []   # why a fast path is off
         config = model.config
         self.layers = config.num_hidden_layers
@@ -134,7 +142,9 @@ class ContinuousEngine:
         capacity = max(len(r.ids) for r in order) + options.max_new_tokens
         self._choose_kernel()
         slot_count = self._slot_count(capacity)
+        experts = FUSED_EXPERTS if self.fused_experts else getattr(self.model.config, "_experts_implementation", None)
         self.stats = {"slots": slot_count, "capacity": capacity, "kernel": self.kernel, "cuda_graphs": False,
+                      "experts": experts,
                       "prompt_tokens": int(sum(len(p) for p in prompts.prompts)), "prefill_tokens": 0,
                       "shared_tokens": 0, "generated_tokens": 0, "decode_rows_computed": 0, "forwards": 0,
                       "prefill_forwards": 0, "decode_steps": 0, "graph_steps": 0, "prefill_seconds": 0.0,
@@ -143,9 +153,12 @@ class ContinuousEngine:
         cache = SlotCache(layers=self.layers, slots=slot_count, capacity=capacity, kv_heads=self.kv_heads,
                           head_dim=self.head_dim, dtype=self.model.dtype, device=self.device)
         previous_attention = self.model.config._attn_implementation
+        previous_experts = getattr(self.model.config, "_experts_implementation", None)
         self.model.set_attn_implementation(register_slot_attention())
+        fused = False
         try:
             with torch.inference_mode():
+                fused = self.fused_experts and self._fuse_experts(previous_experts)
                 self.graphs = self._capture(cache) if self.cuda_graphs else None
                 self.stats["cuda_graphs"] = self.graphs is not None
                 self.stats["setup_seconds"] = round(time.perf_counter() - started, 3)
@@ -153,12 +166,26 @@ class ContinuousEngine:
         finally:
             self.graphs = None
             self.model.set_attn_implementation(previous_attention)
+            if fused:
+                self.model.set_experts_implementation(previous_experts)
+
+    def _fuse_experts(self, previous: str | None) -> bool:
+        """Switch gpt-oss's experts to :mod:`.fused_experts` and compile them now; on failure keep ``previous``."""
+        try:
+            self.model.set_experts_implementation(register_fused_experts())
+            warm_up_experts(self.model)
+            return True
+        except Exception as exc:  # noqa: BLE001 - transformers' experts are always there to fall back on
+            self.model.set_experts_implementation(previous)
+            self.stats["experts"] = previous
+            self.notes.append(f"fused experts off: {_reason(exc)}")
+            return False
 
     def _capture(self, cache: SlotCache) -> DecodeGraphs | None:
         try:
             return DecodeGraphs(self._step, cache, self.kernel, buckets_for(cache.slots), self.device)
         except Exception as exc:  # noqa: BLE001 - eager decoding is always there to fall back on
-            self.notes.append(f"CUDA graphs off: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            self.notes.append(f"CUDA graphs off: {_reason(exc)}")
             return None
 
     def _serve(self, order, prompts: SortedPrompts, cache: SlotCache, options, stop_factory, decode, generator):
@@ -166,19 +193,22 @@ class ContinuousEngine:
         queue = 0
         idle_steps = 0
         while True:
-            while queue < len(order) and any(s.row is None for s in slots):
-                self._admit(slots, queue, order[queue], prompts, stop_factory)
+            free = [s for s in slots if s.row is None]
+            while queue < len(order) and free:
+                self._admit(free, queue, order[queue], prompts, stop_factory)
+                free = [s for s in free if s.row is None]
                 queue += 1
-            waiting = self._start_waiting(slots, prompts, cache)
-            decoding = [s for s in slots if s.row is not None and s.row.next_token is not None]
-            prefilling = sorted((s for s in slots if s.row is not None and s.row.started and s.row.next_token is None),
+            busy = [s for s in slots if s.row is not None]
+            waiting = self._start_waiting(busy, slots, prompts, cache)
+            decoding = [s for s in busy if s.row.next_token is not None]
+            prefilling = sorted((s for s in busy if s.row.started and s.row.next_token is None),
                                 key=lambda s: s.row.order)
             if not decoding and not prefilling:
-                if any(s.row is not None for s in slots):
+                if busy:
                     raise RuntimeError("slot engine stalled: requests wait for a prefix nobody computes")
                 return
             pending = waiting + sum(len(s.row.prompt) - s.filled for s in prefilling)
-            more_coming = queue < len(order) or any(s.row is not None and not s.row.started for s in slots)
+            more_coming = queue < len(order) or any(not s.row.started for s in busy)
             if prefilling and (not decoding or pending >= self.prefill_tokens // 4 or not more_coming
                                or idle_steps >= MAX_PREFILL_DELAY):
                 idle_steps = 0
@@ -195,9 +225,8 @@ class ContinuousEngine:
 
     # scheduling -----------------------------------------------------------------------------------
 
-    def _admit(self, slots: list[_Slot], i: int, request: Request, prompts: SortedPrompts, stop_factory) -> None:
+    def _admit(self, free: list[_Slot], i: int, request: Request, prompts: SortedPrompts, stop_factory) -> None:
         """Put request ``i`` (serving order) in the free slot whose cached prompt it shares most of."""
-        free = [s for s in slots if s.row is None]
         chosen, keep = free[0], 0
         if self.share_prefixes:
             held = [s for s in free if s.owner is not None]
@@ -208,10 +237,10 @@ class ContinuousEngine:
         chosen.owner, chosen.filled = i, keep
         chosen.row = _Row(request, i, prompts.prompts[i], stop_factory(request))
 
-    def _start_waiting(self, slots: list[_Slot], prompts: SortedPrompts, cache: SlotCache) -> int:
+    def _start_waiting(self, busy: list[_Slot], slots: list[_Slot], prompts: SortedPrompts, cache: SlotCache) -> int:
         """Give each admitted request its shared prefix (copied from the best slot) unless a slot still
         computing a longer one is worth waiting for. Returns the prompt tokens the waiting ones will compute."""
-        waiters = sorted((s for s in slots if s.row is not None and not s.row.started), key=lambda s: s.row.order)
+        waiters = sorted((s for s in busy if not s.row.started), key=lambda s: s.row.order)
         if not waiters:
             return 0
         waiting = 0

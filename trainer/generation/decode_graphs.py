@@ -1,8 +1,8 @@
 """CUDA graphs of one decode step: transformers' eager model code launched once per step, not per kernel.
 
 A decode step is one token for each generating row. Its Python and kernel-launch overhead in transformers'
-eager gpt-oss code is about as large as its GPU work, so each step size (a bucket of rows: 8, 16, 32, ... up
-to the number of slots) is captured once and replayed. Everything a step needs from the host (token ids,
+eager gpt-oss code is about as large as its GPU work, so each step size (a bucket of rows: 1, 2, 4, ... up to
+the number of slots) is captured once and replayed. Everything a step needs from the host (token ids,
 positions, the rows' slots and key counts) is one int64 vector copied into a static buffer before the
 replay; the graph converts it into the :class:`~trainer.generation.slot_attention.SlotBatch` fields itself.
 Rows a bucket has beyond the live ones are idle: they write to and read from the cache's scratch slot.
@@ -20,8 +20,10 @@ from .slot_attention import SlotBatch, SlotCache
 _FIELDS = 6
 
 
-def buckets_for(slots: int, smallest: int = 8) -> list[int]:
-    """Step sizes to capture: powers of two from ``smallest`` below ``slots``, and ``slots`` itself."""
+def buckets_for(slots: int, smallest: int = 1) -> list[int]:
+    """Step sizes to capture: powers of two from ``smallest`` below ``slots``, and ``slots`` itself. Small
+    ones matter: the last replies of a run decode a few rows for hundreds of steps, and an idle row still
+    routes through experts whose weights the step then reads."""
     sizes, n = [], smallest
     while n < slots:
         sizes.append(n)

@@ -64,7 +64,8 @@ class HFGenerator:
 
     def __init__(self, model, tokenizer, style: Style, *, path: str, adapter: str | None = None,
                  batch_size: int | None = None, prefill_tokens: int | None = None, engine: str = "auto",
-                 share_prefixes: bool = True, cuda_graphs: bool = True, kernel: str = "auto") -> None:
+                 share_prefixes: bool = True, cuda_graphs: bool = True, kernel: str = "auto",
+                 fused_experts: bool = False) -> None:
         import torch
 
         self.model, self.tokenizer, self.style = model, tokenizer, style
@@ -80,8 +81,8 @@ class HFGenerator:
         self.prefill_tokens = prefill_tokens or (32768 if cuda else 2048)
         #: The continuous engine (None: batched); its ``stats`` and ``notes`` describe the last run.
         self.continuous = ContinuousEngine(model, slots=batch_size, prefill_tokens=self.prefill_tokens,
-                                           share_prefixes=share_prefixes, cuda_graphs=cuda_graphs,
-                                           kernel=kernel) if self.engine_name == "continuous" else None
+                                           share_prefixes=share_prefixes, cuda_graphs=cuda_graphs, kernel=kernel,
+                                           fused_experts=fused_experts) if self.engine_name == "continuous" else None
         self.batch_size = batch_size or (self._auto_batch_size() if cuda else 8)
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
@@ -92,7 +93,8 @@ class HFGenerator:
         self.evicted = 0  # stragglers moved to a later batch (diagnostics)
         #: Where the time goes (seconds, tokens, steps); exact only with ``profile`` (adds a GPU sync per batch).
         self.profile = False
-        self.stats = {"prefill_seconds": 0.0, "prefill_tokens": 0, "padded_tokens": 0, "decode_steps": 0, "batches": 0}
+        self.stats = {"prefill_seconds": 0.0, "prefill_tokens": 0, "padded_tokens": 0, "decode_steps": 0,
+                      "decode_rows": 0, "batches": 0}
         self._torch = torch
 
     # loading ---------------------------------------------------------------------------------
@@ -280,6 +282,7 @@ class HFGenerator:
             while True:
                 step += 1
                 self.stats["decode_steps"] += 1
+                self.stats["decode_rows"] += len(alive)
                 tokens = select_tokens(logits, options, generator)
                 for slot, token in enumerate(tokens.tolist()):
                     row = alive[slot]

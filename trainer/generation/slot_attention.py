@@ -260,23 +260,24 @@ def make_batch(cache: SlotCache, kernel: str, layout, device, *, ids=None, logit
     import numpy as np
     import torch
 
-    slots = np.array([s for s, _, _ in layout], dtype=np.int64)
-    starts = np.array([p for _, p, _ in layout], dtype=np.int64)
-    lengths = np.array([n for _, _, n in layout], dtype=np.int64)
+    table = np.asarray(layout, dtype=np.int64).reshape(-1, 3)
+    slots, starts, lengths = table[:, 0], table[:, 1], table[:, 2]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    positions = np.concatenate([np.arange(p, p + n) for _, p, n in layout])
-    n, m = len(positions), len(layout)
+    n, m = int(offsets[-1]), len(layout)
+    positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(n)
     ids = np.zeros(n, dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
     keep = offsets[1:][np.asarray(logits, dtype=bool)] - 1 if logits is not None else np.empty(0, np.int64)
     kv_len = starts + lengths
     packed = np.concatenate([ids, positions, np.repeat(slots, lengths) * cache.capacity + positions, offsets,
                              slots * cache.capacity, [0], kv_len, slots, keep])
     parts = torch.split(torch.from_numpy(packed).to(device), [n, n, n, m + 1, m + 1, m, m, len(keep)])
-    spans = tuple((int(s), int(p), int(k), int(o)) for s, p, k, o in zip(slots, starts, lengths, offsets[:-1]))
+    decode = bool((lengths == 1).all())
+    spans = None if decode and kernel == "reference" or kernel == "flash" else tuple(
+        zip(slots.tolist(), starts.tolist(), lengths.tolist(), offsets[:-1].tolist()))
     return SlotBatch(cache=cache, kernel=kernel, input_ids=parts[0], positions=parts[1], write_index=parts[2],
                      cu_q=parts[3].int(), k_start=parts[4].int(), kv_len=parts[5].int(), seq_slot=parts[6],
-                     max_q=int(lengths.max()), decode=bool((lengths == 1).all()), spans=spans,
-                     read=read or int(kv_len.max()), logits_index=parts[7] if logits is not None else None)
+                     max_q=int(lengths.max()), decode=decode, spans=spans, read=read or int(kv_len.max()),
+                     logits_index=parts[7] if logits is not None else None)
 
 
 def register_slot_attention() -> str:
