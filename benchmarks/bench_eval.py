@@ -6,10 +6,12 @@ Commands for the GPU machine (one H100/H200; from the project root). Prompts are
 (needs jieba and quicktok, 40 s) and carried as an untracked file:
   python benchmarks/bench_eval.py --characters ../shared/chatharuhi/characters \
       --save-prompts .bench/haruhi_val_prompts.jsonl.gz
-  # 1. old and new engine over all of haruhi_val (2,034 samples; about 5 minutes in all on an H100):
-  python benchmarks/bench_eval.py --prompts .bench/haruhi_val_prompts.jsonl.gz --paths old,new \
+  # 1. old and new engine over all of haruhi_val (2,034 samples; about 6-7 minutes in all on an H100/H200;
+  #    the old engine alone was 165 s there; split into --paths old and --paths new,new-fusedmoe if need be):
+  python benchmarks/bench_eval.py --prompts .bench/haruhi_val_prompts.jsonl.gz --paths old,new,new-fusedmoe \
       --out benchmarks/results/bench_eval.jsonl
-  # 2. what each part gives (sharing off; CUDA graphs off; reference attention instead of FlashAttention):
+  # 2. what each part gives (sharing off; CUDA graphs off; reference attention instead of FlashAttention;
+  #    6-8 minutes, the reference attention is the slow one):
   python benchmarks/bench_eval.py --prompts .bench/haruhi_val_prompts.jsonl.gz \
       --paths new-noshare,new-nographs,new-reference --out benchmarks/results/bench_eval.jsonl
   # 3. where the new engine's GPU time goes (torch profiler over 256 samples, top operators in the JSON):

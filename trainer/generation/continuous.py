@@ -80,7 +80,7 @@ class ContinuousEngine:
         self.kernel_wanted = kernel
         self.kernel = "reference"
         self.fused_experts = fused_experts and getattr(model.config, "model_type", None) == "gpt_oss"
-        self.notes: list[str] = []   # why a fast path is off
+        self.notes: list[str] = []   # why a fast path is off (in the last run)
         config = model.config
         self.layers = config.num_hidden_layers
         self.heads = config.num_attention_heads
@@ -140,6 +140,7 @@ class ContinuousEngine:
         order = sorted(requests, key=lambda r: (r.ids, r.index))
         prompts = SortedPrompts([np.asarray(r.ids, dtype=np.int64) for r in order])
         capacity = max(len(r.ids) for r in order) + options.max_new_tokens
+        self.notes = []
         self._choose_kernel()
         slot_count = self._slot_count(capacity)
         experts = FUSED_EXPERTS if self.fused_experts else getattr(self.model.config, "_experts_implementation", None)
