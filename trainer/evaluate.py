@@ -378,8 +378,9 @@ class Evaluation:
         except KeyboardInterrupt:
             status = "cancelled"
         summary = getattr(generator, "summary", None)
-        if callable(summary) and summary():
-            events.emit("log", level="info", message=summary())
+        how_it_ran = summary() if callable(summary) else None
+        if how_it_ran:
+            events.emit("log", level="info", message=how_it_ran)
 
         ordered = [records[i] for i in chosen if i in records]
         complete = len(ordered) == len(chosen)

@@ -84,6 +84,9 @@ def test_gemma_gguf_end_to_end(gemma_run, small_val):
     assert all("」" not in r["predict"] and r["predict"] == r["reply"] for r in records)
     assert sum(1 for r in records if r["predict"]) >= 15  # a real model says something
     assert len(metrics["per_character"]) == 3
+    logs = [e["message"] for e in read_events(gemma_run)[0] if e["event"] == "log"]
+    reuse = [m for m in logs if m.startswith("llama.cpp: ") and "prompt tokens reused from shared prefixes" in m]
+    assert len(reuse) == 1 and not reuse[0].startswith("llama.cpp: 0 of")  # a character's persona, once
 
 
 @pytest.mark.slow

@@ -84,6 +84,13 @@ class GGUFGenerator:
         return {"engine": self.engine, "model": self.path, "style": self.style, "architecture": self.architecture,
                 "parallel": self.parallel, "prefix_reuse": self.reuse_prefix}
 
+    def summary(self) -> str | None:
+        """How the last run went, in a line for the log."""
+        total = self.stats["computed"] + self.stats["reused"]
+        if not total:
+            return None
+        return f"llama.cpp: {self.stats['reused']} of {total} prompt tokens reused from shared prefixes"
+
     # prompts ---------------------------------------------------------------------------------
 
     def encode(self, conv: Conversation) -> tuple[str, list[int]]:
