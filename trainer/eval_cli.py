@@ -72,8 +72,8 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(42, "--seed", help="Seed of --sample and of --sampling lf."),
         batch_size: Optional[int] = typer.Option(
             None, "--batch-size", "-b",
-            help="Prompts generated at once (transformers: rows per batch, auto on GPU; llama.cpp: parallel "
-                 "sequences, default 4)."),
+            help="Prompts generated at once (transformers: sequences in flight, auto on GPU from free memory; "
+                 "llama.cpp: parallel sequences, default 4)."),
         device: Optional[str] = typer.Option(
             None, "--device", help="transformers device (cuda, cuda:1, cpu). Default: cuda if available."),
         dtype: Optional[str] = typer.Option(
@@ -81,6 +81,12 @@ def register(app: typer.Typer) -> None:
         gpu_layers: int = typer.Option(
             -1, "--gpu-layers", help="llama.cpp layers offloaded to the GPU (-1: all, 0: CPU only)."),
         restart: bool = typer.Option(False, "--restart", help="Discard predictions already in --out and start over."),
+        prefix_sharing: bool = typer.Option(
+            True, "--prefix-sharing/--no-prefix-sharing",
+            help="Compute the start that prompts share (a character's persona, a scene so far) once and reuse it."),
+        cuda_graphs: bool = typer.Option(
+            True, "--cuda-graphs/--no-cuda-graphs",
+            help="transformers on a GPU: replay decode steps from CUDA graphs (less launch overhead)."),
     ) -> None:
         if ctx.invoked_subcommand is not None:
             return
@@ -88,7 +94,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(ctx.get_help())
             raise typer.Exit(0)
         _run(model, adapter, dataset, out, lf_raw, sampling, max_new_tokens, limit, sample, seed, batch_size, device,
-             dtype, gpu_layers, restart)
+             dtype, gpu_layers, restart, prefix_sharing, cuda_graphs)
 
     @eval_app.command("compare")
     @friendly_errors
@@ -133,7 +139,8 @@ def register(app: typer.Typer) -> None:
 
 def _run(model: Path, adapter: Optional[Path], dataset: str, out: Optional[Path], lf_raw: bool, sampling: str,
          max_new_tokens: int, limit: Optional[int], sample: Optional[int], seed: int, batch_size: Optional[int],
-         device: Optional[str], dtype: Optional[str], gpu_layers: int, restart: bool) -> None:
+         device: Optional[str], dtype: Optional[str], gpu_layers: int, restart: bool, prefix_sharing: bool = True,
+         cuda_graphs: bool = True) -> None:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -177,7 +184,7 @@ def _run(model: Path, adapter: Optional[Path], dataset: str, out: Optional[Path]
 
     def factory():
         return load_generator(model, adapter, device=device, dtype=dtype, batch_size=batch_size,
-                              n_gpu_layers=gpu_layers)
+                              n_gpu_layers=gpu_layers, share_prefixes=prefix_sharing, cuda_graphs=cuda_graphs)
 
     evaluation = Evaluation(config, generator_factory=factory, on_progress=on_progress, on_status=on_status)
     with progress:

@@ -377,6 +377,10 @@ class Evaluation:
                                     eta=round(eta, 1) if eta is not None else None)
         except KeyboardInterrupt:
             status = "cancelled"
+        summary = getattr(generator, "summary", None)
+        how_it_ran = summary() if callable(summary) else None
+        if how_it_ran:
+            events.emit("log", level="info", message=how_it_ran)
 
         ordered = [records[i] for i in chosen if i in records]
         complete = len(ordered) == len(chosen)

@@ -164,16 +164,17 @@ def _agrees(generator, raw: str, reference: tuple[list[int], int], tokens: int) 
 
 
 @pytest.mark.slow
-def test_batching_and_chunked_prefill_do_not_change_greedy_output(tiny_gpt_oss, prompts):
+@pytest.mark.parametrize("engine", ["batched", "continuous"])
+def test_batching_and_chunked_prefill_do_not_change_greedy_output(tiny_gpt_oss, prompts, engine):
     """Batched, chunked and one-at-a-time generation all give the greedy tokens of each prompt computed
     alone (compared like that, not with each other bit for bit: their float32 kernels differ)."""
     options = DecodingOptions(max_new_tokens=8)
-    one = HFGenerator.load(tiny_gpt_oss, batch_size=1)
+    one = HFGenerator.load(tiny_gpt_oss, batch_size=1, engine=engine)
     requests = _requests(one, prompts[:4])
     reference = {r.index: _greedy_reference(one, r, 8) for r in requests}
     assert sum(tie == 8 for _, tie in reference.values()) >= 3  # the check below is mostly exact equality
     expected = {c.index: (c.raw, c.tokens) for c in one.generate(requests, options)}
-    batched = HFGenerator.load(tiny_gpt_oss, batch_size=4, prefill_tokens=256)
+    batched = HFGenerator.load(tiny_gpt_oss, batch_size=4, prefill_tokens=256, engine=engine)
     got = {c.index: (c.raw, c.tokens, c.finish) for c in batched.generate(_requests(batched, prompts[:4]), options)}
     assert set(got) == set(expected) == set(reference)
     for i in reference:
@@ -184,9 +185,10 @@ def test_batching_and_chunked_prefill_do_not_change_greedy_output(tiny_gpt_oss, 
 
 @pytest.mark.slow
 def test_finished_rows_leave_the_batch(tiny_gpt_oss, prompts):
-    """Rows stopping at different steps (the cache is compacted as they finish) keep their greedy tokens."""
+    """Rows stopping at different steps (the batched engine compacts its cache as they finish) keep their greedy
+    tokens. (The continuous engine's rows: tests/trainer/test_eval_shared.py.)"""
     options = DecodingOptions(max_new_tokens=12)
-    generator = HFGenerator.load(tiny_gpt_oss, batch_size=10)
+    generator = HFGenerator.load(tiny_gpt_oss, batch_size=10, engine="batched")
     requests = _requests(generator, prompts)
     reference = {r.index: _greedy_reference(generator, r, 12) for r in requests}
     full = {c.index: c for c in generator.generate(requests, options)}
@@ -233,8 +235,15 @@ def test_llama_cpp_continuous_batching_with_prefix_reuse(small_val):
     requests = _requests(batched, convs)
     got = {c.index: c for c in batched.generate(requests, options)}
     assert sorted(got) == list(range(5))
+    total = sum(len(r.ids) for r in requests)
+    assert batched.stats["computed"] + batched.stats["reused"] == total and batched.stats["reused"] > 0
+    # without waiting for a prefix another sequence is still evaluating, the first prompts compute it each
+    eager = GGUFGenerator(batched.llm_engine, parallel=3, reuse_prefix=True, wait_for_prefix=False)
+    assert sorted(c.index for c in eager.generate(requests, options)) == list(range(5))
+    assert eager.stats["reused"] < batched.stats["reused"]
     single = GGUFGenerator(batched.llm_engine, parallel=1, reuse_prefix=False)
     expected = {c.index: c for c in single.generate(requests, options)}
+    assert single.stats == {"computed": total, "reused": 0}
     agree = sum(got[i].raw[:1] == expected[i].raw[:1] for i in got)
     assert agree >= 3, {i: (got[i].raw, expected[i].raw) for i in got}
     for c in got.values():

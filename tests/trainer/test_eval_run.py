@@ -84,6 +84,9 @@ def test_gemma_gguf_end_to_end(gemma_run, small_val):
     assert all("」" not in r["predict"] and r["predict"] == r["reply"] for r in records)
     assert sum(1 for r in records if r["predict"]) >= 15  # a real model says something
     assert len(metrics["per_character"]) == 3
+    logs = [e["message"] for e in read_events(gemma_run)[0] if e["event"] == "log"]
+    reuse = [m for m in logs if m.startswith("llama.cpp: ") and "prompt tokens reused from shared prefixes" in m]
+    assert len(reuse) == 1 and not reuse[0].startswith("llama.cpp: 0 of")  # a character's persona, once
 
 
 @pytest.mark.slow
@@ -93,6 +96,24 @@ def test_tiny_gpt_oss_end_to_end(tiny_run, small_val):
     for r in _records(tiny_run):
         assert r["prompt"].startswith("<|start|>system<|message|>") and r["prompt"].endswith("<|start|>assistant")
         assert r["tokens"] <= 12
+
+
+@pytest.mark.slow
+def test_prefix_sharing_and_cuda_graph_switches_change_no_prediction(tmp_path, tiny_run, tiny_gpt_oss, small_val_path):
+    """The same run with the continuous engine's sharing and graphs off: the same predictions (greedy, float32 on
+    the CPU), metrics.json with the same keys; the log says how the engine ran."""
+    out = tmp_path / "unshared"
+    result = _invoke("--model", str(tiny_gpt_oss), "--dataset", str(small_val_path), "--out", str(out),
+                     "--sample", "20", "--max-new-tokens", "12", "--no-prefix-sharing", "--no-cuda-graphs")
+    assert result.exit_code == 0, result.output
+    shared = {r["index"]: (r["raw"], r["tokens"], r["finish"]) for r in _records(tiny_run)}
+    assert {r["index"]: (r["raw"], r["tokens"], r["finish"]) for r in _records(out)} == shared
+    before = json.loads((tiny_run / "metrics.json").read_text(encoding="utf-8"))
+    after = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert list(after) == list(before) and after["predict_bleu-4"] == before["predict_bleu-4"]
+    logs = [e["message"] for e in read_events(tiny_run)[0] if e["event"] == "log"]
+    assert any("continuous engine" in m and "reused from shared prefixes" in m for m in logs)
+    assert not any(m.startswith("continuous engine: 8 slots, 0 of") for m in logs)  # the default run shared
 
 
 @pytest.mark.slow

@@ -6,8 +6,13 @@ each prediction to disk at once. One module per concern:
 
 * :mod:`.decoding`: what is asked (:class:`Request`, :class:`DecodingOptions`) and what comes back.
 * :mod:`.stops`: where each sequence's reply ends (:class:`StopRule`).
-* :mod:`.sink_attention`: exact attention-with-sinks for gpt-oss on transformers.
-* :mod:`.hf`: :class:`HFGenerator`, batched generation on transformers.
+* :mod:`.sink_attention`: exact attention-with-sinks for gpt-oss on transformers (the batched engine).
+* :mod:`.hf`: :class:`HFGenerator`, generation on transformers (loading, prompts, the batched engine).
+* :mod:`.continuous`: the continuous engine on transformers: shared prompt prefixes, packed prompt chunks.
+* :mod:`.prefix_share`: which computed prefix a request starts from.
+* :mod:`.slot_attention`: the KV cache of fixed slots and the attention over it (reference, FlashAttention).
+* :mod:`.decode_graphs`: CUDA graphs of decode steps.
+* :mod:`.sampling`: the next token from logits.
 * :mod:`.gguf`: :class:`GGUFGenerator`, continuous batching on llama.cpp.
 * :mod:`.loader`: :func:`load_generator`, the engine for a model path.
 """

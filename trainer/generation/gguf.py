@@ -1,9 +1,12 @@
 """Continuous batching on llama.cpp for a GGUF model: ``parallel`` sequences on one context.
 
 A slot that finishes takes the next prompt at once; prompt chunks and generated tokens of all slots share
-every ``llama_decode``; a new prompt reuses the longest prefix already in any slot's KV cache (same
-persona), so shared role prompts are computed once. Prompts, tokens and end-of-generation come from the
-shared llama.cpp engine of :mod:`haruhi_tui.core`; only the multi-sequence loop is ours.
+every ``llama_decode``. Prompts are served in sorted order, so prompts sharing a start (a character's
+persona, a scene so far) are neighbours, and a new prompt reuses the longest prefix already in any slot's KV
+cache (``llama_memory_seq_cp`` shares those cells with its sequence) instead of evaluating it again; when
+another slot is still evaluating a longer shared prefix, the new prompt waits for it. Prompts, tokens and
+end-of-generation come from the shared llama.cpp engine of :mod:`haruhi_tui.core`; only the multi-sequence
+loop is ours.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from haruhi_tui.core.prompt_format import Conversation, Style
 
 from .decoding import Completion, DecodingOptions, Request
 from .stops import EogStopRule, StopFactory, StopRule
+
+#: A prompt waits for a slot still evaluating a longer shared prefix only when it saves this many tokens.
+MIN_WAIT_GAIN = 8
 
 
 def open_engine(path: str | os.PathLike, *, n_gpu_layers: int = -1, n_threads: int | None = None):
@@ -38,6 +44,7 @@ class _Slot:
     stop: object = None
     sampler: object = None
     next_token: int | None = None
+    waiting: bool = False                              # its prompt waits for a prefix another slot evaluates
 
 
 class GGUFGenerator:
@@ -50,7 +57,7 @@ class GGUFGenerator:
     engine = "llama.cpp"
 
     def __init__(self, engine, *, parallel: int = 8, n_batch: int = 2048, reuse_prefix: bool = True,
-                 n_threads: int | None = None) -> None:
+                 wait_for_prefix: bool = True, n_threads: int | None = None) -> None:
         import llama_cpp
 
         self.llm_engine = engine
@@ -61,18 +68,28 @@ class GGUFGenerator:
         self.architecture = engine.info.architecture
         self.parallel, self.n_batch = max(1, parallel), n_batch
         self.reuse_prefix = reuse_prefix
+        self.wait_for_prefix = wait_for_prefix
+        #: Prompt tokens evaluated and reused from other sequences' cells in the last run.
+        self.stats = {"computed": 0, "reused": 0}
         self.n_threads = n_threads or max(1, os.cpu_count() or 1)
         self.n_ctx_train = engine.info.context_length
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, parallel: int = 8, n_gpu_layers: int = -1, reuse_prefix: bool = True,
-             n_threads: int | None = None) -> "GGUFGenerator":
+             wait_for_prefix: bool = True, n_threads: int | None = None) -> "GGUFGenerator":
         return cls(open_engine(path, n_gpu_layers=n_gpu_layers, n_threads=n_threads), parallel=parallel,
-                   reuse_prefix=reuse_prefix, n_threads=n_threads)
+                   reuse_prefix=reuse_prefix, wait_for_prefix=wait_for_prefix, n_threads=n_threads)
 
     def describe(self) -> dict:
         return {"engine": self.engine, "model": self.path, "style": self.style, "architecture": self.architecture,
                 "parallel": self.parallel, "prefix_reuse": self.reuse_prefix}
+
+    def summary(self) -> str | None:
+        """How the last run went, in a line for the log."""
+        total = self.stats["computed"] + self.stats["reused"]
+        if not total:
+            return None
+        return f"llama.cpp: {self.stats['reused']} of {total} prompt tokens reused from shared prefixes"
 
     # prompts ---------------------------------------------------------------------------------
 
@@ -134,6 +151,7 @@ class GGUFGenerator:
             raise HaruhiError(f"a prompt of {longest} tokens plus --max-new-tokens {options.max_new_tokens} exceeds "
                               f"the model's context ({self.n_ctx_train}): lower --max-new-tokens")
         queue = deque(sorted(requests, key=lambda r: (r.ids, r.index)))
+        self.stats = {"computed": 0, "reused": 0}
         ctx = self._context(per_sequence)
         batch = lib.llama_batch_init(self.n_batch, 0, 1)
         mem = lib.llama_get_memory(ctx)
@@ -142,7 +160,10 @@ class GGUFGenerator:
             while queue or any(s.request is not None for s in slots):
                 for slot in slots:
                     if slot.request is None and queue:
-                        self._assign(slot, queue.popleft(), slots, mem, options, stop_factory)
+                        self._assign(slot, queue.popleft(), options, stop_factory)
+                for slot in slots:
+                    if slot.waiting:
+                        self._start(slot, slots, mem)
                 entries = self._fill_batch(batch, slots)
                 rc = lib.llama_decode(ctx, batch)
                 if rc != 0:
@@ -166,18 +187,33 @@ class GGUFGenerator:
             lib.llama_batch_free(batch)
             lib.llama_free(ctx)
 
-    def _assign(self, slot: _Slot, request: Request, slots: list[_Slot], mem, options: DecodingOptions,
-                stop_factory: StopFactory) -> None:
-        """Start ``request`` in ``slot``, reusing the longest cached prefix among all slots' KV caches."""
+    def _assign(self, slot: _Slot, request: Request, options: DecodingOptions, stop_factory: StopFactory) -> None:
+        """Give ``request`` to ``slot``; its cache is set up by :meth:`_start` (maybe after waiting)."""
         lib = self.lib
-        ids = list(request.ids)
-        keep, source = 0, None
+        slot.request, slot.waiting = request, True
+        slot.generated, slot.pieces, slot.next_token = [], [], None
+        slot.stop = stop_factory(request)
+        if slot.sampler is not None:
+            lib.llama_sampler_free(slot.sampler)
+        slot.sampler = self._sampler(options, options.seed + request.index)
+
+    def _start(self, slot: _Slot, slots: list[_Slot], mem) -> None:
+        """Reuse the longest prefix cached in any slot for the slot's prompt (unless a slot still evaluating a
+        longer shared prefix is worth waiting for), drop the rest of its old cells, queue the rest of the prompt."""
+        lib = self.lib
+        ids = list(slot.request.ids)
+        limit = len(ids) - 1  # always decode at least the last prompt token (for its logits)
+        keep, source, soon = 0, None, 0
         if self.reuse_prefix:
             for other in slots:
-                n = _common_prefix(other.tokens, ids)
-                if n > keep:
+                n = min(_common_prefix(other.tokens, ids), limit)
+                if n > keep or (n == keep and other is slot and n > 0):
                     keep, source = n, other
-        keep = min(keep, len(ids) - 1)  # always decode at least the last prompt token (for its logits)
+                if other is not slot and other.request is not None and not other.waiting and other.pending:
+                    soon = max(soon, min(_common_prefix(other.tokens + other.pending, ids), limit))
+        if self.wait_for_prefix and soon >= keep + MIN_WAIT_GAIN:
+            return
+        slot.waiting = False
         if source is not slot:
             lib.llama_memory_seq_rm(mem, slot.seq, -1, -1)
             if source is not None and keep > 0:
@@ -187,12 +223,9 @@ class GGUFGenerator:
         elif not lib.llama_memory_seq_rm(mem, slot.seq, keep, -1):
             lib.llama_memory_seq_rm(mem, slot.seq, -1, -1)
             keep = 0
-        slot.request, slot.tokens, slot.pending = request, ids[:keep], ids[keep:]
-        slot.generated, slot.pieces, slot.next_token = [], [], None
-        slot.stop = stop_factory(request)
-        if slot.sampler is not None:
-            lib.llama_sampler_free(slot.sampler)
-        slot.sampler = self._sampler(options, options.seed + request.index)
+        slot.tokens, slot.pending = ids[:keep], ids[keep:]
+        self.stats["reused"] += keep
+        self.stats["computed"] += len(ids) - keep
 
     def _release(self, slot: _Slot, mem) -> None:
         # The finished sequence's cache stays (``slot.tokens`` says what it holds): a later prompt may reuse it.

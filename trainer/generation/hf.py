@@ -1,9 +1,12 @@
-"""Batched generation on transformers: an HF checkpoint (optionally + a LoRA adapter) for many prompts at once.
+"""Generation on transformers: an HF checkpoint (optionally + a LoRA adapter) for many prompts at once.
 
-Prompts are sorted by length and left-padded into large batches; the prompt is prefilled in chunks of
-columns (bounded memory), then one token per step for every live row; finished rows are dropped from the
-batch (the KV cache is compacted when a quarter of the rows are done), and a few stragglers move to a
-later batch rather than idle a whole one. gpt-oss runs on :mod:`.sink_attention`.
+Two engines. ``continuous`` (:mod:`.continuous`, for the model types it supports: gpt-oss, Gemma 3):
+continuous batching over a KV cache of fixed slots, prompts that share a prefix computed once, packed
+prompt chunks without padding, CUDA graphs for decode steps. ``batched`` (any model, and the reference the
+other is measured against): prompts sorted by length and left-padded into large batches; the prompt is
+prefilled in chunks of columns (bounded memory), then one token per step for every live row; finished rows
+are dropped from the batch (the KV cache is compacted when a quarter of the rows are done), and a few
+stragglers move to a later batch rather than idle a whole one. gpt-oss runs on :mod:`.sink_attention` there.
 """
 
 from __future__ import annotations
@@ -18,9 +21,13 @@ from typing import Iterator, Sequence
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.core.prompt_format import Conversation, Style, detect_style, render_text, to_messages
 
+from .continuous import ContinuousEngine, engine_supports
 from .decoding import Completion, DecodingOptions, Request
+from .sampling import select_tokens
 from .sink_attention import SINK_ATTENTION, register_sink_attention
 from .stops import StopFactory, StopRule
+
+ENGINES = ("auto", "continuous", "batched")
 
 
 def _read_json(path: Path) -> dict:
@@ -56,15 +63,27 @@ class HFGenerator:
     engine = "transformers"
 
     def __init__(self, model, tokenizer, style: Style, *, path: str, adapter: str | None = None,
-                 batch_size: int | None = None, prefill_tokens: int | None = None) -> None:
+                 batch_size: int | None = None, prefill_tokens: int | None = None, engine: str = "auto",
+                 share_prefixes: bool = True, cuda_graphs: bool = True, kernel: str = "auto",
+                 fused_experts: bool = False) -> None:
         import torch
 
         self.model, self.tokenizer, self.style = model, tokenizer, style
         self.path, self.adapter = path, adapter
         self.device = next(model.parameters()).device
         cuda = self.device.type == "cuda"
-        self.batch_size = batch_size or (self._auto_batch_size() if cuda else 8)
+        if engine not in ENGINES:
+            raise HaruhiError(f"the transformers engine is one of {', '.join(ENGINES)}, not {engine!r}")
+        if engine == "continuous" and not engine_supports(model):
+            raise HaruhiError(f"the continuous engine does not support {model.config.model_type} models; "
+                              "use the batched one")
+        self.engine_name = "batched" if engine == "batched" or not engine_supports(model) else "continuous"
         self.prefill_tokens = prefill_tokens or (32768 if cuda else 2048)
+        #: The continuous engine (None: batched); its ``stats`` and ``notes`` describe the last run.
+        self.continuous = ContinuousEngine(model, slots=batch_size, prefill_tokens=self.prefill_tokens,
+                                           share_prefixes=share_prefixes, cuda_graphs=cuda_graphs, kernel=kernel,
+                                           fused_experts=fused_experts) if self.engine_name == "continuous" else None
+        self.batch_size = batch_size or (self._auto_batch_size() if cuda else 8)
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos_ids = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
         if tokenizer.eos_token_id is not None:
@@ -74,7 +93,8 @@ class HFGenerator:
         self.evicted = 0  # stragglers moved to a later batch (diagnostics)
         #: Where the time goes (seconds, tokens, steps); exact only with ``profile`` (adds a GPU sync per batch).
         self.profile = False
-        self.stats = {"prefill_seconds": 0.0, "prefill_tokens": 0, "padded_tokens": 0, "decode_steps": 0, "batches": 0}
+        self.stats = {"prefill_seconds": 0.0, "prefill_tokens": 0, "padded_tokens": 0, "decode_steps": 0,
+                      "decode_rows": 0, "batches": 0}
         self._torch = torch
 
     # loading ---------------------------------------------------------------------------------
@@ -82,7 +102,8 @@ class HFGenerator:
     @classmethod
     def load(cls, path: str | os.PathLike, adapter: str | os.PathLike | None = None, *, device: str | None = None,
              dtype: str | None = None, attn: str = "auto", batch_size: int | None = None,
-             prefill_tokens: int | None = None) -> "HFGenerator":
+             prefill_tokens: int | None = None, engine: str = "auto", share_prefixes: bool = True,
+             cuda_graphs: bool = True, kernel: str = "auto") -> "HFGenerator":
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -138,7 +159,8 @@ class HFGenerator:
         model.eval()
         style = detect_style(getattr(config, "model_type", None), getattr(tokenizer, "chat_template", None))
         return cls(model, tokenizer, style, path=str(base), adapter=str(adapter_dir) if adapter_dir else None,
-                   batch_size=batch_size, prefill_tokens=prefill_tokens)
+                   batch_size=batch_size, prefill_tokens=prefill_tokens, engine=engine, share_prefixes=share_prefixes,
+                   cuda_graphs=cuda_graphs, kernel=kernel)
 
     def _auto_batch_size(self) -> int:
         """Rows per batch: the KV cache of 3072-token rows (full-attention layers; sliding ones hold a
@@ -158,7 +180,18 @@ class HFGenerator:
     def describe(self) -> dict:
         return {"engine": self.engine, "model": self.path, "adapter": self.adapter, "style": self.style,
                 "device": str(self.device), "dtype": str(self.model.dtype).replace("torch.", ""),
-                "attention": self.model.config._attn_implementation, "batch_size": self.batch_size}
+                "attention": self.model.config._attn_implementation,
+                "batch_size": (self.continuous.stats.get("slots") if self.continuous else None) or self.batch_size}
+
+    def summary(self) -> str | None:
+        """How the last run went, in a line for the log (the continuous engine)."""
+        stats = self.continuous.stats if self.continuous is not None else None
+        if not stats:
+            return None
+        notes = "".join(f"; {note}" for note in self.continuous.notes)
+        return (f"continuous engine: {stats['slots']} slots, {stats['shared_tokens']} of {stats['prompt_tokens']} "
+                f"prompt tokens reused from shared prefixes, {stats['decode_steps']} decode steps "
+                f"({stats['graph_steps']} from CUDA graphs), {stats['kernel']} attention{notes}")
 
     # prompts ---------------------------------------------------------------------------------
 
@@ -181,19 +214,27 @@ class HFGenerator:
 
     def generate(self, requests: Sequence[Request], options: DecodingOptions,
                  stop_factory: StopFactory | None = None) -> Iterator[Completion]:
-        """Yield a completion per request as soon as it is finished.
+        """Yield a completion per request as soon as it is finished (by the continuous engine where it applies)."""
+        stop_factory = stop_factory or self.stop_rule
+        generator = self._torch.Generator(device=self.device).manual_seed(options.seed)
+        if self.continuous is not None:
+            yield from self.continuous.generate(requests, options, stop_factory, self.decode, generator)
+        else:
+            yield from self._generate_batched(requests, options, stop_factory, generator)
 
-        Work is batched longest first. When only an eighth of a batch is still generating and other work
-        waits, those stragglers leave the batch and continue later as prompt + what they generated so far
-        (re-prefilled), so one long reply never idles the whole batch. Continuations are batched with each
+    def _generate_batched(self, requests: Sequence[Request], options: DecodingOptions, stop_factory: StopFactory,
+                          generator) -> Iterator[Completion]:
+        """The batched engine. Work is batched longest first.
+
+        When only an eighth of a batch is still generating and other work waits, those stragglers leave the
+        batch and continue later as prompt + what they generated so far (re-prefilled), so one long reply
+        never idles the whole batch. Continuations are batched with each
         other once a full batch of them has gathered (or nothing else is left): mixed with shorter fresh
         prompts they would pad every row to their length.
         """
-        stop_factory = stop_factory or self.stop_rule
         fresh = sorted((_Work(r, r.ids, [], stop_factory(r)) for r in requests),
                        key=lambda w: (-len(w.ids), w.request.index))
         continuations: list[_Work] = []
-        generator = self._torch.Generator(device=self.device).manual_seed(options.seed)
         while fresh or continuations:
             if continuations and (len(continuations) >= self.batch_size or not fresh):
                 continuations.sort(key=lambda w: (-len(w.ids), w.request.index))
@@ -202,22 +243,6 @@ class HFGenerator:
                 batch, fresh = fresh[: self.batch_size], fresh[self.batch_size:]
             leftovers = yield from self._generate_batch(batch, options, generator, evict=bool(fresh or continuations))
             continuations.extend(leftovers)
-
-    def _select(self, logits, options: DecodingOptions, generator):
-        torch = self._torch
-        if options.sampling == "greedy":
-            return logits.argmax(dim=-1)
-        logits = logits.float() / max(options.temperature, 1e-5)
-        if options.top_k > 0:
-            kth = torch.topk(logits, min(options.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        if 0 < options.top_p < 1:
-            sorted_logits, sorted_idx = torch.sort(logits, descending=True, dim=-1)
-            cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-            drop = cumulative - sorted_logits.softmax(dim=-1) > options.top_p
-            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-            logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
-        return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
     def _generate_batch(self, batch: Sequence["_Work"], options: DecodingOptions, generator, *,
                         evict: bool) -> Iterator[Completion]:
@@ -257,7 +282,8 @@ class HFGenerator:
             while True:
                 step += 1
                 self.stats["decode_steps"] += 1
-                tokens = self._select(logits, options, generator)
+                self.stats["decode_rows"] += len(alive)
+                tokens = select_tokens(logits, options, generator)
                 for slot, token in enumerate(tokens.tolist()):
                     row = alive[slot]
                     if row in finished:
