@@ -19,6 +19,7 @@ import torch
 from gguf import GGMLQuantizationType as QT
 
 from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.fsutil import check_writable, remove_stale_temps, temp_path
 
 from .adapter import Adapter
 from .architectures import (
@@ -34,7 +35,7 @@ from .architectures import (
 )
 from .checkpoint import Checkpoint
 from .tokenizer import TokenizerInfo
-from .writer import GGUFStream, check_free_space, remove_stale_temps, temp_path_for, terminate_as_interrupt
+from .writer import GGUFStream, check_free_space, temp_path_for, terminate_as_interrupt
 
 ADAPTER_TYPES = ("f32", "f16", "bf16")
 logging.getLogger("gguf").setLevel(logging.ERROR)  # its tokenizer-config notes are not the user's business
@@ -88,13 +89,7 @@ def _check_output(out: Path) -> None:
         raise HaruhiError(f"--out must be a file path such as {out / 'model.gguf'}, not a folder")
     if out.suffix.lower() != ".gguf":
         raise HaruhiError(f"--out should end in .gguf (got {out.name})")
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HaruhiError(f"cannot create the output folder {parent}: {exc.strerror}") from exc
-    if not os.access(parent, os.W_OK):
-        raise HaruhiError(f"cannot write to {parent}: permission denied; choose another --out")
+    check_writable(out.parent if str(out.parent) else Path("."))  # before minutes of work: /proc, read-only
 
 
 def _general_metadata(gw: gguf.GGUFWriter, opts: ConvertOptions, ckpt: Checkpoint, adapter: Adapter | None) -> None:
@@ -164,10 +159,10 @@ def convert(opts: ConvertOptions, progress: Progress | None = None,
 
     notes = []
     if out_type == "q4_k_m":
-        intermediate = out.with_name(f".{out.name}.{os.getpid()}.bf16.partial")
+        intermediate = temp_path(out, "bf16.partial")
         try:
             stream.target = intermediate
-            stream.write(on_tensor, temp=intermediate.with_name(intermediate.name + ".tmp"))
+            stream.write(on_tensor, temp=temp_path(out, "bf16.partial.tmp"))
             if progress:
                 progress("quantizing to Q4_K_M with llama.cpp", total, total)
             _llama_quantize(intermediate, out, gguf.LlamaFileType.MOSTLY_Q4_K_M, opts.threads)

@@ -490,8 +490,39 @@ def test_interrupted_conversion_leaves_no_partial_model(gemma_hf, tmp_path, sig)
     leftovers = [p.name for p in tmp_path.iterdir()]
     if sig == "SIGKILL":
         assert len(leftovers) == 1 and leftovers[0].endswith(".partial")
-        from convert.writer import remove_stale_temps
+        from haruhi_tui.core.fsutil import remove_stale_temps
 
         assert remove_stale_temps(out) and not list(tmp_path.iterdir())
     else:
         assert leftovers == [] and "interrupted" in err
+
+
+@pytest.mark.slow
+def test_kill_9_during_q4_k_m_leaves_a_temp_the_next_run_sweeps(gemma_hf, tmp_path):
+    """Q4_K_M goes through a bf16 intermediate (``.NAME.PID.bf16.partial.tmp``); a kill -9 leaves it, and the
+    next conversion to the same file removes it (its process is gone) before anything else."""
+    import signal
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "model.gguf"
+    cmd = [sys.executable, "-m", "convert.cli", "-b", str(gemma_hf), "-o", str(out), "-t", "q4_k_m"]
+    proc = subprocess.Popen(cmd, cwd=root, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.endswith(".bf16.partial.tmp") and p.stat().st_size > 10**6 for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "conversion ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f".model.gguf.{proc.pid}.") and not out.exists()
+    again = subprocess.run([*cmd[:4], str(tmp_path / "no-such-model"), *cmd[5:]], cwd=root, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert f"removed {left[0]}" in again.stdout + again.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_a_virtual_file_system_is_named_not_called_a_full_disk(monkeypatch, capsys, tiny_gpt_oss):
+    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-o", "/proc/m.gguf", "-t", "f32")
+    assert code == 1 and "virtual file system" in err and "disk space" not in err and "Traceback" not in err
