@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -107,9 +108,25 @@ def _general_metadata(gw: gguf.GGUFWriter, opts: ConvertOptions, ckpt: Checkpoin
         gw.add_base_model_name(0, ckpt.directory.name)
 
 
+#: What reading a config.json, tokenizer file or adapter_config.json with a value of the wrong type or shape
+#: raises (a number as text, a list where an object belongs, a key missing, a pattern that is no regex).
+_MALFORMED = (KeyError, IndexError, ValueError, TypeError, AttributeError, re.error)
+
+
 def convert(opts: ConvertOptions, progress: Progress | None = None,
             log: Callable[[str], None] | None = None) -> Summary:
-    """Run one conversion. Raises HaruhiError for anything the user can fix."""
+    """Run one conversion. Raises HaruhiError for anything the user can fix: the model's and the adapter's
+    files are the user's input, so one that holds something unexpected is a one-line error naming them."""
+    try:
+        return _convert(opts, progress, log)
+    except _MALFORMED as exc:
+        folders = " and ".join(str(p) for p in (opts.base, opts.adapter) if p)
+        raise HaruhiError(f"the files in {folders} hold something haruhi-convert cannot read "
+                          f"({type(exc).__name__}: {str(exc)[:200]}); check config.json, the tokenizer files and "
+                          "adapter_config.json, or download them again") from exc
+
+
+def _convert(opts: ConvertOptions, progress: Progress | None, log: Callable[[str], None] | None) -> Summary:
     started = time.monotonic()
     if opts.threads:
         torch.set_num_threads(opts.threads)
