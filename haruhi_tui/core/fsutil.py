@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 from .errors import HaruhiError
+from .processes import pid_alive
 from .progress import Progress, report
 
 
@@ -92,6 +93,16 @@ def public_mode(fd_or_path: int | str | os.PathLike, folder: bool = False) -> No
         os.chmod(fd_or_path, mode)
 
 
+def make_public(path: str | os.PathLike) -> None:
+    """``path`` and everything under it get the permissions a plain ``open``/``mkdir`` would give: savers
+    that write through private temp files of their own (safetensors' ``save_file``) leave 0600 behind."""
+    root = Path(path)
+    for item in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if not item.is_symlink():
+            with contextlib.suppress(OSError):
+                public_mode(item, folder=item.is_dir())
+
+
 def temp_file(target: Path) -> tuple[int, Path]:
     """A new temp file beside ``target`` (``.<name>.<pid>.<random>.tmp``, public permissions): fd and path."""
     fd, name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent)
@@ -120,18 +131,6 @@ def temp_path(target: Path, tag: str = "partial") -> Path:
     return target.with_name(f"{_temp_prefix(target)}{tag}")
 
 
-def _pid_gone(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError):
-        return False  # alive under another user (or not a pid at all: leave it)
-    return False
-
-
 def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
     """Remove the temp files and folders our writers left beside ``target`` (``.<name>.<pid>.….tmp`` or
     ``.partial``) whose process is gone (kill -9, a power cut); a run still going keeps its own."""
@@ -143,9 +142,11 @@ def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
     except OSError:
         return []
     for path in candidates:
-        pid_text, _, _rest = path.name[len(prefix):].partition(".")
-        if not pid_text.isdigit() or not path.name.endswith(TEMP_ENDINGS) or not _pid_gone(int(pid_text)):
+        pid_text = path.name[len(prefix):].partition(".")[0]
+        if not pid_text.isdigit() or not path.name.endswith(TEMP_ENDINGS):
             continue
+        if int(pid_text) == os.getpid() or pid_alive(int(pid_text)):
+            continue  # its writer is still at work
         with contextlib.suppress(OSError):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
