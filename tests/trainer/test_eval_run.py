@@ -354,3 +354,21 @@ def test_a_damaged_prediction_is_predicted_again_and_a_damaged_adapter_is_refuse
                                       "--out", str(tmp_path / "run2"), "--limit", "1"])
     assert result.exit_code == 1 and "damaged" in result.output and "truncated" in result.output
     assert "Traceback" not in result.output
+
+
+def test_compare_reads_metrics_files_with_fields_of_other_types(tmp_path):
+    """per_character as a list, a character entry without samples, decoding as text, samples as a list: each
+    raised (AttributeError, KeyError, TypeError: unhashable) in `haruhi eval compare`."""
+    good = {"predict_bleu-4": 10.0, "predict_rouge-1": 20.0, "samples": 2, "scoring": "final",
+            "per_character": {"春日": {"predict_bleu-4": 10.0, "samples": 2}}, "decoding": {"sampling": "greedy"}}
+    odd = {"predict_bleu-4": 12.0, "predict_rouge-1": 21.0, "samples": [2], "scoring": {"x": 1},
+           "per_character": {"春日": {"predict_bleu-4": 12.0}, "阿虚": 5}, "decoding": "greedy"}
+    odder = {"predict_bleu-4": 1.0, "per_character": [1, 2]}
+    for name, metrics in (("a", good), ("b", odd), ("c", odder)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False), encoding="utf-8")
+    result = CliRunner().invoke(app, ["eval", "compare", *(str(tmp_path / n) for n in "abc"),
+                                      "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    data = json.loads((tmp_path / "cmp" / "comparison.json").read_text(encoding="utf-8"))
+    assert data["overall"][0]["runs"] == {"a": 10.0, "b": 12.0, "c": 1.0}
