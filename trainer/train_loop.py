@@ -307,9 +307,9 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None,
         tc.save(config, out / tc.CONFIG_FILE)
     if checkpoint:
         marker = read_json(checkpoint[1] / CHECKPOINT_MARKER, "checkpoint marker")
-        run.elapsed_before = float(marker.get("elapsed", 0.0))
-        run.tokens_total = int(marker.get("tokens", 0))
-        run.padded_total = int(marker.get("padded", 0))
+        run.elapsed_before = finite_number(marker.get("elapsed")) or 0.0  # bookkeeping only: odd values count 0
+        run.tokens_total = int(finite_number(marker.get("tokens")) or 0)
+        run.padded_total = int(finite_number(marker.get("padded")) or 0)
         run.last_checkpoint = checkpoint[1]
 
     if samples is None and given_sequences is None:

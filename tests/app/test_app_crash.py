@@ -28,6 +28,20 @@ async def test_a_failing_background_task_is_a_message_and_the_app_goes_on(tmp_pa
     assert not app.return_code and app.crash_message == ""
 
 
+async def test_a_characters_folder_with_broken_entries_loads_the_rest(tmp_path):
+    """The issue's example: a dangling link and a folder named x.txt in texts/ crashed the loading worker."""
+    folder = tmp_path / "chars" / "mira" / "texts"
+    folder.mkdir(parents=True)
+    (folder.parent / "system_prompt.txt").write_text("你是米拉,一个骑士,说话简洁,喜欢剑术和旅行。", encoding="utf-8")
+    (folder / "a.txt").write_text("米拉:「你好」\n阿虚:「嗨」\n", encoding="utf-8")
+    (folder / "b.txt").symlink_to(tmp_path / "nowhere")
+    (folder / "x.txt").mkdir()
+    app = make_app(tmp_path / "chars", tmp_path / "s.db", engine=None, model=tmp_path / "none.gguf")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: "mira" in app.library.characters, what="the characters")
+        assert app.library.characters["mira"].scenes and not any("background" in p for p in app.problems)
+
+
 def test_an_unexpected_error_ends_the_app_with_one_line_naming_the_log(tmp_path):
     app = make_app(tmp_path / "no-characters", tmp_path / "s.db", engine=None, model=tmp_path / "none.gguf")
 

@@ -579,3 +579,9 @@ def test_a_damaged_safetensors_file_is_named(monkeypatch, capsys, tiny_gpt_oss, 
     weights.write_bytes(damage(data, struct.unpack("<Q", data[:8])[0]))
     code, err = run_cli(monkeypatch, capsys, "-b", base, "-o", tmp_path / "m.gguf", "-t", "f32")
     assert code == 1 and problem in err and weights.name in err and "Traceback" not in err
+
+
+def test_the_gguf_has_the_usual_permissions(monkeypatch, capsys, tiny_gpt_oss, tmp_path):
+    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-o", tmp_path / "m.gguf", "-t", "f32")
+    assert code == 0, err
+    assert (tmp_path / "m.gguf").stat().st_mode & 0o777 == 0o644 and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
