@@ -10,6 +10,8 @@ from haruhi_tui.app import crash
 from haruhi_tui.app.main import run
 from haruhi_tui.core.errors import HaruhiError
 
+FAILED = "a background task failed"  # how the app words a failed worker
+
 
 async def test_a_failing_background_task_is_a_message_and_the_app_goes_on(tmp_path):
     """A characters folder that is a symlink loop made the loading worker raise (RuntimeError from
@@ -18,8 +20,8 @@ async def test_a_failing_background_task_is_a_message_and_the_app_goes_on(tmp_pa
     loop.symlink_to(loop)
     app = make_app(loop, tmp_path / "s.db", engine=None, model=tmp_path / "none.gguf")
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: any("a background task failed" in p for p in app.problems), what="the message")
-        message = next(p for p in app.problems if "a background task failed" in p)
+        await wait_for(pilot, lambda: any(FAILED in p for p in app.problems), what="the message")
+        message = next(p for p in app.problems if FAILED in p)
         assert "RuntimeError" in message and str(crash.log_path()) in message
         assert "Traceback" in crash.log_path().read_text(encoding="utf-8")
         await pilot.press("ctrl+n")  # still running: the picker opens (empty)
@@ -39,7 +41,7 @@ async def test_a_characters_folder_with_broken_entries_loads_the_rest(tmp_path):
     app = make_app(tmp_path / "chars", tmp_path / "s.db", engine=None, model=tmp_path / "none.gguf")
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: "mira" in app.library.characters, what="the characters")
-        assert app.library.characters["mira"].scenes and not any("a background task failed" in p for p in app.problems)
+        assert app.library.characters["mira"].scenes and not any(FAILED in p for p in app.problems)
 
 
 def test_an_unexpected_error_ends_the_app_with_one_line_naming_the_log(tmp_path):
