@@ -9,10 +9,8 @@ an 8-byte little-endian header length, a JSON header (dtype, shape, data offsets
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,8 @@ from typing import Any
 import torch
 
 from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.fsutil import read_json
+from haruhi_tui.core.safetensors_header import read_header
 
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 TORCH_DTYPE = {
@@ -49,35 +49,11 @@ class TensorInfo:
 
 def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     """Tensor descriptions of one ``.safetensors`` file, checked against the file's size."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            head = fh.read(8)
-            if len(head) < 8:
-                raise HaruhiError(f"{path} is not a safetensors file (too short); re-download or re-save it")
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len <= 0 or 8 + header_len > size or header_len > 100_000_000:
-                raise HaruhiError(f"{path} is not a valid safetensors file (bad header length); re-download or re-save it")
-            header = json.loads(fh.read(header_len))
-    except PermissionError as exc:
-        raise HaruhiError(f"cannot read {path}: permission denied") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HaruhiError(f"{path} is not a valid safetensors file (unreadable header); re-download or re-save it") from exc
-    except OSError as exc:
-        raise HaruhiError(f"cannot read {path}: {exc.strerror}") from exc
-    data_start = 8 + header_len
     tensors: dict[str, TensorInfo] = {}
-    for name, desc in header.items():
-        if name == "__metadata__":
-            continue
-        dtype = desc.get("dtype")
-        if dtype not in ITEMSIZE:
-            raise HaruhiError(f"{path}: tensor {name} has dtype {dtype}, which haruhi-convert cannot read")
-        begin, end = desc["data_offsets"]
-        shape = tuple(int(d) for d in desc["shape"])
-        if end - begin != math.prod(shape) * ITEMSIZE[dtype] or data_start + end > size:
-            raise HaruhiError(f"{path} is truncated or corrupt (tensor {name} lies outside the file); re-download it")
-        tensors[name] = TensorInfo(name, dtype, shape, path, data_start + begin, end - begin)
+    for name, entry in read_header(path).items():
+        if entry.dtype not in ITEMSIZE:
+            raise HaruhiError(f"{path}: tensor {name} has dtype {entry.dtype}, which haruhi-convert cannot read")
+        tensors[name] = TensorInfo(name, entry.dtype, entry.shape, path, entry.offset, entry.nbytes)
     return tensors
 
 
@@ -145,14 +121,7 @@ class SafetensorsDir:
 
 
 def load_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise HaruhiError(f"{what} not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except PermissionError as exc:
-        raise HaruhiError(f"cannot read {path}: permission denied") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HaruhiError(f"{path} is not valid JSON ({exc}); fix or re-download it") from exc
+    data = read_json(path, what)
     if not isinstance(data, dict):
         raise HaruhiError(f"{path} should hold a JSON object")
     return data
@@ -170,7 +139,9 @@ class Checkpoint(SafetensorsDir):
         config = load_json(directory / "config.json", "config.json of the base model")
         index = directory / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = load_json(index, "safetensors index").get("weight_map", {})
+            weight_map = load_json(index, "safetensors index").get("weight_map")
+            if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+                raise HaruhiError(f"{index} has no valid weight_map (tensor name -> shard file); re-download the model")
             files = sorted({directory / f for f in weight_map.values()})
             missing = [f for f in files if not f.is_file()]
             if missing:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import torch
 from gguf import GGMLQuantizationType as QT
 
 from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.fsutil import check_writable, remove_stale_temps, temp_path
 
 from .adapter import Adapter
 from .architectures import (
@@ -34,7 +36,7 @@ from .architectures import (
 )
 from .checkpoint import Checkpoint
 from .tokenizer import TokenizerInfo
-from .writer import GGUFStream, check_free_space, remove_stale_temps, temp_path_for, terminate_as_interrupt
+from .writer import GGUFStream, check_free_space, temp_path_for, terminate_as_interrupt
 
 ADAPTER_TYPES = ("f32", "f16", "bf16")
 logging.getLogger("gguf").setLevel(logging.ERROR)  # its tokenizer-config notes are not the user's business
@@ -88,13 +90,7 @@ def _check_output(out: Path) -> None:
         raise HaruhiError(f"--out must be a file path such as {out / 'model.gguf'}, not a folder")
     if out.suffix.lower() != ".gguf":
         raise HaruhiError(f"--out should end in .gguf (got {out.name})")
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HaruhiError(f"cannot create the output folder {parent}: {exc.strerror}") from exc
-    if not os.access(parent, os.W_OK):
-        raise HaruhiError(f"cannot write to {parent}: permission denied; choose another --out")
+    check_writable(out.parent if str(out.parent) else Path("."))  # before minutes of work: /proc, read-only
 
 
 def _general_metadata(gw: gguf.GGUFWriter, opts: ConvertOptions, ckpt: Checkpoint, adapter: Adapter | None) -> None:
@@ -112,9 +108,25 @@ def _general_metadata(gw: gguf.GGUFWriter, opts: ConvertOptions, ckpt: Checkpoin
         gw.add_base_model_name(0, ckpt.directory.name)
 
 
+#: What reading a config.json, tokenizer file or adapter_config.json with a value of the wrong type or shape
+#: raises (a number as text, a list where an object belongs, a key missing, a pattern that is no regex).
+_MALFORMED = (KeyError, IndexError, ValueError, TypeError, AttributeError, re.error)
+
+
 def convert(opts: ConvertOptions, progress: Progress | None = None,
             log: Callable[[str], None] | None = None) -> Summary:
-    """Run one conversion. Raises HaruhiError for anything the user can fix."""
+    """Run one conversion. Raises HaruhiError for anything the user can fix: the model's and the adapter's
+    files are the user's input, so one that holds something unexpected is a one-line error naming them."""
+    try:
+        return _convert(opts, progress, log)
+    except _MALFORMED as exc:
+        folders = " and ".join(str(p) for p in (opts.base, opts.adapter) if p)
+        raise HaruhiError(f"the files in {folders} hold something haruhi-convert cannot read "
+                          f"({type(exc).__name__}: {str(exc)[:200]}); check config.json, the tokenizer files and "
+                          "adapter_config.json, or download them again") from exc
+
+
+def _convert(opts: ConvertOptions, progress: Progress | None, log: Callable[[str], None] | None) -> Summary:
     started = time.monotonic()
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -164,10 +176,10 @@ def convert(opts: ConvertOptions, progress: Progress | None = None,
 
     notes = []
     if out_type == "q4_k_m":
-        intermediate = out.with_name(f".{out.name}.{os.getpid()}.bf16.partial")
+        intermediate = temp_path(out, "bf16.partial")
         try:
             stream.target = intermediate
-            stream.write(on_tensor, temp=intermediate.with_name(intermediate.name + ".tmp"))
+            stream.write(on_tensor, temp=temp_path(out, "bf16.partial.tmp"))
             if progress:
                 progress("quantizing to Q4_K_M with llama.cpp", total, total)
             _llama_quantize(intermediate, out, gguf.LlamaFileType.MOSTLY_Q4_K_M, opts.threads)

@@ -22,39 +22,16 @@ import numpy as np
 import torch
 
 from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.fsutil import temp_path
 
 from . import quant
 from .architectures import OutTensor
 
-TEMP_SUFFIX = ".partial"
-
 
 def temp_path_for(target: Path) -> Path:
-    return target.with_name(f".{target.name}.{os.getpid()}{TEMP_SUFFIX}")
-
-
-def remove_stale_temps(target: Path) -> list[Path]:
-    """Remove temp files of earlier runs for ``target`` whose process is gone (killed with SIGKILL)."""
-    removed = []
-    for path in target.parent.glob(f".{target.name}.*{TEMP_SUFFIX}"):
-        pid_text = path.name[len(target.name) + 2 : -len(TEMP_SUFFIX)].split(".")[0]
-        try:
-            pid = int(pid_text)
-        except ValueError:
-            continue
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-            continue  # that run is still going
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        with contextlib.suppress(OSError):
-            path.unlink()
-            removed.append(path)
-    return removed
+    """The GGUF under construction: ``.<name>.<pid>.partial`` beside it (swept by
+    :func:`haruhi_tui.core.fsutil.remove_stale_temps` once this process is gone)."""
+    return temp_path(target, "partial")
 
 
 @contextlib.contextmanager

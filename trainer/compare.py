@@ -39,7 +39,21 @@ def load_run(path: str | os.PathLike) -> dict[str, Any]:
     metrics = read_json(metrics_file, "metrics")
     if not isinstance(metrics, dict) or "predict_bleu-4" not in metrics:
         raise HaruhiError(f"{metrics_file} is not a haruhi eval metrics file (no predict_bleu-4)")
-    return metrics
+    return _usable(metrics)
+
+
+def _usable(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A metrics file as the comparison reads it: fields of another type (a hand edit, another tool) are
+    dropped rather than raised on."""
+    per = metrics.get("per_character")
+    per = {str(name): entry for name, entry in per.items() if isinstance(entry, dict)} if isinstance(per, dict) else {}
+    for entry in per.values():
+        if not isinstance(entry.get("samples"), int):
+            entry["samples"] = 0
+    scalars = {k: v if v is None or isinstance(v, (str, int, float, bool)) else None
+               for k, v in metrics.items() if k not in ("per_character", "decoding")}
+    decoding = metrics.get("decoding") if isinstance(metrics.get("decoding"), dict) else {}
+    return {**metrics, **scalars, "per_character": per, "decoding": decoding}
 
 
 def _fmt(value: Any, digits: int = 2) -> str:

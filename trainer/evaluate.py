@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from haruhi_tui.core.errors import Cancelled, HaruhiError
 from haruhi_tui.core.events import EventLog
-from haruhi_tui.core.fsutil import read_json, write_json
+from haruhi_tui.core.fsutil import parse_json, read_json, write_json
 from haruhi_tui.core.prompt_format import conversation_from_messages, reply_text
 from haruhi_tui.core.sharegpt import Sample, resolve_dataset
 
@@ -170,22 +170,32 @@ def read_predictions(path: Path, *, repair: bool = False) -> list[dict[str, Any]
     for n, line in enumerate(data.decode("utf-8", "replace").split("\n"), 1):
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise HaruhiError(f"{path}, line {n}: not valid JSON ({exc.msg}); fix or remove the line") from exc
+        record = parse_json(line, f"{path}, line {n} (fix or remove the line)")
         if not isinstance(record, dict):
             raise HaruhiError(f"{path}, line {n}: expected a JSON object")
         records.append(record)
     return records
 
 
+def usable_scores(scores: Any) -> bool:
+    """A record's ``scores`` hold every metric as a finite number."""
+    return isinstance(scores, dict) and all(
+        isinstance(scores.get(k), (int, float)) and not isinstance(scores.get(k), bool)
+        and math.isfinite(scores[k]) for k in METRIC_KEYS)
+
+
+def character_name(record: dict[str, Any]) -> str:
+    """The record's character as a name (a file from elsewhere may hold anything there)."""
+    name = record.get("character")
+    return name if isinstance(name, str) and name else UNKNOWN_CHARACTER
+
+
 def runtime_of(records: Iterable[dict[str, Any]]) -> float | None:
     """Seconds spent predicting, summed over sessions (each record says when in its session it finished)."""
     sessions: dict[Any, float] = {}
     for r in records:
-        if isinstance(r.get("elapsed"), (int, float)):
-            key = r.get("session", 0)
+        if isinstance(r.get("elapsed"), (int, float)) and math.isfinite(r["elapsed"]):
+            key = r["session"] if isinstance(r.get("session"), int) else 0
             sessions[key] = max(sessions.get(key, 0.0), float(r["elapsed"]))
     return sum(sessions.values()) if sessions else None
 
@@ -201,7 +211,7 @@ def build_metrics(records: Sequence[dict[str, Any]], *, runtime: float | None, s
     metrics["predict_steps_per_second"] = round(steps / runtime, 3) if runtime and steps is not None else None
     metrics["predict_model_preparation_time"] = round(preparation, 4) if preparation is not None else None
     metrics["samples"] = n
-    per_character = per_group_scores((r.get("character") or UNKNOWN_CHARACTER, r["scores"]) for r in records)
+    per_character = per_group_scores((character_name(r), r["scores"]) for r in records)
     metrics["per_character"] = {
         name: {**prefixed({k: round(v[k], 4) for k in METRIC_KEYS}), "samples": v["samples"]}
         for name, v in per_character.items()
@@ -247,6 +257,8 @@ class Evaluation:
         settings = self.config.settings()
         if run_path.is_file() and self.predictions_path.is_file() and not self.config.restart:
             previous = read_json(run_path, "run settings")
+            if not isinstance(previous, dict):
+                raise HaruhiError(f"{run_path} is damaged (not a JSON object): pass --restart to predict again")
             changed = [k for k in PREDICTION_SETTINGS if previous.get(k) != settings.get(k)]
             if changed:
                 raise HaruhiError(
@@ -320,7 +332,8 @@ class Evaluation:
                     raise HaruhiError(
                         f"{self.predictions_path}: sample {i} was predicted from a different prompt (the dataset or "
                         "the model's prompt style changed): pass a new --out, or --restart")
-                done[i] = record
+                if usable_scores(record.get("scores")):  # a record damaged on disk is predicted again
+                    done[i] = record
         sessions = [r.get("session", 0) for r in existing if isinstance(r.get("session"), int)]
         session = (max(sessions) + 1) if sessions else 0
         todo = [i for i in chosen if i not in done]
@@ -447,7 +460,7 @@ def score_file(path: str | os.PathLike, out: str | os.PathLike, *, mode: Scoring
                                   "LLaMA-Factory files are already lf-raw (omit --mode)")
             predict, label = scoring_texts(record["raw"], record["reference"], style, "lf-raw")
         rescored.append({**record, "predict": predict, "label": label, "scores": sample_scores(predict, label),
-                         "character": record.get("character") or UNKNOWN_CHARACTER})
+                         "character": character_name(record)})
     metrics = build_metrics(rescored, runtime=runtime_of(rescored), steps=None, preparation=None, extra={
         "complete": True,
         "scoring": mode or "as-written",

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.core.fsutil import write_json
+from haruhi_tui.core.fsutil import make_public, write_json
 
 from . import train_config as tc
 from .engines import Placement
@@ -211,6 +211,7 @@ class RunCallback(TrainerCallback):
             return
         path = Path(args.output_dir) / f"{CHECKPOINT_PREFIX}{state.global_step}"
         if path.is_dir():
+            make_public(path)  # safetensors writes the adapter 0600 through a temp file of its own
             write_json(path / CHECKPOINT_MARKER, {"step": state.global_step, "elapsed": round(self.run.elapsed(), 1),
                                                   "tokens": self.run.tokens_total, "padded": self.run.padded_total,
                                                   "time": round(time.time(), 3)})

@@ -150,7 +150,7 @@ def _follow(proc: subprocess.Popen, events_path: Path, offset: int,
             elif kind == "step":
                 progress.step(record)
             elif kind == "log" and record.get("message") != "details":
-                progress.note(record.get("message", ""))
+                progress.note(record.get("message", ""), record.get("level", "info"))
             elif kind == "error":
                 errors.append(record.get("message", ""))
             elif kind == "end":

@@ -104,8 +104,11 @@ class TrainProgress:
             self._last_line = now
             self.console.print(step_line(record), highlight=False)
 
-    def note(self, text: str) -> None:
-        self.console.print(text, highlight=False)
+    def note(self, text: str, level: str = "info") -> None:
+        """A line for the person watching; a warning or an error says so first (``warning: …``)."""
+        line = f"{level}: {text}" if level in ("warning", "error") else text
+        # one line whatever the width (it may be grepped), and brackets in paths are not rich markup
+        self.console.print(line, highlight=False, markup=False, soft_wrap=True)
 
     def close(self) -> None:
         if self._progress is not None:

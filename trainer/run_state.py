@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from haruhi_tui.core.events import EventLog
+from haruhi_tui.core.train_folder import CHECKPOINT_PREFIX
 
 from . import train_config as tc
 from .engines import Placement
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from .progress import TrainProgress
 
 JOB = "train"
-CHECKPOINT_PREFIX = "checkpoint-"
 CHECKPOINT_MARKER = "haruhi_checkpoint.json"
 
 
@@ -163,7 +163,7 @@ class Run:
         if self.placement.is_main:
             self.events.emit("log", level=level, message=message)
             if self.sink:
-                self.sink.note(message)
+                self.sink.note(message, level)
 
     def sink_start(self, done: int) -> None:
         if self.sink and self.placement.is_main:

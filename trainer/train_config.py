@@ -9,13 +9,14 @@ alpha=32 on attention and the MoE experts, lr 1e-4 cosine, 3 epochs, 2048-token 
 from __future__ import annotations
 
 import math
+import os
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.core.fsutil import write_text
+from haruhi_tui.core.fsutil import read_bytes, write_text
 
 CONFIG_FILE = "train_config.toml"
 
@@ -229,21 +230,22 @@ def _coerce(name: str, value: Any, where: str) -> Any:
             raise HaruhiError(f"{where}: {name} is a whole number, not {value!r}")
         return value
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise HaruhiError(f"{where}: {name} is a number, not {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise HaruhiError(f"{where}: {name} is a finite number, not {value!r}")
         return float(value)
     if not isinstance(value, str):
         raise HaruhiError(f"{where}: {name} is a string, not {value!r}")
+    if "\0" in value:
+        raise HaruhiError(f"{where}: {name} holds a NUL character")
     return value
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Settings from a TOML file: ``[section] key = value`` (top-level keys are accepted too)."""
     p = Path(path)
-    if not p.is_file():
-        raise HaruhiError(f"config file not found: {p}")
+    data = read_bytes(p, "config file")
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        raw = tomllib.loads(data.decode("utf-8-sig"))
     except tomllib.TOMLDecodeError as exc:
         raise HaruhiError(f"{p} is not valid TOML: {exc}") from exc
     except UnicodeDecodeError as exc:
@@ -303,5 +305,26 @@ def to_toml(config: TrainConfig, notes: dict[str, str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def with_absolute_paths(config: TrainConfig) -> TrainConfig:
+    """``config`` with its paths absolute (the output folder, the dataset or its ``DIR:NAME`` folder, a local
+    base model; a hub id stays as it is), so a run saved with them resumes from any working folder."""
+    dataset = config.dataset
+    if not Path(dataset).exists() and ":" in dataset:
+        info, name = dataset.rsplit(":", 1)
+        dataset = f"{_absolute(info)}:{name}"
+    else:
+        dataset = _absolute(dataset)
+    base = config.base
+    hub_id = base.count("/") == 1 and not base.startswith((".", "/", "~"))
+    if Path(base).expanduser().exists() or not hub_id:
+        base = _absolute(base)
+    return replace(config, output=_absolute(config.output), dataset=dataset, base=base)
+
+
 def save(config: TrainConfig, path: str | Path) -> None:
-    write_text(path, to_toml(config))
+    """Write ``config`` as TOML with absolute paths (messages keep showing the paths as they were typed)."""
+    write_text(path, to_toml(with_absolute_paths(config)))

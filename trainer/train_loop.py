@@ -27,11 +27,13 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from haruhi_tui.core.errors import Cancelled, HaruhiError
 from haruhi_tui.core.events import EVENTS_FILE, EventLog
-from haruhi_tui.core.fsutil import read_json, write_json
+from haruhi_tui.core.fsutil import check_writable, make_public, read_json, write_json
+from haruhi_tui.core.train_folder import ADAPTER_DIR, run_traces
 
 from . import throughput
 from . import train_config as tc
 from .batch_plan import BatchPlan, PlannedBatches, plan_batches, unwrap_batch
+from .checkpoint_check import adapter_problem, usable_checkpoint
 from .engines import (
     LoadedModel,
     Placement,
@@ -49,9 +51,9 @@ from .run_state import (
     GracefulStop,
     Run,
     RunResult,
+    checkpoints,
     finite_number,
     gpu_memory_gb,
-    latest_checkpoint,
 )
 from .step_layout import Layout, resolve_layout
 from .train_data import DataStats, Encoded, PromptRenderer, encode_samples
@@ -59,36 +61,38 @@ from .train_data import DataStats, Encoded, PromptRenderer, encode_samples
 if TYPE_CHECKING:
     from .progress import TrainProgress
 
-ADAPTER_DIR = "adapter"
 ADAPTER_INFO = "haruhi_adapter.json"
 
 
 # -- output folder ----------------------------------------------------------------------------------
 
 def check_output(config: tc.TrainConfig, resume: bool) -> None:
-    """Refuse to start a new run on top of an old one (it would mix two runs' checkpoints and events)."""
+    """Refuse to start a new run on top of an old one (it would mix two runs' checkpoints and events); what a
+    run that stopped before its first step left does not count (:func:`~haruhi_tui.core.train_folder.run_traces`)."""
     out = config.output_dir
     if out.exists() and not out.is_dir():
         raise HaruhiError(f"--output {out} is a file; choose a folder")
-    if resume or not out.is_dir():
-        return
-    traces = [p.name for p in (out / EVENTS_FILE, out / ADAPTER_DIR) if p.exists()]
-    traces += [p.name for p in out.glob(CHECKPOINT_PREFIX + "*")]
+    traces = run_traces(out) if not resume else []
     if traces:
-        raise HaruhiError(f"{out} already holds a training run ({', '.join(sorted(traces)[:3])}); pass --resume to "
+        raise HaruhiError(f"{out} already holds a training run ({', '.join(traces[:3])}); pass --resume to "
                           "continue it, or choose another --output")
+    check_writable(out)  # before minutes of loading: a file in the path, read-only, /proc
 
 
 def resume_config(config_values: dict[str, Any], flag_values: dict[str, Any]) -> tc.TrainConfig:
-    """The config of a run being resumed: the saved one, with the given file/flag values on top; settings
-    that fix the data order or the model state must not change."""
+    """The config of a run being resumed: the saved one, with the given file/flag values on top. Once a
+    checkpoint exists, settings that fix the data order or the model state must not change; before one, a
+    run can be resumed with corrected settings (there is nothing they must agree with)."""
     output = Path(flag_values.get("output") or config_values.get("output") or tc.TrainConfig().output)
     saved_path = output / tc.CONFIG_FILE
-    if not saved_path.is_file():
+    if not saved_path.is_file():  # nothing to resume: the run says so (a warning) and starts at step 0
         return tc.resolve(config_values, flag_values)
     saved = tc.resolve(tc.load_toml(saved_path))
     merged = tc.resolve(config_values, flag_values, base=saved)
-    changed = [k for k in tc.RESUME_LOCKED if getattr(merged, k) != getattr(saved, k)]
+    if not checkpoints(output):
+        return merged
+    fixed, wanted = tc.with_absolute_paths(saved), tc.with_absolute_paths(merged)
+    changed = [k for k in tc.RESUME_LOCKED if getattr(wanted, k) != getattr(fixed, k)]
     if changed:
         key = changed[0]
         raise HaruhiError(f"cannot resume {output} with a different {tc.flag_of(key)} ({getattr(saved, key)!r} -> "
@@ -178,11 +182,23 @@ def save_adapter(loaded: LoadedModel, tokenizer: Any, config: tc.TrainConfig, ba
     write_json(tmp / ADAPTER_INFO, {"base": base_name, "style": style, "template": config.template,
                                     "reasoning_effort": config.reasoning_effort, "engine": loaded.engine,
                                     "steps": run.total_steps, "final_loss": run.last_loss})
+    _verified(tmp, out)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _verified(adapter: Path, out: Path) -> None:
+    """An adapter about to become ``<output>/adapter``, made readable like any file and checked whole; a
+    broken one never replaces the previous adapter."""
+    make_public(adapter)
+    problem = adapter_problem(adapter)
+    if problem:
+        shutil.rmtree(adapter, ignore_errors=True)
+        raise HaruhiError(f"the adapter just written is damaged ({problem}); {out} keeps its checkpoints: "
+                          "check the disk, then run again with --resume")
 
 
 def run_training(config: tc.TrainConfig, *, resume: bool = False, sink: "TrainProgress | None" = None,
@@ -300,6 +316,7 @@ def _finish_from_checkpoint(run: Run, checkpoint: Path, tokenizer: Any, base_dir
         write_json(tmp / ADAPTER_INFO, {"base": base_name, "style": style, "template": config.template,
                                         "reasoning_effort": config.reasoning_effort, "engine": None,
                                         "steps": run.total_steps, "final_loss": run.last_loss})
+        _verified(tmp, out)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         outputs["adapter"] = str(final)
@@ -323,14 +340,17 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None,
 
     out = config.output_dir
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = latest_checkpoint(out) if resume else None
+    checkpoint = usable_checkpoint(out, lambda m: run.log(m, "warning"), retire=placement.is_main) if resume else None
+    if resume and not checkpoint:
+        run.log(f"--resume: no complete checkpoint in {config.output} to resume from: starting at step 0",
+                "warning")
     if placement.is_main:
         tc.save(config, out / tc.CONFIG_FILE)
     if checkpoint:
         marker = read_json(checkpoint[1] / CHECKPOINT_MARKER, "checkpoint marker")
-        run.elapsed_before = float(marker.get("elapsed", 0.0))
-        run.tokens_total = int(marker.get("tokens", 0))
-        run.padded_total = int(marker.get("padded", 0))
+        run.elapsed_before = finite_number(marker.get("elapsed")) or 0.0  # bookkeeping only: odd values count 0
+        run.tokens_total = int(finite_number(marker.get("tokens")) or 0)
+        run.padded_total = int(finite_number(marker.get("padded")) or 0)
         run.last_checkpoint = checkpoint[1]
 
     if samples is None and given_sequences is None:
@@ -407,8 +427,6 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None,
     run.events.emit("log", level="info", message="details", engine=loaded.info, data=stats.as_dict(),
                     plan=plan.summary(), layout={**layout.as_dict(), "loaded_gib": loaded_gib, "card": card},
                     speed_reference=reference)
-    if resume and not checkpoint:
-        run.log("no complete checkpoint to resume from: starting at step 0", "warning")
 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 

@@ -5,7 +5,8 @@ know nothing of Textual; the screens get them in one :class:`~.services.Services
 into the App. The App starts the slow work in thread workers (reading 30 character folders, assembling the
 bundled model, loading a GGUF) and posts what happened to the screens as messages (:mod:`.messages`).
 Failures become messages in the app, never a crash: a broken database falls back to an in-memory one, a
-broken model leaves the chat usable.
+broken model leaves the chat usable, a background task that fails for any reason is a message (its traceback
+in the log, :mod:`.crash`). Any other unexpected error ends the app: one line naming the log, exit code 1.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from textual import on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
+from textual.worker import WorkerFailed
 
 from haruhi_tui.core.characters import Character
 from haruhi_tui.core.engine import DEFAULT_N_CTX, Engine, Sampling
@@ -28,6 +30,7 @@ from haruhi_tui.services.jobs import Launcher
 from haruhi_tui.services.model_service import ModelService, choice_name
 from haruhi_tui.store import MEMORY, Store, StoreError, default_db_path
 
+from . import crash
 from .messages import CharactersChanged, CharactersLoaded, LoadModel, ModelFailed, ModelLoading, ModelReady
 from .roleplay_commands import roleplay_commands
 from .screens.chat import ChatScreen
@@ -64,6 +67,7 @@ class HaruhiApp(App[None]):
         self.model_arg = str(model) if model else None
         self.start_character = character
         self.problems: list[str] = []  # every error shown this run, newest last (notifications expire)
+        self.crash_message = ""  # set when an unexpected error ends the app (main prints it)
         self.db_path = Path(db_path) if db_path else default_db_path()
         store_problem = ""
         try:
@@ -83,6 +87,23 @@ class HaruhiApp(App[None]):
         """Show an error as a notification (the app keeps running) and keep it in :attr:`problems`."""
         self.problems.append(message)
         self.notify(message, severity="error", timeout=timeout)
+
+    def _handle_exception(self, error: Exception) -> None:
+        """Textual's hook (Textual 8) for every exception it did not expect. A failed background task (a
+        worker) becomes a message and the app goes on; anything else ends the app as Textual does, but the
+        traceback goes to the log and the terminal gets one line (:attr:`crash_message`)."""
+        if isinstance(error, WorkerFailed):
+            self._report_unexpected(error.error, "a background task failed")  # type: ignore[arg-type]
+            return
+        log = crash.record(error, "haruhi-tui stopped")
+        self.crash_message = (f"haruhi-tui stopped after an unexpected error ({crash.summary(error)}); "
+                              f"{crash.where(log)}")
+        super()._handle_exception(error)
+        self._exit_renderables.clear()  # the traceback is in the log, not dumped on the terminal
+
+    def _report_unexpected(self, error: Exception, what: str) -> None:
+        log = crash.record(error, what)
+        self.report(f"{what}: unexpected error ({crash.summary(error)}); {crash.where(log)}", timeout=20)
 
     # -- startup ---------------------------------------------------------------------------------
     def get_default_screen(self) -> Screen:
@@ -269,6 +290,9 @@ class HaruhiApp(App[None]):
         except OSError as exc:
             self.report(f"cannot write {path}: {exc.strerror or exc}; choose another path")
             return None
+        except Exception as exc:  # what the character's files hold was not foreseen: a message, not a crash
+            self._report_unexpected(exc, f"cannot write {path.name}")
+            return None
         self.notify(f"{done}: {written}", timeout=10)
         return written
 
@@ -289,6 +313,9 @@ class HaruhiApp(App[None]):
             character = self.library.import_card(path)
         except HaruhiError as exc:
             self.report(str(exc))
+            return None
+        except Exception as exc:  # a card shaped in a way nobody foresaw: a message, not a crash
+            self._report_unexpected(exc, f"cannot import {path.name}")
             return None
         for screen in self.screen_stack:
             if isinstance(screen, CharacterPicker):

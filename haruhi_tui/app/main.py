@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from haruhi_tui.core.engine import DEFAULT_N_CTX
 from haruhi_tui.core.errors import HaruhiError, friendly_errors
 from haruhi_tui.core.paths import models_dir
+
+from . import crash
+
+if TYPE_CHECKING:
+    from .app import HaruhiApp
 
 
 def parser() -> argparse.ArgumentParser:
@@ -53,11 +59,24 @@ def main(argv: list[str] | None = None) -> None:
         raise HaruhiError("--n-ctx must be at least 256 tokens")
     from .app import HaruhiApp
 
-    app = HaruhiApp(
-        characters_dir=args.characters, model=args.model, models_dirs=args.models_dir, db_path=args.db,
-        n_ctx=args.n_ctx, n_threads=args.threads, character=args.character,
-    )
-    app.run()
+    try:
+        app = HaruhiApp(
+            characters_dir=args.characters, model=args.model, models_dirs=args.models_dir, db_path=args.db,
+            n_ctx=args.n_ctx, n_threads=args.threads, character=args.character,
+        )
+    except (HaruhiError, OSError):
+        raise
+    except Exception as exc:
+        raise HaruhiError(f"haruhi-tui could not start ({crash.summary(exc)}); "
+                          f"{crash.where(crash.record(exc, 'haruhi-tui could not start'))}") from None
+    run(app)
+
+
+def run(app: "HaruhiApp", **options: Any) -> None:
+    """Run the app; after a crash, a HaruhiError with the one line that names the log (exit code 1)."""
+    app.run(**options)
+    if app.return_code:
+        raise HaruhiError(app.crash_message or f"haruhi-tui ended with exit code {app.return_code}")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,16 @@ def _keys(value: Any) -> list[str]:
     return [str(k) for k in value] if isinstance(value, list) else []
 
 
+def _object(value: Any) -> dict[str, Any]:
+    """A copy of ``value`` when it is a JSON object, else an empty one (hand-edited files hold anything)."""
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _index(value: Any, default: int) -> int:
+    """A display index: a whole number, else ``default`` (entries are sorted by it)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
 def book_to_world_info(book: Any, where: str) -> tuple[dict[str, Any], list[str]]:
     """A card's ``character_book`` as a world-info object, and warnings for entries that were skipped."""
     if not isinstance(book, dict) or not isinstance(book.get("entries"), list):
@@ -96,7 +106,7 @@ def book_to_world_info(book: Any, where: str) -> tuple[dict[str, Any], list[str]
                                 else POSITION_AFTER),
             "disable": not entry.get("enabled", True),
             "addMemo": bool(entry.get("comment") or entry.get("name")),
-            "displayIndex": ext.get("display_index", index),
+            "displayIndex": _index(ext.get("display_index"), index),
         }
         for ours, theirs, default in _FROM_EXTENSIONS:
             world[ours] = copy.deepcopy(ext.get(theirs, default))
@@ -124,9 +134,10 @@ def world_info_to_book(world: Any, name: str, where: str) -> dict[str, Any]:
         uid = entry.get("uid", key)
         base = copy.deepcopy(before.get(str(uid), {}))
         position = entry.get("position", POSITION_BEFORE)
-        extensions = dict(base.get("extensions") or {})
-        extensions.update(copy.deepcopy(entry.get("extensions") or {}))
-        extensions.update({"position": position, "display_index": entry.get("displayIndex", len(book["entries"]))})
+        extensions = _object(base.get("extensions"))
+        extensions.update(copy.deepcopy(_object(entry.get("extensions"))))
+        extensions.update({"position": position, "display_index": _index(entry.get("displayIndex"),
+                                                                          len(book["entries"]))})
         for ours, theirs, default in _FROM_EXTENSIONS:
             extensions[theirs] = copy.deepcopy(entry.get(ours, default))
         base.update({

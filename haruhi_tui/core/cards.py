@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import zipfile
 from dataclasses import asdict
@@ -37,7 +36,16 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .card_book import book_to_world_info, world_info_to_book
-from .card_format import SPEC_V2, SPEC_V3, V2_CHUNK, V3_CHUNK, embed_cards, png_chunks, read_card_file
+from .card_format import (
+    SPEC_V2,
+    SPEC_V3,
+    V2_CHUNK,
+    V3_CHUNK,
+    embed_cards,
+    png_chunks,
+    read_card_file,
+    validate_card,
+)
 from .card_portrait import portrait_png
 from .character_manifest import (
     LOREBOOK_FILE,
@@ -49,14 +57,16 @@ from .character_manifest import (
 )
 from .characters import Character, Scene, load_character
 from .errors import HaruhiError
-from .fsutil import atomic_open, read_json, write_text
+from .fsutil import atomic_open, read_json, remove_stale_temps, temp_dir, write_text
 
 EXAMPLE_SCENES = 3
+#: A folder name made from a card's name is cut to this (file systems allow 255 bytes; UTF-8 takes up to 4).
+MAX_FOLDER_CHARS = 60
 EXTENSION = "haruhi_tui"
 AVATAR_FILE = "avatar.png"
 SOURCE_CARD_FILE = "source_card.json"
 OUR_TAG = "haruhi-tui"
-_STAGING = ".card-import-"
+_STAGING = "card-import"  # the staging folder: .card-import.<pid>.<random>.tmp
 _SAFE = re.compile(r"[^\w\-\u4e00-\u9fff]+")
 _USER = re.compile(r"\{\{\s*user\s*\}\}|<user>", re.IGNORECASE)
 _CHAR = re.compile(r"\{\{\s*char\s*\}\}|<bot>|<char>", re.IGNORECASE)
@@ -165,11 +175,10 @@ def manifest_from_card(data: dict[str, Any], speaker: str, where: str) -> Charac
 
 def _scene_files(data: dict[str, Any], name: str) -> list[tuple[str, str]]:
     """(file stem, text) of each scene: our export's scenes as they were, else the card's examples."""
-    ours = _ours(data)
-    if isinstance(ours.get("scenes"), list) and ours["scenes"]:
-        raw = [(str(s.get("id") or f"scene_{i}"), str(s.get("text") or ""))
-               for i, s in enumerate(ours["scenes"]) if isinstance(s, dict)]
-    else:
+    kept = _ours(data).get("scenes")
+    raw = [(str(s.get("id") or f"scene_{i}"), str(s.get("text") or ""))
+           for i, s in enumerate(kept if isinstance(kept, list) else []) if isinstance(s, dict)]
+    if not raw:  # not our export, or its scenes are not what it writes
         raw = [(f"card_{i:03d}", t) for i, t in enumerate(scenes_from_examples(data.get("mes_example"), name))]
     files: list[tuple[str, str]] = []
     used: set[str] = set()
@@ -182,14 +191,6 @@ def _scene_files(data: dict[str, Any], name: str) -> list[tuple[str, str]]:
         used.add(unique.casefold())
         files.append((unique, text))
     return files
-
-
-def _remove_stale_staging(root: Path) -> None:
-    """Folders left by an import that was killed midway (an hour old: not one running now)."""
-    for stale in root.glob(f"{_STAGING}*"):
-        with contextlib.suppress(OSError):
-            if time.time() - stale.stat().st_mtime > 3600:
-                shutil.rmtree(stale)
 
 
 def _claim_folder(staging: Path, root: Path, base: str, reserved: Iterable[str]) -> Path:
@@ -222,7 +223,8 @@ def import_card(path: str | Path, characters_dir: str | Path, *, reserved: Itera
     data, where = card.data, Path(path).name
     name = data["name"].strip()
     ours = _ours(data)
-    speaker = str(ours.get("speaker") or name).strip()
+    kept_speaker = ours.get("speaker")
+    speaker = kept_speaker.strip() if isinstance(kept_speaker, str) and kept_speaker.strip() else name
     manifest = manifest_from_card(data, speaker, where)
     warnings = list(card.warnings)
     world = None
@@ -233,8 +235,8 @@ def import_card(path: str | Path, characters_dir: str | Path, *, reserved: Itera
     root = Path(characters_dir)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(root)
-        staging = Path(tempfile.mkdtemp(prefix=_STAGING, dir=root))
+        remove_stale_temps(root / _STAGING)  # left by an import that was killed midway
+        staging = temp_dir(root / _STAGING)
     except OSError as exc:
         raise HaruhiError(f"cannot write to {root}: {exc.strerror or exc}") from exc
     # Files in the staging folder are written plainly: nobody sees them before the folder is renamed into
@@ -252,7 +254,7 @@ def import_card(path: str | Path, characters_dir: str | Path, *, reserved: Itera
         kept = {k: v for k, v in data.items() if k not in ("character_book", "assets")}
         kept["extensions"] = {k: v for k, v in (data.get("extensions") or {}).items() if k != EXTENSION}
         (staging / SOURCE_CARD_FILE).write_text(json.dumps(kept, ensure_ascii=False, indent=2), encoding="utf-8")
-        base = _SAFE.sub("_", str(ours.get("folder") or name)).strip("_") or "character"
+        base = _SAFE.sub("_", str(ours.get("folder") or name)).strip("_")[:MAX_FOLDER_CHARS] or "character"
         folder = _claim_folder(staging, root, base, reserved)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -270,8 +272,8 @@ def _source_card(folder: Path | None) -> dict[str, Any]:
     path = folder / SOURCE_CARD_FILE if folder else None
     if path is None or not path.is_file():
         return {}
-    data = read_json(path, "source card")
-    return data if isinstance(data, dict) else {}
+    data, _spec = validate_card(read_json(path, "source card"), str(path))  # hand-edited: the card's own checks
+    return data
 
 
 def _prompt_fields(character: Character, source: dict[str, Any]) -> dict[str, str]:

@@ -68,16 +68,50 @@ class EventLog:
         self.emit("end", status=status, metrics=metrics or {}, outputs=outputs or {})
 
 
+_INT, _NUMBER, _TEXT, _OBJECT = (int,), (int, float), (str,), (dict,)
+#: The fields a reader relies on, by kind: (name, allowed types, required). Other fields are free.
+_FIELDS: dict[str, tuple[tuple[str, tuple[type, ...], bool], ...]] = {
+    "start": (("config", _OBJECT, False), ("total", _INT, False), ("pid", _INT, False),
+              ("resumed_from", _INT, False), ("unit", _TEXT, False)),
+    "step": (("step", _INT, True), ("total", _INT, False), ("loss", _NUMBER, False),
+             ("learning_rate", _NUMBER, False)),
+    "progress": (("done", _INT, True), ("total", _INT, False)),
+    "checkpoint": (("path", _TEXT, True), ("step", _INT, False)),
+    "log": (("message", _TEXT, False), ("level", _TEXT, False)),
+    "error": (("message", _TEXT, False),),
+    "end": (("status", _TEXT, False), ("metrics", _OBJECT, False), ("outputs", _OBJECT, False)),
+}
+
+
+def well_formed(record: Any) -> bool:
+    """A record every reader can use: a known kind, and its fields of the types the table above gives (None
+    allowed where a field is optional). A line another program wrote, or one damaged on disk, is skipped."""
+    if not isinstance(record, dict) or record.get("event") not in KINDS:
+        return False
+    for name, types, required in _FIELDS[record["event"]]:
+        value = record.get(name)
+        if value is None:
+            if required:
+                return False
+        elif not isinstance(value, types) or isinstance(value, bool):
+            return False
+    return True
+
+
 def read_events(path: str | os.PathLike, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
-    """Events from byte ``offset`` on, and the offset to continue from (a torn last line waits)."""
+    """Events from byte ``offset`` on, and the offset to continue from (a torn last line waits). Lines that
+    are not well-formed events are skipped; a file that cannot be read gives nothing new."""
     p = Path(path)
-    if p.is_dir():
-        p = p / EVENTS_FILE
-    if not p.exists():
+    try:
+        if p.is_dir():
+            p = p / EVENTS_FILE
+        if not p.exists():
+            return [], offset
+        with p.open("rb") as fh:
+            fh.seek(offset)
+            data = fh.read()
+    except OSError:
         return [], offset
-    with p.open("rb") as fh:
-        fh.seek(offset)
-        data = fh.read()
     events: list[dict[str, Any]] = []
     consumed = 0
     for raw in data.splitlines(keepends=True):
@@ -86,9 +120,9 @@ def read_events(path: str | os.PathLike, offset: int = 0) -> tuple[list[dict[str
         consumed += len(raw)
         try:
             record = json.loads(raw)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, absurdly nested
             continue
-        if isinstance(record, dict) and record.get("event") in KINDS:
+        if well_formed(record):
             events.append(record)
     return events, offset + consumed
 

@@ -4,11 +4,17 @@ Writers: a file goes to a temp file beside its target, is fsynced and renamed ov
 half a file on disk; a *set* of files (a dataset build) is staged in a temp folder and renamed in together
 with Ctrl-C held back, so an interruption leaves the old set or the new one, never a mix.
 Readers: every OS or decode error becomes a :class:`HaruhiError` naming the file and what is wrong.
+
+Every temp file or folder a writer makes beside its target is named ``.<target name>.<pid>.<…>.tmp`` (the
+converter's ``….partial`` too), so a later writer can sweep what a killed one left (:func:`remove_stale_temps`)
+without touching a run still going; and every file or folder that becomes an output gets the permissions a
+plain ``open``/``mkdir`` would give (0644/0755 under the usual umask), not a temp file's private 0600/0700.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -20,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 from .errors import HaruhiError
+from .processes import pid_alive
 from .progress import Progress, report
 
 
@@ -35,10 +42,118 @@ def _umask() -> int:
     return mask
 
 
+def _virtual_file_system(folder: Path) -> bool:
+    """A folder on /proc, /sys and the like: no blocks, no room for files, whatever access() says."""
+    try:
+        return os.statvfs(folder).f_blocks == 0
+    except OSError:
+        return False
+
+
 def _write_error(folder: Path, exc: OSError) -> HaruhiError:
+    if folder.is_dir() and _virtual_file_system(folder):
+        return HaruhiError(f"cannot write to {folder}: it is on a virtual file system (like /proc or /sys), "
+                           "which holds no files; choose a folder on a disk")
     if isinstance(exc, PermissionError):
         return HaruhiError(f"cannot write to {folder}: permission denied; choose another output folder")
     return HaruhiError(f"cannot write to {folder}: {exc.strerror or exc}")
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Create ``folder`` if needed and prove a file can be made in it, before long work writes there: a
+    HaruhiError says what is wrong (permission, read-only, a virtual file system such as /proc)."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = temp_file(path / "write-check")
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+# -- temp files beside their target -----------------------------------------------------------------------
+
+TEMP_SUFFIX = ".tmp"
+#: Endings of the temp names our writers make (``.partial``: the converter's GGUF under construction).
+TEMP_ENDINGS = (TEMP_SUFFIX, ".partial")
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.{os.getpid()}."
+
+
+def public_mode(fd_or_path: int | str | os.PathLike, folder: bool = False) -> None:
+    """Give a temp file (or folder) the permissions a plain ``open`` (``mkdir``) would have given it."""
+    mode = (0o777 if folder else 0o666) & ~_umask()
+    if isinstance(fd_or_path, int):
+        os.fchmod(fd_or_path, mode)
+    else:
+        os.chmod(fd_or_path, mode)
+
+
+def make_public(path: str | os.PathLike) -> None:
+    """``path`` and everything under it get the permissions a plain ``open``/``mkdir`` would give: savers
+    that write through private temp files of their own (safetensors' ``save_file``) leave 0600 behind."""
+    root = Path(path)
+    for item in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if not item.is_symlink():
+            with contextlib.suppress(OSError):
+                public_mode(item, folder=item.is_dir())
+
+
+def temp_file(target: Path) -> tuple[int, Path]:
+    """A new temp file beside ``target`` (``.<name>.<pid>.<random>.tmp``, public permissions): fd and path."""
+    fd, name = tempfile.mkstemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent)
+    try:
+        public_mode(fd)
+    except OSError:
+        os.close(fd)
+        os.unlink(name)
+        raise
+    return fd, Path(name)
+
+
+def temp_dir(target: Path) -> Path:
+    """A new temp folder beside ``target`` (``.<name>.<pid>.<random>.tmp``, public permissions), for a set
+    of files that replaces ``target`` (a folder) or whose files move out into the folder."""
+    path = Path(tempfile.mkdtemp(prefix=_temp_prefix(target), suffix=TEMP_SUFFIX, dir=target.parent))
+    public_mode(path, folder=True)
+    return path
+
+
+def temp_path(target: Path, tag: str = "partial") -> Path:
+    """A fixed temp name for ``target`` owned by this process: ``.<name>.<pid>.<tag>`` (tag ending .tmp or
+    .partial), for writers that open the file themselves (the GGUF writer, llama.cpp's quantizer)."""
+    if not tag.endswith(tuple(e.lstrip(".") for e in TEMP_ENDINGS)):
+        raise ValueError(f"temp tag {tag!r} must end in one of {TEMP_ENDINGS}")
+    return target.with_name(f"{_temp_prefix(target)}{tag}")
+
+
+def remove_stale_temps(target: str | os.PathLike) -> list[Path]:
+    """Remove the temp files and folders our writers left beside ``target`` (``.<name>.<pid>.….tmp`` or
+    ``.partial``) whose process is gone (kill -9, a power cut); a run still going keeps its own."""
+    target = Path(target)
+    removed = []
+    prefix = f".{target.name}."
+    try:
+        candidates = list(target.parent.glob(glob.escape(prefix) + "*"))
+    except OSError:
+        return []
+    for path in candidates:
+        pid_text = path.name[len(prefix):].partition(".")[0]
+        if not pid_text.isdigit() or not path.name.endswith(TEMP_ENDINGS):
+            continue
+        if int(pid_text) == os.getpid() or pid_alive(int(pid_text)):
+            continue  # its writer is still at work
+        with contextlib.suppress(OSError):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -53,12 +168,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         raise HaruhiError(f"{target} is a folder: move it away or write somewhere else")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        remove_stale_temps(target)
+        fd, tmp = temp_file(target)
     except OSError as exc:
         raise _write_error(target.parent, exc) from exc
     binary = "b" in mode
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else "\n") as fh:
             yield fh
             fh.flush()
@@ -150,6 +265,9 @@ def _commit(stage: Path, folder: Path, names: list[str]) -> None:
             os.close(fd)
 
 
+STAGING_NAME = "haruhi-staging"
+
+
 @contextlib.contextmanager
 def replace_together(folder: str | os.PathLike, names: Iterable[str]) -> Iterator[Path]:
     """Stage files ``names`` in a temp folder inside ``folder``; when the block ends without an error they
@@ -164,7 +282,8 @@ def replace_together(folder: str | os.PathLike, names: Iterable[str]) -> Iterato
         raise HaruhiError(f"cannot create output folder {out}: {exc.strerror or exc}") from exc
     _check_targets(out, wanted)
     try:
-        stage = Path(tempfile.mkdtemp(prefix=".haruhi-staging.", dir=out))
+        remove_stale_temps(out / STAGING_NAME)
+        stage = temp_dir(out / STAGING_NAME)
     except OSError as exc:
         raise _write_error(out, exc) from exc
     try:

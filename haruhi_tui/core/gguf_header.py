@@ -90,7 +90,9 @@ class GGUFHeader:
                     raise GGUFError("the header is corrupt (tensor with more than 8 dimensions)")
                 dims = tuple(r.unpack("<Q") for _ in range(n_dims))
                 table.append((name, tuple(reversed(dims)), r.unpack("<I"), r.unpack("<Q")))
-            alignment = int(self.metadata.get("general.alignment") or GGUF_DEFAULT_ALIGNMENT)
+            alignment = self.metadata.get("general.alignment") or GGUF_DEFAULT_ALIGNMENT
+            if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment < 1:
+                raise GGUFError(f"the header is corrupt (general.alignment is {alignment!r})")
             self.data_start = r.tell() + (-r.tell() % alignment)
         for name, shape, type_id, offset in table:
             self.tensors[name] = TensorInfo(name, shape, _known_type(type_id), self.data_start + offset)

@@ -6,11 +6,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.core.fsutil import file_sha256, human_bytes
+from haruhi_tui.core.fsutil import file_sha256, human_bytes, remove_stale_temps, temp_file
 from haruhi_tui.core.progress import Progress, report
 
 BUNDLED_NAME = "Gemma 3 270M (bundled, offline)"
@@ -57,10 +56,10 @@ def default_gguf(progress: Progress | None = None) -> Path:
     total = sum(p.stat().st_size for p in parts)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        remove_stale_temps(target)  # what an assembly killed midway left
+        fd, tmp = temp_file(target)
     except OSError as exc:
         raise HaruhiError(f"cannot write the bundled model to {target.parent}: {exc.strerror}") from None
-    tmp = Path(tmp_name)
     try:
         digest = hashlib.sha256()
         done = 0

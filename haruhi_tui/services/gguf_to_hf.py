@@ -7,13 +7,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from gguf import TokenType
 
 from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.core.fsutil import read_json, write_json
+from haruhi_tui.core.fsutil import make_public, read_json, remove_stale_temps, temp_dir, write_json
 from haruhi_tui.core.gguf_header import GGUFHeader
 from haruhi_tui.core.progress import Progress, report
 
@@ -148,7 +147,8 @@ def gguf_to_hf(
     wants_bos = bool(header.metadata.get("tokenizer.ggml.add_bos_token", False))
     template = header.metadata.get("tokenizer.chat_template")
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    remove_stale_temps(out)  # what a killed conversion left
+    staging = temp_dir(out)
     try:
         report(progress, 0.05, f"reading the tokenizer of {source.name}")
         if header.metadata.get("tokenizer.ggml.model") == "llama":
@@ -172,6 +172,7 @@ def gguf_to_hf(
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         _portable_tokenizer_config(staging)
+        make_public(staging)  # safetensors writes 0600 through a temp file of its own
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)

@@ -5,7 +5,9 @@ never reaches it) that writes ``events.jsonl`` into its output folder (:mod:`har
 stdout/stderr to ``launcher.log`` beside it. The ``jobs`` table remembers the command, the folder and
 the pid, so an app opened later re-attaches: it replays the events and checks whether the pid lives.
 Cancel sends SIGINT to the process group, exactly like Ctrl-C in a terminal (the trainer saves a
-checkpoint and ends ``cancelled``); Resume runs the same command with ``--resume``.
+checkpoint and ends ``cancelled``); Resume runs the same command with ``--resume``. A pid is trusted only
+while the process behind it started when the job did and runs the job's command (:func:`job_alive`): after a
+reboot or a long time the number may belong to another process, which is never signalled.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any, Sequence
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.core.events import EVENTS_FILE, JobState, read_events
 from haruhi_tui.core.paths import models_dir
+from haruhi_tui.core.processes import START_TOLERANCE, same_process, start_time
+from haruhi_tui.core.train_folder import run_traces
 from haruhi_tui.services.eval_compare import Comparisons
 from haruhi_tui.store import Store
 from haruhi_tui.store.jobs import JobRow, JobTable
@@ -139,10 +143,9 @@ def plan_train(form: dict[str, Any], *, cwd: str | os.PathLike | None = None, av
     base_dir = Path(cwd) if cwd else Path.cwd()
     output = (base_dir / config.output).resolve()
     if not resume:
-        traces = [p.name for p in (output / EVENTS_FILE, output / "adapter") if p.exists()]
-        traces += [p.name for p in output.glob("checkpoint-*")]
+        traces = run_traces(output)  # what a run that stopped before its first step left does not count
         if traces:
-            raise JobError(f"{config.output} already holds a training run ({', '.join(sorted(traces)[:2])}): "
+            raise JobError(f"{config.output} already holds a training run ({', '.join(traces[:2])}): "
                            "resume it from the history, or choose another output")
     dataset = config.dataset
     if ":" in dataset and not Path(dataset).exists():
@@ -190,20 +193,15 @@ def eval_argv(model: str, adapter: str | None, dataset: str, out: str, *, limit:
     return [*argv, *extra]
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) is as good as gone
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            return fh.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return True
+def job_alive(row: JobRow) -> bool:
+    """The job's process is alive and still ours: the pid may have been given to an unrelated process since
+    the job ended, so its start time and command line must match what was recorded when it started."""
+    started = row.config.get("pid_started")
+    if started is None and row.pid and row.started_at:  # a row from before start times were recorded: the
+        actual = start_time(row.pid)                    # process began before its row was written
+        if actual is not None and actual > row.started_at + START_TOLERANCE:
+            return False
+    return same_process(row.pid, started, row.command[1:] or None)
 
 
 @dataclass
@@ -323,7 +321,7 @@ class Launcher:
 
     def _check_free(self, output: Path) -> None:
         for row in self.table.running_at(str(output)):
-            if pid_alive(row.pid):
+            if job_alive(row):
                 raise JobError(f"{output} is in use by running job {row.id} ({row.kind}, pid {row.pid}): "
                                "wait for it, cancel it, or choose another output")
             self.poll(self.job(row.id))
@@ -345,7 +343,8 @@ class Launcher:
             except OSError as exc:
                 raise JobError(f"cannot start {argv[0]}: {exc}") from None
         row = self.table.add(kind, str(output), title=title, command=list(argv), config={**(config or {}),
-                             "events_from": offset}, log_path=str(log_path), cwd=str(self.cwd), pid=proc.pid)
+                             "events_from": offset, "pid_started": start_time(proc.pid)}, log_path=str(log_path),
+                             cwd=str(self.cwd), pid=proc.pid)
         job = Job(row, proc=proc)
         self._jobs[row.id] = job
         self._replay(job)
@@ -400,7 +399,7 @@ class Launcher:
             return False
         state = job.state
         ended = self._ended_now(job)
-        exited = job.proc.poll() is not None if job.proc is not None else not pid_alive(job.row.pid)
+        exited = job.proc.poll() is not None if job.proc is not None else not job_alive(job.row)
         if not ended and not exited:
             return False
         if not ended:  # the process is gone without an end event: read what it managed to write
@@ -459,7 +458,7 @@ class Launcher:
         """Ctrl-C for the job's process group: it saves what it has and ends ``cancelled``."""
         if not job.running:
             raise JobError(f"job {job.id} is not running ({job.status})")
-        if not pid_alive(job.row.pid):
+        if not job_alive(job.row):  # gone, or its pid now belongs to another process: it ended
             self.poll(job)
             return
         try:

@@ -60,6 +60,8 @@ def read_st_chat(path: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]
             rows.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
             raise HaruhiError(f"{source.name} line {number} is not JSON ({exc.msg}): not a SillyTavern chat") from exc
+        except (RecursionError, ValueError) as exc:  # nested too deeply, a number too long
+            raise HaruhiError(f"{source.name} line {number} is not usable JSON: not a SillyTavern chat") from exc
     if not rows:
         raise HaruhiError(f"{source.name} is empty: not a SillyTavern chat")
     header: dict[str, Any] = {}
@@ -125,7 +127,8 @@ def _cast(messages: list[dict], characters, file: str) -> dict[str, Character]:
 def _role(row: dict[str, Any]) -> str:
     if row.get("is_user"):
         return "user"
-    return "system" if (row.get("extra") or {}).get("type") == "narrator" else "assistant"
+    extra = row.get("extra")
+    return "system" if isinstance(extra, dict) and extra.get("type") == "narrator" else "assistant"
 
 
 def _reasoning(extra: Any) -> str:

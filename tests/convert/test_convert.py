@@ -516,8 +516,98 @@ def test_interrupted_conversion_leaves_no_partial_model(gemma_hf, tmp_path, sig)
     leftovers = [p.name for p in tmp_path.iterdir()]
     if sig == "SIGKILL":
         assert len(leftovers) == 1 and leftovers[0].endswith(".partial")
-        from convert.writer import remove_stale_temps
+        from haruhi_tui.core.fsutil import remove_stale_temps
 
         assert remove_stale_temps(out) and not list(tmp_path.iterdir())
     else:
         assert leftovers == [] and "interrupted" in err
+
+
+@pytest.mark.slow
+def test_kill_9_during_q4_k_m_leaves_a_temp_the_next_run_sweeps(gemma_hf, tmp_path):
+    """Q4_K_M goes through a bf16 intermediate (``.NAME.PID.bf16.partial.tmp``); a kill -9 leaves it, and the
+    next conversion to the same file removes it (its process is gone) before anything else."""
+    import signal
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "model.gguf"
+    cmd = [sys.executable, "-m", "convert.cli", "-b", str(gemma_hf), "-o", str(out), "-t", "q4_k_m"]
+    proc = subprocess.Popen(cmd, cwd=root, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.endswith(".bf16.partial.tmp") and p.stat().st_size > 10**6 for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "conversion ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f".model.gguf.{proc.pid}.") and not out.exists()
+    again = subprocess.run([*cmd[:4], str(tmp_path / "no-such-model"), *cmd[5:]], cwd=root, capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert f"removed {left[0]}" in again.stdout + again.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_a_virtual_file_system_is_named_not_called_a_full_disk(monkeypatch, capsys, tiny_gpt_oss):
+    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-o", "/proc/m.gguf", "-t", "f32")
+    assert code == 1 and "virtual file system" in err and "disk space" not in err and "Traceback" not in err
+
+
+def _edit_json(path: Path, **values) -> None:
+    import json
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data.update(values)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+@pytest.mark.parametrize("where, edit", [
+    ("adapter", lambda d: _edit_json(d / "adapter_config.json", lora_alpha="sixteen")),
+    ("adapter", lambda d: _edit_json(d / "adapter_config.json", alpha_pattern=["q_proj"])),
+    ("adapter", lambda d: _edit_json(d / "adapter_config.json", rank_pattern={"(": 4})),
+    ("adapter", lambda d: _edit_json(d / "adapter_config.json", auto_mapping="GptOss")),
+    ("base", lambda d: _edit_json(d / "config.json", num_hidden_layers="two")),
+    ("base", lambda d: _edit_json(d / "config.json", hidden_size=None)),
+    ("base", lambda d: _edit_json(d / "config.json", text_config="none")),
+    ("base", lambda d: (d / "tokenizer.json").write_text('{"model": "bpe"}', encoding="utf-8")),
+    ("base", lambda d: (d / "tokenizer_config.json").write_text("{", encoding="utf-8")),
+])
+def test_config_files_with_values_of_the_wrong_type_are_one_line_errors(monkeypatch, capsys, tiny_gpt_oss, lora,
+                                                                        tmp_path, where, edit):
+    """Each gave a traceback (ValueError, AttributeError, TypeError, re.error, JSONDecodeError)."""
+    import shutil
+
+    base, adapter = tmp_path / "base", tmp_path / "adapter"
+    shutil.copytree(tiny_gpt_oss, base)
+    shutil.copytree(lora, adapter)
+    edit(base if where == "base" else adapter)
+    code, err = run_cli(monkeypatch, capsys, "-b", base, "-a", adapter, "-o", tmp_path / "m.gguf", "-t", "f32")
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in err, err
+    assert not (tmp_path / "m.gguf").exists()
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda data, n: data[:-5], "truncated"),
+    (lambda data, n: data + b"xx", "after the last tensor"),
+    (lambda data, n: data[:8] + b"[1]" + b" " * (n - 3) + data[8 + n:], "header is not an object"),
+    (lambda data, n: b"", "too short"),
+])
+def test_a_damaged_safetensors_file_is_named(monkeypatch, capsys, tiny_gpt_oss, tmp_path, damage, problem):
+    import shutil
+    import struct
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_gpt_oss, base)
+    weights = next(base.glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.write_bytes(damage(data, struct.unpack("<Q", data[:8])[0]))
+    code, err = run_cli(monkeypatch, capsys, "-b", base, "-o", tmp_path / "m.gguf", "-t", "f32")
+    assert code == 1 and problem in err and weights.name in err and "Traceback" not in err
+
+
+def test_the_gguf_has_the_usual_permissions(monkeypatch, capsys, tiny_gpt_oss, tmp_path):
+    code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-o", tmp_path / "m.gguf", "-t", "f32")
+    assert code == 0, err
+    assert (tmp_path / "m.gguf").stat().st_mode & 0o777 == 0o644 and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]

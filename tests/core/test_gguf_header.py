@@ -108,3 +108,19 @@ def test_split_models_are_read_part_by_part(tmp_path):
         read_parts(first)
     write_gguf(tmp_path / "m-00002-of-00002.gguf", {"x": np.zeros((4, 8), np.float32)})
     assert [h.path.name for h in read_parts(first)] == ["m-00001-of-00002.gguf", "m-00002-of-00002.gguf"]
+
+
+@pytest.mark.parametrize("alignment", ["32", -8, 0.5])
+def test_an_alignment_that_is_not_a_positive_whole_number_is_a_corrupt_header(tmp_path, alignment):
+    """general.alignment as text gave ValueError from int(); a negative one a nonsense data offset."""
+    path = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    kinds = {str: gguf.GGUFValueType.STRING, int: gguf.GGUFValueType.INT32, float: gguf.GGUFValueType.FLOAT32}
+    writer.add_key_value("general.alignment", alignment, kinds[type(alignment)])
+    writer.add_tensor("a", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(GGUFError, match="general.alignment"):
+        read_parts(path)

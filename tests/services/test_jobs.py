@@ -120,3 +120,60 @@ def test_a_crashing_job_fails_with_its_error_and_log(workdir, tmp_path):
     wait(launcher, job, lambda j: not j.running, timeout=120)
     assert job.status == "failed"
     assert "no-such-model" in job.row.error and job.log_tail(5)
+
+
+@pytest.mark.parametrize("recorded", ["another start time", "another command", "an old row started before it"])
+def test_a_pid_given_to_another_process_is_never_signalled_and_the_job_counts_as_ended(tmp_path, recorded):
+    """A job's pid, reused by an unrelated process after the job ended (a reboot, a long time): cancel used to
+    SIGINT that process's whole group because it was alive."""
+    import os
+    import subprocess
+
+    from haruhi_tui.core.processes import start_time
+
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        store = Store(tmp_path / "s.db")
+        began = start_time(stranger.pid)
+        assert began is not None
+        command, config, started_at = ["haruhi", "train", "--output", "runs/a"], {"pid_started": began}, None
+        if recorded == "another start time":
+            command, config = ["sleep", "60"], {"pid_started": began - 3600}
+        elif recorded == "an old row started before it":
+            config, command, started_at = {}, ["sleep", "60"], began - 3600
+        row = JobTable(store).add("train", str(tmp_path / "runs" / "a"), command=command, config=config,
+                                  pid=stranger.pid)
+        if started_at is not None:
+            JobTable(store).update(row.id, started_at=started_at)
+        launcher = Launcher(store, cwd=tmp_path, available_gpus=0)
+        job = launcher.job(row.id)
+        assert not job.running  # re-attaching already sees the job has ended
+        assert job.status == "failed" and "without finishing" in job.row.error
+        with pytest.raises(JobError, match="not running"):
+            launcher.cancel(job)
+        assert stranger.poll() is None and os.getpgid(stranger.pid) == stranger.pid  # untouched
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_a_job_whose_process_is_ours_still_counts_as_running(tmp_path):
+    """The control: the recorded start time and command of a live process match, so it is the job."""
+    import subprocess
+
+    from haruhi_tui.core.processes import start_time
+
+    ours = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        store = Store(tmp_path / "s.db")
+        row = JobTable(store).add("eval", str(tmp_path / "out"), command=["sleep", "60"],
+                                  config={"pid_started": start_time(ours.pid)}, pid=ours.pid)
+        launcher = Launcher(store, cwd=tmp_path, available_gpus=0)
+        job = launcher.job(row.id)
+        assert job.running
+        launcher.cancel(job)
+        assert ours.wait(timeout=10) != 0  # SIGINT reached it
+    finally:
+        if ours.poll() is None:
+            ours.kill()
+            ours.wait()

@@ -59,6 +59,7 @@ def test_default_gguf_assembles_verifies_and_reports_progress(tmp_path, monkeypa
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == gemma.EXPECTED_SHA256
     assert not list(target.parent.glob("*.tmp"))
+    assert path.stat().st_mode & 0o777 == 0o644  # was 0600: the private temp file renamed into place
     # A damaged file (same size, different bytes) is detected and rebuilt; the stamp alone is not trusted.
     with path.open("r+b") as fh:
         fh.seek(1000)

@@ -162,3 +162,27 @@ def test_a_bad_chat_file_is_a_one_line_error_and_no_chat(tmp_path, seraphina, st
     with pytest.raises(HaruhiError, match=problem):
         import_st_chat(store, source, [seraphina])
     assert store.chats() == []
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('{"user_name": "Kit"}\n' + "[" * 100_000 + "]" * 100_000 + "\n", "line 2 is not usable JSON"),
+])
+def test_a_chat_line_nested_too_deeply_is_a_one_line_error(tmp_path, seraphina, store, text, problem):
+    """RecursionError traceback before."""
+    source = tmp_path / "deep.jsonl"
+    source.write_text(text, encoding="utf-8")
+    with pytest.raises(HaruhiError, match=problem):
+        import_st_chat(store, source, [seraphina])
+    assert store.chats() == []
+
+
+def test_odd_field_types_in_messages_still_import(tmp_path, seraphina, store):
+    """An ``extra`` that is text (AttributeError before), names and flags of other types."""
+    rows = [{"user_name": 5, "character_name": "Seraphina"},
+            {"name": 7, "is_user": True, "mes": "hello", "extra": "x"},
+            {"name": "Seraphina", "is_user": False, "mes": "hi", "extra": "narrator", "swipe_id": "1",
+             "swipes": ["hi", "hey"], "swipe_info": "x", "send_date": 5}]
+    source = tmp_path / "odd.jsonl"
+    _write_chat(source, rows)
+    chat = import_st_chat(store, source, [seraphina])
+    assert [m["mes"] for m in st_chat_lines(store, chat.id)[1:]] == ["hello", "hi"]

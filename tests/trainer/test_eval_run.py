@@ -324,3 +324,72 @@ def test_lora_adapter_and_a_mismatched_one(tmp_path, tiny_gpt_oss, small_val_pat
                                       "--limit", "1"])
     assert result.exit_code == 1
     assert "does not match the base model" in result.output and "Traceback" not in result.output
+
+
+def test_score_reads_predictions_with_odd_fields_and_names_a_broken_line(tmp_path):
+    """A character that is a list or a number, a session that is a list, NaN elapsed times: each raised
+    (TypeError: unhashable, ...) in score; a line nested too deeply gave a RecursionError traceback."""
+    rows = [{"prompt": "p1", "predict": "我不去", "label": "我要去", "character": ["春日"], "session": [1],
+             "elapsed": float("nan")},
+            {"prompt": "p2", "predict": "好", "label": "好的", "character": 7, "elapsed": 2.0}]
+    src = tmp_path / "generated_predictions.jsonl"
+    src.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    result = _invoke("score", str(src), "--out", str(tmp_path / "scored"))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "scored" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["samples"] == 2 and list(metrics["per_character"]) == ["unknown"]
+    assert metrics["predict_runtime"] == 2.0
+    with src.open("a", encoding="utf-8") as fh:
+        fh.write("[" * 100_000 + "]" * 100_000 + "\n")
+    result = CliRunner().invoke(app, ["eval", "score", str(src), "--out", str(tmp_path / "again")])
+    assert result.exit_code == 1 and "line 3" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_a_damaged_prediction_is_predicted_again_and_a_damaged_adapter_is_refused(tmp_path, tiny_gpt_oss,
+                                                                                   small_val_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    args = ["--model", str(tiny_gpt_oss), "--dataset", str(small_val_path), "--out", str(out), "--limit", "3",
+            "--max-new-tokens", "4"]
+    assert _invoke(*args).exit_code == 0
+    records = _records(out)
+    del records[1]["scores"]  # a record whose scores were lost (KeyError in the metrics before)
+    records[2]["scores"] = {"bleu-4": "high"}
+    (out / "generated_predictions.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    result = _invoke(*args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["samples"] == 3 and metrics["complete"] is True
+    assert len(_records(out)) == 5  # the two damaged ones predicted again (appended)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_gpt_oss, dtype=torch.float32)
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "adapter")
+    weights = tmp_path / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a copy cut short: SafetensorError traceback before
+    result = CliRunner().invoke(app, ["eval", *args[:4], "--adapter", str(tmp_path / "adapter"),
+                                      "--out", str(tmp_path / "run2"), "--limit", "1"])
+    assert result.exit_code == 1 and "damaged" in result.output and "truncated" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_compare_reads_metrics_files_with_fields_of_other_types(tmp_path):
+    """per_character as a list, a character entry without samples, decoding as text, samples as a list: each
+    raised (AttributeError, KeyError, TypeError: unhashable) in `haruhi eval compare`."""
+    good = {"predict_bleu-4": 10.0, "predict_rouge-1": 20.0, "samples": 2, "scoring": "final",
+            "per_character": {"春日": {"predict_bleu-4": 10.0, "samples": 2}}, "decoding": {"sampling": "greedy"}}
+    odd = {"predict_bleu-4": 12.0, "predict_rouge-1": 21.0, "samples": [2], "scoring": {"x": 1},
+           "per_character": {"春日": {"predict_bleu-4": 12.0}, "阿虚": 5}, "decoding": "greedy"}
+    odder = {"predict_bleu-4": 1.0, "per_character": [1, 2]}
+    for name, metrics in (("a", good), ("b", odd), ("c", odder)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False), encoding="utf-8")
+    result = CliRunner().invoke(app, ["eval", "compare", *(str(tmp_path / n) for n in "abc"),
+                                      "--out", str(tmp_path / "cmp")])
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    data = json.loads((tmp_path / "cmp" / "comparison.json").read_text(encoding="utf-8"))
+    assert data["overall"][0]["runs"] == {"a": 10.0, "b": 12.0, "c": 1.0}

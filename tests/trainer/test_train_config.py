@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from haruhi_tui.cli import app
 from haruhi_tui.core.errors import HaruhiError
 from trainer import train_config as tc
+from trainer.run_state import CHECKPOINT_MARKER
 from trainer.train_loop import resume_config
 
 
@@ -26,7 +27,7 @@ def test_toml_round_trip_and_flags_override_the_file(tmp_path):
                              "gradient_checkpointing": False})
     path = tmp_path / "train.toml"
     tc.save(config, path)
-    assert tc.resolve(tc.load_toml(path)) == config
+    assert tc.resolve(tc.load_toml(path)) == tc.with_absolute_paths(config)  # saved with absolute paths
     again = tc.resolve(tc.load_toml(path), {"lora_r": 32, "learning_rate": 3e-4})
     assert (again.lora_r, again.learning_rate, again.lora_targets, again.gradient_checkpointing) == (
         32, 3e-4, ["attention"], "off")
@@ -72,7 +73,8 @@ def test_help_explains_the_defaults_and_multi_gpu():
 
 def test_resume_keeps_the_settings_that_fix_data_and_model(tmp_path):
     out = tmp_path / "run"
-    out.mkdir()
+    (out / "checkpoint-5").mkdir(parents=True)  # once a checkpoint exists, they are fixed
+    (out / "checkpoint-5" / CHECKPOINT_MARKER).write_text("{}", encoding="utf-8")
     tc.save(tc.resolve({}, {"output": str(out), "lora_r": 8, "max_steps": 10}), out / tc.CONFIG_FILE)
     longer = resume_config({}, {"output": str(out), "max_steps": 20})
     assert (longer.lora_r, longer.max_steps) == (8, 20)

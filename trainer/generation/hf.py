@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.core.prompt_format import Conversation, Style, detect_style, render_text, to_messages
 
+from ..checkpoint_check import adapter_problem
 from .continuous import ContinuousEngine, engine_supports
 from .decoding import Completion, DecodingOptions, Request
 from .sampling import select_tokens
@@ -44,8 +45,9 @@ def check_adapter(adapter: Path, base: Path, base_config) -> None:
         raise HaruhiError(f"{adapter} is not a LoRA adapter (no adapter_config.json): pass the folder "
                           "`haruhi train` wrote")
     adapter_config = _read_json(config_file)
-    if not adapter_config:
-        raise HaruhiError(f"{config_file} is not valid JSON: the adapter is damaged; train again or restore it")
+    if not adapter_config or (problem := adapter_problem(adapter)):  # cut short, damaged: never loaded
+        raise HaruhiError(f"the adapter {adapter} is damaged ({problem or 'adapter_config.json is not valid JSON'}); "
+                          "train again or restore it")
     origin = adapter_config.get("base_model_name_or_path") or ""
     origin_config = _read_json(Path(origin) / "config.json") if origin and Path(origin).is_dir() else {}
     for key in ("model_type", "hidden_size", "num_hidden_layers", "num_local_experts", "vocab_size"):
