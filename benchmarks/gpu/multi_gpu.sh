@@ -13,6 +13,9 @@
 #   four   : default recipe on 4 GPUs (2 steps profiled on every rank), kill -9 of every process after
 #            checkpoint-16, `haruhi train --resume` to step 20, `haruhi eval` of the adapter on 6 samples
 #   old4   : the old recipe on 4 GPUs
+# On an nvidia-h200-x2 lease (when x4 is not lent):
+#   baseline [GPU] : setup, then default-1gpu (2 steps profiled) and old-1gpu one after the other on one GPU
+#   two    : as four, on 2 GPUs (default recipe, kill -9 after checkpoint-16, --resume to step 20, eval)
 #   gc     : (optional) the default 8 x 1 layout with checkpointing forced on, 1 GPU (GPU 0) and then 4 GPUs
 # A stage redoes the setup it needs when the machine was returned in between (about 2 minutes).
 # Each stage leaves $OUT/multi_gpu-STAGE.json (every run measured on this machine so far: layout and why, median
@@ -22,7 +25,7 @@
 set -uo pipefail
 DRY=""
 if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
-stage=${1:?stage: wheels, single, four, old4 or gc}
+stage=${1:?stage: wheels, single, four, baseline, two, old4 or gc}
 ROOT=$PWD
 W=${HARUHI_MG_DIR:-/tmp/haruhi-mg}
 OUT=${OUT:-$W/out}
@@ -136,12 +139,13 @@ case "$stage" in
     fi
     report single
     ;;
-  four)
+  four|two)
     setup
+    g=4; [ "$stage" = two ] && g=2
     flags=$(cat $W/default-flags 2>/dev/null)
-    run=$W/runs/default-4gpu
+    run=$W/runs/default-${g}gpu
     [ -n "$DRY" ] || { rm -rf $run; mkdir -p $run.cwd; }
-    cmd=(python3 -m haruhi_tui.cli train --base $BASE --dataset $DATA/haruhi_train.json --output $run --gpus 4
+    cmd=(python3 -m haruhi_tui.cli train --base $BASE --dataset $DATA/haruhi_train.json --output $run --gpus $g
          --max-steps 20 --save-steps 8 --profile-steps 2 $flags)
     echo "+ (cd $run.cwd && ${cmd[*]}) > $run.log 2>&1 &"
     if [ -z "$DRY" ]; then
@@ -149,24 +153,36 @@ case "$stage" in
       launcher=$!
       if python3 benchmarks/gpu/multi_gpu_stats.py --wait $run --checkpoint 16 --step 17 --timeout 420; then
         pids=$(tree $launcher)
-        note "default-4gpu: kill -9 of every process of the run after step $(grep -c '"event": "step"' $run/events.jsonl) (pids $(echo $pids))"
+        note "default-${g}gpu: kill -9 of every process of the run after step $(grep -c '"event": "step"' $run/events.jsonl) (pids $(echo $pids))"
         kill -9 $pids 2>/dev/null
       else
-        note "default-4gpu: did not reach checkpoint-16 and step 17; stopping it"
+        note "default-${g}gpu: did not reach checkpoint-16 and step 17; stopping it"
         kill -9 $(tree $launcher) 2>/dev/null
       fi
       wait $launcher 2>/dev/null
       for _ in $(seq 30); do [ -z "$(nvidia-smi --query-compute-apps=pid --format=csv,noheader)" ] && break; sleep 1; done
     fi
-    echo "+ (cd $run.cwd && timeout 420 python3 -m haruhi_tui.cli train --resume --output $run --gpus 4 --profile-steps 0) >> $run.log 2>&1"
+    echo "+ (cd $run.cwd && timeout 420 python3 -m haruhi_tui.cli train --resume --output $run --gpus $g --profile-steps 0) >> $run.log 2>&1"
     if [ -z "$DRY" ]; then
-      (cd $run.cwd && timeout 420 python3 -m haruhi_tui.cli train --resume --output $run --gpus 4 --profile-steps 0) \
+      (cd $run.cwd && timeout 420 python3 -m haruhi_tui.cli train --resume --output $run --gpus $g --profile-steps 0) \
         >> $run.log 2>&1
       echo "resume: exit $?"; tail -n 3 $run.log
     fi
     x timeout 300 python3 -m haruhi_tui.cli eval --model $BASE --adapter $run/adapter --dataset $DATA/haruhi_val.json \
-      --limit 6 --max-new-tokens 24 --out $W/eval-default-4gpu
-    report four
+      --limit 6 --max-new-tokens 24 --out $W/eval-default-${g}gpu
+    report $stage
+    ;;
+  baseline)  # on an x2 lease: the 1-GPU runs one after the other on GPU ${2:-0} (the other GPU is free for bench_eval)
+    setup
+    gpu=${2:-0}
+    note "baseline: default-1gpu then old-1gpu on GPU $gpu"
+    train default-1gpu $gpu 300 --max-steps $STEPS --profile-steps 2
+    if [ -z "$DRY" ] && grep -q "out of GPU memory" $W/runs/default-1gpu.log; then
+      note "default-1gpu ran out of memory with the automatic layout: the later stages' default runs get --gradient-checkpointing"
+      echo "--gradient-checkpointing" > $W/default-flags
+    fi
+    train old-1gpu $gpu 240 --max-steps $STEPS $OLD
+    report baseline
     ;;
   old4)
     setup
@@ -180,7 +196,7 @@ case "$stage" in
     report gc
     ;;
   *)
-    echo "unknown stage $stage: wheels, single, four, old4 or gc" >&2; exit 2 ;;
+    echo "unknown stage $stage: wheels, single, four, baseline, two, old4 or gc" >&2; exit 2 ;;
 esac
 df -h /tmp | tail -1
 echo "stage $stage took $(( $(date +%s) - t0 )) s"
