@@ -176,12 +176,12 @@ case "$stage" in
     setup
     gpu=${2:-0}
     note "baseline: default-1gpu then old-1gpu on GPU $gpu"
-    train default-1gpu $gpu 300 --max-steps $STEPS --profile-steps 2
+    train default-1gpu $gpu 240 --max-steps $STEPS --profile-steps 2
     if [ -z "$DRY" ] && grep -q "out of GPU memory" $W/runs/default-1gpu.log; then
       note "default-1gpu ran out of memory with the automatic layout: the later stages' default runs get --gradient-checkpointing"
       echo "--gradient-checkpointing" > $W/default-flags
     fi
-    train old-1gpu $gpu 240 --max-steps $STEPS $OLD
+    train old-1gpu $gpu 200 --max-steps $STEPS $OLD
     report baseline
     ;;
   old4)
