@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from haruhi_tui.core.errors import HaruhiError, friendly_errors
 
@@ -18,57 +19,68 @@ from . import train_config as tc
 
 HELP = """LoRA fine-tune a model (gpt-oss-20b by default) on a role-play dataset.
 
-The defaults reproduce the reference run: base openai/gpt-oss-20b, LoRA r=16 alpha=32 dropout 0 on
-attention (q/k/v/o) and the MoE experts (gate_up_proj, down_proj), lr 1e-4 cosine with 3% warm-up,
-3 epochs, 2048-token sequences, 4 rows x 2 accumulation per step, data/haruhi_train.json
-(`haruhi data build -o data/`). Unsloth trains on CUDA (bf16 base; --load-in-4bit for QLoRA);
-without CUDA the same recipe runs on transformers + PEFT.
+The defaults reproduce the reference run: openai/gpt-oss-20b, LoRA r=16 alpha=32 dropout 0 on attention
+(q/k/v/o) and the MoE experts, lr 1e-4 cosine with 3% warm-up, 3 epochs, 2048-token sequences, 4 rows x 2
+accumulation per step, on data/haruhi_train.json (`haruhi data build -o data/` writes it). Unsloth trains on
+CUDA; without CUDA the same recipe runs on transformers + PEFT.
 
-Only the character's replies (and the token that ends each) carry the loss. Samples are packed into
-rows without attending across samples, or length-grouped where the attention kernel cannot keep them apart.
+Only the character's replies carry the loss. Writes OUTPUT/events.jsonl (progress), OUTPUT/checkpoint-N
+(every --save-steps, at the end and on Ctrl-C) and OUTPUT/adapter (for haruhi-convert --adapter and haruhi
+eval --adapter). Ctrl-C saves a checkpoint and stops; --resume continues from it.
 
-Writes OUTPUT/events.jsonl (progress), OUTPUT/checkpoint-N (every --save-steps, at the end and on
-Ctrl-C) and OUTPUT/adapter (PEFT adapter + tokenizer, for haruhi-convert --adapter and haruhi eval
---adapter). Ctrl-C saves a checkpoint and stops; --resume continues from the last one.
-
-Settings come from defaults, then --config FILE (TOML with sections model, data, lora, train and
-output; --print-config writes one), then flags.
-
-Multi-GPU: --gpus N runs N data-parallel processes through torchrun (NCCL). Several machines: run the
-same command on each with --nnodes, --node-rank, --master-addr and --master-port (the output folder must
-be on storage they share). --gpus N --cpu-processes runs N CPU processes (gloo), to test without GPUs.
+Settings come from the defaults, then --config FILE (TOML; --print-config writes one), then the flags
+below. Several GPUs: --gpus N; several machines: the Multi-node options on each.
 
 \b
 Examples:
-  haruhi train                                   # the reference recipe on data/haruhi_train.json
-  haruhi train --gpus 8 --output runs/haruhi-8gpu
-  haruhi train --base ./gemma-3-270m-hf --dataset data:haruhi_train --epochs 1
-  haruhi train --config train.toml --lr 2e-4 --print-config
-  haruhi train --resume --output runs/haruhi-lora
+  haruhi train                          # the reference recipe
+  haruhi train --gpus 8 -o runs/haruhi-8gpu
+  haruhi train --base ./gemma-3-270m-hf --epochs 1
+  haruhi train --config train.toml --lr 2e-4
+  haruhi train --resume -o runs/haruhi-lora
 """
 
 SECTION_PANELS = {"model": "Model", "data": "Data", "lora": "LoRA", "train": "Training", "output": "Output"}
 
 
-def _option_for(f: Any) -> tuple[Any, Any]:
-    """(annotation, typer.Option) for one recipe setting; default None means 'not given'."""
+OTHER_WAY = "__other_way"  # suffix of the hidden parameter of a switch's default direction
+
+
+def _option_for(f: Any) -> list[tuple[str, Any, Any]]:
+    """(name, annotation, typer.Option) for one recipe setting; default None means 'not given'.
+
+    A switch shows the flag that changes it (``--no-gradient-checkpointing``, ``--load-in-4bit``); the
+    flag of its default direction still works (after a --config that changed it) but is not listed, so
+    the help needs no column for two long flag names side by side."""
     default = getattr(tc.TrainConfig(), f.name)
     flag = tc.flag_of(f.name)
     choices = f.metadata.get("choices")
     text = f.metadata["help"]
     if choices:
         text += f" One of: {', '.join(choices)}."
-    shown = ",".join(default) if isinstance(default, list) else default
-    shown = str(shown).lower() if isinstance(shown, bool) else str(shown)
-    text += f" \\[default: {shown}]"  # escaped: rich would read [default: …] as markup
     panel = SECTION_PANELS[f.metadata["section"]]
     if isinstance(default, bool):
-        no_flag = "--no-" + flag[2:]
-        return Optional[bool], typer.Option(None, f"{flag}/{no_flag}", help=text, show_default=False,
-                                            rich_help_panel=panel)
+        on, off = flag, "--no-" + flag[2:]
+        shown, hidden = (off, on) if default else (on, off)
+        text += f" [default: {'on' if default else 'off'}; {hidden} sets it back]"
+        return [(f.name, bool, typer.Option(False, shown, help=escape(text), show_default=False,
+                                            rich_help_panel=panel)),
+                (f.name + OTHER_WAY, bool, typer.Option(False, hidden, hidden=True))]
+    shown = ",".join(default) if isinstance(default, list) else str(default)
+    text += f" [default: {shown}]"
     kind = {int: int, float: float}.get(type(default), str)
     decls = [flag] + (["-o"] if f.name == "output" else [])
-    return Optional[kind], typer.Option(None, *decls, help=text, show_default=False, rich_help_panel=panel)
+    return [(f.name, Optional[kind], typer.Option(None, *decls, help=escape(text), show_default=False,
+                                                  rich_help_panel=panel))]
+
+
+def _switches(values: dict[str, Any]) -> None:
+    """Turn each switch's pair of flags back into its setting: True/False where a flag was given, else None."""
+    for f in tc.settings():
+        if isinstance(getattr(tc.TrainConfig(), f.name), bool):
+            changed, other_way = values.pop(f.name), values.pop(f.name + OTHER_WAY)
+            default = getattr(tc.TrainConfig(), f.name)
+            values[f.name] = (not default) if changed else (default if other_way else None)
 
 
 CONTROL_PARAMETERS: list[tuple[str, Any, Any]] = [
@@ -112,6 +124,7 @@ def train_command(**values: Any) -> None:
     from rich.console import Console
 
     control = {name: values.pop(name) for name, _, _ in CONTROL_PARAMETERS}
+    _switches(values)
     flags = {name: value for name, value in values.items() if value is not None}
     file_values = tc.load_toml(control["config"]) if control["config"] else {}
     if control["resume"]:
@@ -152,9 +165,9 @@ def _build_command():
     parameters = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
                   for name, annotation, option in CONTROL_PARAMETERS]
     for f in tc.settings():
-        annotation, option = _option_for(f)
-        parameters.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                            annotation=annotation))
+        for name, annotation, option in _option_for(f):
+            parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                                annotation=annotation))
 
     @friendly_errors
     def train(**values: Any) -> None:

@@ -30,7 +30,7 @@ from haruhi_tui.store import MEMORY, Store, StoreError, default_db_path
 
 from .messages import CharactersChanged, CharactersLoaded, LoadModel, ModelFailed, ModelLoading, ModelReady
 from .screens.chat import ChatScreen
-from .screens.dialogs import RenameDialog
+from .screens.dialogs import TextDialog
 from .screens.help import HelpScreen
 from .screens.pick import CharacterPicker, ModelPicker
 from .services import Services
@@ -115,7 +115,7 @@ class HaruhiApp(App[None]):
             if choice:
                 self.load_model(choice)
 
-        self.push_screen(ModelPicker(self.models.local_models(), self.models.label()), picked)
+        self.push_screen(ModelPicker(self.models.local_models(), current=self.models.label()), picked)
 
     @on(LoadModel)
     def _load_model_asked(self, event: LoadModel) -> None:
@@ -148,7 +148,10 @@ class HaruhiApp(App[None]):
             if choice:
                 self.load_compare_model(choice)
 
-        self.push_screen(ModelPicker(self.models.local_models(), "compare with"), picked)
+        other = self.models.compare_engine
+        current = (other.name if other is not None
+                   else f"none yet: ctrl+k compares {self.models.label()} at two temperatures")
+        self.push_screen(ModelPicker(self.models.local_models(), heading="Compare with model", current=current), picked)
 
     @work(thread=True, exclusive=True, group="compare-model")
     def load_compare_model(self, choice: str) -> None:
@@ -172,8 +175,7 @@ class HaruhiApp(App[None]):
             self.push_screen(JobsScreen(Launcher(self.store)))
 
     def action_help(self) -> None:
-        bindings = [b for b in ChatScreen.BINDINGS if isinstance(b, Binding)]
-        self.push_screen(HelpScreen(bindings))
+        self.push_screen(HelpScreen(self.get_system_commands(self.chat_screen)))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -189,10 +191,18 @@ class HaruhiApp(App[None]):
         yield SystemCommand("Delete chat", "Delete the current chat", chat.delete_chat)
         yield SystemCommand("Your name", "Who you play in this chat (default: the character's usual partner)",
                             self.ask_user_name)
+        yield SystemCommand("Chat settings", "Temperature, reply length, your name, reasoning effort (F9)",
+                            chat.action_settings)
+        yield SystemCommand("Continue reply", "The last reply goes on where it ended (F7)", chat.action_continue_reply)
+        yield SystemCommand("Write my line", "The model writes your next line for you to edit (F8, impersonate)",
+                            chat.action_impersonate)
+        yield SystemCommand("Delete message", "The selected message (or the last) and all after it (ctrl+delete)",
+                            chat.action_delete_message)
         yield SystemCommand("Export chat", "Write the chat as Markdown, JSONL or ShareGPT JSON", self.export_chat)
-        yield SystemCommand("Import character card", "A Character Card V2 .json or .png becomes a character",
+        yield SystemCommand("Import character card",
+                            "A character card (.png, .json, .charx) becomes a character (F5 in the character picker)",
                             self.action_import_card)
-        yield SystemCommand("Export character card", "The current character as a Character Card V2 .png or .json",
+        yield SystemCommand("Export character card", "The current character as a character card (.png or .json)",
                             self.action_export_card)
         yield SystemCommand("Download model", "A GGUF from the Hugging Face hub into the models folder",
                             self.action_download_model)
@@ -222,7 +232,8 @@ class HaruhiApp(App[None]):
                 session.set_user_name(name)
                 self.notify(f"you are {session.settings.user_name} in this chat")
 
-        self.push_screen(RenameDialog(session.settings.user_name, "Your name in this chat"), done)
+        self.push_screen(TextDialog("Your name in this chat", session.settings.user_name,
+                                    note=f"{session.character.name} talks to this name"), done)
 
     def set_reasoning_effort(self, effort: str) -> None:
         session = self.chat_screen.session
@@ -274,7 +285,8 @@ class HaruhiApp(App[None]):
             if path:
                 self.import_card(Path(path))
 
-        self.push_screen(PathDialog("Import character card", placeholder="path to a Character Card V2 .json or .png",
+        self.push_screen(PathDialog("Import character card",
+                                    placeholder="path to a character card: .png, .json or .charx",
                                     note=f"becomes a character folder in {self.library.imported_dir}"), chosen)
 
     def import_card(self, path: Path) -> Character | None:
@@ -319,5 +331,8 @@ class HaruhiApp(App[None]):
         self.push_screen(DownloadDialog(self.report), done)
 
     async def action_quit(self) -> None:
-        await self.chat_screen.stop_and_wait()
+        chat = self.chat_screen
+        await chat.stop_and_wait()
+        if chat.session is not None:
+            chat.forget_if_unused(chat.session)
         self.exit()

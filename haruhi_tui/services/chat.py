@@ -27,6 +27,8 @@ from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, PromptBudget,
 from haruhi_tui.core.prompt_format import Conversation
 from haruhi_tui.store import Chat, Message, Pin, Store, StoreError
 
+from .turns import ChatTurns
+
 DeltaCallback = Callable[[Message, Delta], None]
 ErrorCallback = Callable[[str], None]
 TEMPLATE_OVERHEAD = 200  # tokens a chat template or harmony header adds around the persona text
@@ -85,8 +87,8 @@ class _Pending:
     updates: set[int] = field(default_factory=set)
 
 
-class ChatSession:
-    """One chat: the current branch (root to leaf), its character, settings and persona builder."""
+class ChatSession(ChatTurns):
+    """One chat: the current branch (root to leaf), its character, settings and persona builder (+ ChatTurns)."""
 
     def __init__(self, store: Store, character: Character, chat: Chat, *,
                  on_error: ErrorCallback | None = None) -> None:
@@ -199,7 +201,7 @@ class ChatSession:
         turns, left_out = self._history(history, engine.style, builder)
         turn = self._turn(message, engine.style) if message is not None else None
         prompt = builder.build(turns, turn, sticky_scene_ids=self.chat.scene_ids, user_name=self.settings.user_name,
-                               pins=[p.text for p in self.pins], summary=self.summary if left_out else "")
+                               pins=[p.text for p in self.pins], summary=self.summary_to_send(left_out))
         if left_out:
             prompt.dropped_turns += left_out
             for block in prompt.blocks:

@@ -185,7 +185,8 @@ class Store:
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)}")
-        values = {k: json.dumps(v, ensure_ascii=False) if k in ("settings", "scene_ids") else v for k, v in fields.items()}
+        values = {k: json.dumps(v, ensure_ascii=False) if k in ("settings", "scene_ids") else v
+                  for k, v in fields.items()}
         values["updated_at"] = time.time()
         sets = ", ".join(f"{k} = ?" for k in values)
         self._write([(f"UPDATE chats SET {sets} WHERE id = ?", (*values.values(), chat_id))])
@@ -208,8 +209,8 @@ class Store:
         """Insert a message under ``parent_id`` and (by default) make it the chat's current leaf, atomically."""
         now = time.time()
         statements = [(
-            "INSERT INTO messages (chat_id, parent_id, role, content, analysis, status, model, created_at, updated_at, stats) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO messages (chat_id, parent_id, role, content, analysis, status, model, created_at, updated_at, "
+            "stats) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (chat_id, parent_id, role, content, analysis, status, model, now, now, json.dumps(stats or {})),
         )]
         if make_leaf:
@@ -217,7 +218,8 @@ class Store:
                 "UPDATE chats SET leaf_id = last_insert_rowid(), updated_at = ? WHERE id = ?", (now, chat_id)
             ))
         cur = self._write(statements)[0]
-        return Message(int(cur.lastrowid), chat_id, parent_id, role, content, analysis, status, model, now, now, dict(stats or {}))
+        return Message(int(cur.lastrowid), chat_id, parent_id, role, content, analysis, status, model, now, now,
+                       dict(stats or {}))
 
     def update_message(self, message_id: int, *, content: str | None = None, analysis: str | None = None,
                        status: Status | None = None, stats: dict[str, Any] | None = None) -> None:
@@ -288,6 +290,26 @@ class Store:
             if row is None or row[0] is None:
                 return node
             node = int(row[0])
+
+    def delete_message(self, message_id: int, new_leaf: int | None) -> None:
+        """Delete a message and every message under it, and make ``new_leaf`` the chat's leaf, atomically. A
+        summary that covered one of them goes too (it summed up turns that no longer exist)."""
+        chat_id = self.message(message_id).chat_id
+        children: dict[int | None, list[int]] = {}
+        for m in self.messages(chat_id):
+            children.setdefault(m.parent_id, []).append(m.id)
+        doomed, todo = [], [message_id]
+        while todo:
+            node = todo.pop()
+            doomed.append(node)
+            todo.extend(children.get(node, []))
+        marks = ",".join("?" * len(doomed))
+        self._write([
+            ("UPDATE chats SET leaf_id = ?, updated_at = ? WHERE id = ?", (new_leaf, time.time(), chat_id)),
+            (f"UPDATE chats SET summary = '', summary_upto = NULL WHERE id = ? AND summary_upto IN ({marks})",
+             (chat_id, *doomed)),
+            *[("DELETE FROM messages WHERE id = ?", (m,)) for m in reversed(doomed)],
+        ])
 
     # -- long-term memory -----------------------------------------------------------------------
     def pins(self, chat_id: int) -> list[Pin]:

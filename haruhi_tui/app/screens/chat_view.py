@@ -21,8 +21,15 @@ from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.store import Message, StoreError
 
-from .dialogs import ConfirmDialog, RenameDialog
+from .dialogs import ConfirmDialog, TextDialog
 from .pick import CharacterPicker
+
+#: Under a chat where the user has not said anything yet: the keys a first session needs beyond the footer.
+FIRST_KEYS = ("Enter sends · alt+↑ selects a message: F4 edits it, ctrl+del deletes it · F7 continues a reply · "
+              "F8 writes your line for you · ctrl+k compares two models · ctrl+b your chats · F6 trains a model · "
+              "F1 every key")
+#: What the status says when the bundled model is loaded: it is a demo, not a role-play model.
+DEMO_NOTE = "a small demo model, its replies often wander: ctrl+p → Download model for a better one"
 
 
 class ChatView(Screen[None]):
@@ -46,13 +53,13 @@ class ChatView(Screen[None]):
         with Horizontal():
             yield ChatList(id="sidebar")
             with Vertical(id="main"):
-                yield Static("", id="title")
+                yield Static("", id="chat-title")
                 yield VerticalScroll(id="conversation")
                 with Horizontal(id="status-row"):
                     yield Static("", id="status")
                     yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="model-progress")
                 yield PromptInput(self.input_history(), placeholder="Say something… (Enter sends)", id="prompt")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#conversation", VerticalScroll).anchor()
@@ -75,13 +82,21 @@ class ChatView(Screen[None]):
     def _model_ready(self, event: ModelReady) -> None:
         engine = event.engine
         self.show_progress(False)
-        self.set_status(f"{engine.name} ready · {engine.style} style · context {engine.n_ctx} tokens")
+        if self.services.models.demo:
+            self.set_status(f"{engine.name} ready · {DEMO_NOTE}")
+        else:
+            self.set_status(f"{engine.name} ready · {engine.style} style · context {engine.n_ctx} tokens")
         self.update_title()
 
     @on(ModelFailed)
     def _model_failed(self, event: ModelFailed) -> None:
+        """The load failed (the app has shown why); the model loaded before, if any, keeps answering."""
         self.show_progress(False)
-        self.set_status("model not loaded: ctrl+o picks another")
+        engine = self.services.models.engine
+        if engine is not None:
+            self.set_status(f"that model did not load: still talking with {engine.name} (ctrl+o picks another)")
+        else:
+            self.set_status("no model loaded: ctrl+o picks one")
         self.update_title()
 
     @on(CharactersLoaded)
@@ -134,24 +149,68 @@ class ChatView(Screen[None]):
             parts.append(f"[b {character_color(c.folder)}]{c.name}[/]{work}")
         else:
             parts.append("no chat yet: ctrl+n picks a character")
-        parts.append(self.services.models.label())
-        self.query_one("#title", Static).update("  —  ".join(parts))
+        models = self.services.models
+        parts.append(models.label() + (" · demo model" if models.demo and not models.loading else ""))
+        self.query_one("#chat-title", Static).update("  —  ".join(parts))
 
-    def _view_for(self, m: Message) -> MessageView:
+    def _view_for(self, m: Message, *, waiting: bool = False) -> MessageView:
         assert self.session is not None
         character = self.session.character
         if m.role == "user":
             return MessageView("user", self.session.settings.user_name, m.content, message_id=m.id)
         return MessageView("assistant", character.name, m.content, analysis=m.analysis, status=m.status,
                            color=character_color(character.folder), message_id=m.id,
-                           show_thinking=self.show_thinking)
+                           show_thinking=self.show_thinking, waiting=waiting)
+
+    def versions(self) -> dict[int, tuple[int, int]]:
+        """For each message on the branch shown: which of its alternatives it is, and how many there are."""
+        if self.session is None or self.session.chat.id <= 0:
+            return {}
+        try:
+            every = self.services.store.messages(self.session.chat.id)
+        except StoreError:
+            return {}
+        by_parent: dict[int | None, list[int]] = {}
+        for m in every:
+            by_parent.setdefault(m.parent_id, []).append(m.id)
+        out = {}
+        for m in self.session.messages:
+            siblings = by_parent.get(m.parent_id, [m.id])
+            out[m.id] = (siblings.index(m.id) + 1 if m.id in siblings else 1, max(1, len(siblings)))
+        return out
+
+    def name_views(self) -> None:
+        """Give the views mounted while talking (your line) the ids of their saved messages, so alt+↑ reaches
+        them too."""
+        if self.session is None:
+            return
+        views = self.views()
+        if len(views) == len(self.session.messages):
+            for view, message in zip(views, self.session.messages):
+                if view.message_id is None:
+                    view.message_id = message.id
+
+    def show_versions(self) -> None:
+        versions = self.versions()
+        for view in self.views():
+            if view.message_id is not None:
+                view.set_version(*versions.get(view.message_id, (1, 1)))
 
     async def show_session(self, session: ChatSession | None) -> None:
-        """Put a chat on screen (all messages of its current branch)."""
+        """Put a chat on screen (all messages of its current branch). A chat left without a word said is
+        not kept (see :meth:`forget_if_unused`)."""
+        if self.session is not None and (session is None or session.chat.id != self.session.chat.id):
+            self.forget_if_unused(self.session)
         self.session = session
         await self.conversation.remove_children()
         if session is not None:
-            await self.conversation.mount_all([self._view_for(m) for m in session.messages])
+            views = [self._view_for(m) for m in session.messages]
+            versions = self.versions()
+            for view in views:
+                view.version = versions.get(view.message_id or 0, (1, 1))
+            await self.conversation.mount_all(views)
+            if not any(m.role == "user" for m in session.messages):
+                await self.conversation.mount(Static(FIRST_KEYS, id="first-keys", classes="note"))
             incomplete = [m for m in session.messages if m.status == "incomplete"]
             if incomplete:
                 self.set_status("a reply was cut off when the app stopped: ctrl+r regenerates it")
@@ -159,10 +218,25 @@ class ChatView(Screen[None]):
         self.update_title()
         self.refresh_chats()
 
+    def hide_first_keys(self) -> None:
+        for hint in self.query("#first-keys"):
+            hint.remove()
+
     def views(self) -> list[MessageView]:
         return list(self.conversation.query(MessageView))
 
     # -- saved chats -----------------------------------------------------------------------------
+    def forget_if_unused(self, session: ChatSession) -> None:
+        """Delete a chat the user left without saying anything or pinning anything (a character opened by
+        mistake, a picker that opened the wrong one): only conversations are kept."""
+        store, chat_id = self.services.store, session.chat.id
+        try:
+            if chat_id <= 0 or any(m.role == "user" for m in store.messages(chat_id)) or store.pins(chat_id):
+                return
+            store.delete_chat(chat_id)
+        except StoreError:
+            return
+
     def input_history(self) -> list[str]:
         """What the user typed in earlier chats (up/down in the message box)."""
         try:
@@ -225,11 +299,20 @@ class ChatView(Screen[None]):
 
     @on(ChatList.Rename)
     def _rename(self, event: ChatList.Rename) -> None:
-        self.rename_chat(event.chat_id)
+        if self.app.screen is self:  # keys typed while a dialog was opening must not open another
+            self.rename_chat(event.chat_id)
 
     @on(ChatList.Delete)
     def _delete(self, event: ChatList.Delete) -> None:
-        self.delete_chat(event.chat_id)
+        if self.app.screen is self:
+            self.delete_chat(event.chat_id)
+
+    @on(ChatList.TypedText)
+    def _typed_in_list(self, event: ChatList.TypedText) -> None:
+        """A letter typed in the chat list that is not one of its keys: the user meant to talk."""
+        box = self.query_one(PromptInput)
+        box.focus()
+        box.insert_text_at_cursor(event.text)
 
     def rename_chat(self, chat_id: int | None = None) -> None:
         chat_id = chat_id or (self.session.chat.id if self.session else None)
@@ -254,7 +337,7 @@ class ChatView(Screen[None]):
                 self.session.chat.title = new
             self.refresh_chats()
 
-        self.app.push_screen(RenameDialog(title), done)
+        self.app.push_screen(TextDialog("Rename chat", title), done)
 
     def delete_chat(self, chat_id: int | None = None) -> None:
         chat_id = chat_id or (self.session.chat.id if self.session else None)
@@ -273,8 +356,10 @@ class ChatView(Screen[None]):
                 self.services.report(str(exc))
                 return
             if self.session and self.session.chat.id == chat_id:
+                self.session = None  # gone already: nothing to forget
                 await self.show_session(None)
             self.refresh_chats()
+            self.query_one(PromptInput).focus()  # not the list, where letters are commands
 
         self.app.push_screen(ConfirmDialog("Delete this chat and all its messages?"), done)
 
