@@ -172,7 +172,7 @@ class HaruhiApp(App[None]):
         from .screens.jobs import JobsScreen
 
         if not isinstance(self.screen, JobsScreen):
-            self.push_screen(JobsScreen(Launcher(self.store)))
+            self.push_screen(JobsScreen(Launcher(self.store), self.library.characters_dir))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.get_system_commands(self.chat_screen)))
