@@ -230,3 +230,37 @@ async def test_thinking_toast_version_counter_and_a_visible_selection(engine, ch
 
 def distance(a: Color, b: Color) -> int:
     return sum(abs(x - y) for x, y in zip(a.rgb, b.rgb))
+
+
+CARD = {"spec": "chara_card_v2", "spec_version": "2.0", "data": {
+    "name": "Mira", "description": "{{char}} keeps a lighthouse and talks to {{user}} about the sea.",
+    "personality": "calm", "scenario": "A stormy night.", "first_mes": "Come in, {{user}}, the storm is near.",
+    "mes_example": "<START>\n{{user}}: Is the light working?\n{{char}}: It has never failed me yet."}}
+
+
+@pytest.mark.slow
+async def test_a_chat_with_an_imported_card_still_names_the_character_after_a_restart(characters_dir, tmp_path):
+    import json
+
+    card = tmp_path / "mira.json"
+    card.write_text(json.dumps(CARD), encoding="utf-8")
+    db = tmp_path / "s.db"
+    app = make_app(characters_dir, db, engine=None, model=tmp_path / "none.gguf")
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_for(pilot, lambda: isinstance(app.screen, CharacterPicker), what="the picker")
+        character = app.import_card(card)
+        await pilot.pause()
+        await pick_character(pilot, app, character.folder)
+        session = app.chat_screen.session
+        session.add_user_message("Is the light working?")
+        session.messages.append(session._insert(session.leaf, "assistant", "It has never failed me yet."))
+        await pilot.press("ctrl+q")
+
+    app = make_app(characters_dir, db, engine=None, model=tmp_path / "none.gguf")
+    async with app.run_test(size=SIZE) as pilot:
+        screen = app.chat_screen
+        await wait_for(pilot, lambda: screen.session is not None, what="the chat, resumed")
+        await pilot.pause()
+        assert screen.session.character.name == "Mira"
+        assert [v.speaker for v in screen.views()][-1] == "Mira"
+        assert "Mira" in str(screen.query_one("#chat-title").render())

@@ -18,7 +18,7 @@ from .chat_view import ChatView
 from .dialogs import ConfirmDialog, TextDialog
 from .settings import SettingsDialog
 
-SELECTED_KEYS = "F4 edits · ctrl+del deletes · alt+←/→ versions · Esc unselects"
+SELECTED_KEYS = "F4 edits · ctrl+del deletes · alt+←→ versions · Esc lets go"
 
 
 class MessageActions(ChatView):
@@ -59,7 +59,7 @@ class MessageActions(ChatView):
         views[i].scroll_visible()
         if self.session is not None:
             n, count = self.session.alternatives(ids[i])
-            self.set_status(f"selected: version {n} of {count} · {SELECTED_KEYS}")
+            self.set_status(f"selected {n}/{count}: {SELECTED_KEYS}")
 
     def mark(self, message_id: int | None) -> None:
         """Select a message (None: none), and show it."""
