@@ -241,7 +241,10 @@ class HaruhiApp(App[None]):
             self.notify("no chat yet", severity="warning")
             return
         session.set_reasoning_effort(effort)
-        self.notify(f"reasoning effort {effort} for {session.character.name}")
+        engine = self.models.engine
+        ignored = ("" if engine is None or engine.style == "harmony"
+                   else f" (only gpt-oss reasons: {engine.name} ignores it)")
+        self.notify(f"reasoning effort {effort} for {session.character.name}{ignored}")
 
     # -- files in and out: chat exports, character cards -----------------------------------------
     def export_chat(self) -> None:

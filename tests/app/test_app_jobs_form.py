@@ -29,7 +29,7 @@ async def test_the_train_form_reads_well_and_builds_its_missing_dataset(tmp_path
         await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen), what="the launcher")
         await pilot.pause()
         screen = app.screen
-        shown = screen_text(app)
+        shown = screen_text(app)  # at once, while the GPUs are counted in the background (torch takes seconds)
         assert "LoRA rank" in shown and "lora_r" not in shown
         assert "Start training" in shown  # not below the fold
         assert "data/haruhi_train.json does not exist yet" in " ".join(shown.split())
@@ -46,7 +46,8 @@ async def test_the_train_form_reads_well_and_builds_its_missing_dataset(tmp_path
 
         screen.query_one("#dataset-build").press()
         await wait_for(pilot, lambda: (tmp_path / "data" / "haruhi_train.json").is_file()
-                       and not screen.query_one("#train-dataset-check").display, timeout=120, what="the build")
+                       and not screen.query_one("#train-dataset-check").display
+                       and screen.launcher.available_gpus is not None, timeout=120, what="the build")
         await pilot.pause()
         assert "dataset not found" not in str(screen.query_one("#train-problem").render())
         assert "--no-gradient-checkpointing" in str(screen.query_one("#train-command").render())

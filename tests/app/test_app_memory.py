@@ -62,5 +62,8 @@ async def test_pins_and_summary_reach_the_prompt_and_the_context_view(engine, ch
         assert app.store.chat(session.chat.id).summary == "春日每天带团员去车站寻找外星人。"
         app.screen.query_one("#pins").focus()
         await pilot.pause()
-        await pilot.press("d")
-        assert app.store.pins(session.chat.id) == []
+        await pilot.press("d")  # asks first
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmDialog", what="the question")
+        assert app.store.pins(session.chat.id) != []
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.store.pins(session.chat.id) == [], what="the pin to go")

@@ -19,6 +19,8 @@ async def test_settings_continue_impersonate_and_delete(engine, characters_dir, 
     async with app.run_test(size=SIZE) as pilot:
         await pick_character(pilot, app, "haruhi")
         screen = app.chat_screen
+        await pilot.pause()
+        assert "F8 writes your line" in " ".join(screen_text(app).split())  # the keys beyond the footer
         await pilot.press("f9")
         await wait_for(pilot, lambda: isinstance(app.screen, ModalScreen), what="the settings")
         await pilot.pause()
@@ -66,7 +68,7 @@ async def test_the_bundled_model_is_named_as_a_demo(engine, characters_dir, tmp_
         await pilot.pause()
         assert "demo model" in str(screen.query_one("#chat-title").render())
         status = str(screen.query_one("#status").render())
-        assert "demo model" in status and "Download model" in status
+        assert "demo" in status and "Download model" in status and len(status) <= 78  # one line at 80x24
         await pilot.press("ctrl+o")
         await wait_for(pilot, lambda: isinstance(app.screen, ModelPicker), what="the model picker")
         await pilot.pause()

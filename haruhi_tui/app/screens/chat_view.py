@@ -29,7 +29,7 @@ FIRST_KEYS = ("Enter sends · alt+↑ selects a message: F4 edits it, ctrl+del d
               "F8 writes your line for you · ctrl+k compares two models · ctrl+b your chats · F6 trains a model · "
               "F1 every key")
 #: What the status says when the bundled model is loaded: it is a demo, not a role-play model.
-DEMO_NOTE = "a small demo model, its replies often wander: ctrl+p → Download model for a better one"
+DEMO_NOTE = "a small demo: ctrl+p → Download model for a better one"
 
 
 class ChatView(Screen[None]):
@@ -369,5 +369,6 @@ class ChatView(Screen[None]):
         if sidebar.display:
             self.refresh_chats()
             sidebar.focus()
+            self.set_status("chats: Enter opens · r renames · d deletes · typing goes to the message box")
         else:
             self.query_one(PromptInput).focus()

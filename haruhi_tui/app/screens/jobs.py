@@ -34,7 +34,7 @@ from textual_plotext import PlotextPlot
 from haruhi_tui.app.messages import LoadModel
 from haruhi_tui.app.widgets.comparison import comparison_view
 from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.services.jobs import CONVERT_TYPES, Job, JobError, Launcher, train_fields
+from haruhi_tui.services.jobs import CONVERT_TYPES, Job, JobError, Launcher, gpu_count, train_fields
 
 from .job_form import DatasetCheck, field_value, form_field, label_of
 
@@ -147,6 +147,8 @@ class JobsScreen(Screen):
         table = self.query_one("#history", DataTable)
         table.add_columns("id", "kind", "name", "status", "started", "result")
         self.refresh_command()
+        if self.launcher.available_gpus is None:
+            self.run_worker(self._count_gpus, thread=True, group="gpus")
         self.refresh_history()
         running = self.launcher.running()
         if running:
@@ -167,6 +169,10 @@ class JobsScreen(Screen):
         return form
 
     def refresh_command(self) -> None:
+        self.query_one(DatasetCheck).check(self.value("train-dataset"), self.launcher.cwd)
+        if self.launcher.available_gpus is None:  # counted in a worker: importing torch takes seconds
+            self.query_one("#train-command", Static).update("checking this machine's GPUs…")
+            return
         problem, command = "", ""
         try:
             command = self.launcher.plan_train(self.train_form()).display
@@ -174,7 +180,14 @@ class JobsScreen(Screen):
             problem = str(exc)
         self.query_one("#train-problem", Static).update(problem)
         self.query_one("#train-command", Static).update(Text("$ " + command) if command else "")
-        self.query_one(DatasetCheck).check(self.value("train-dataset"), self.launcher.cwd)
+
+    def _count_gpus(self) -> None:
+        count = gpu_count()
+        self.app.call_from_thread(self._gpus_counted, count)
+
+    def _gpus_counted(self, count: int) -> None:
+        self.launcher.available_gpus = count
+        self.refresh_command()
 
     def on_switch_changed(self, event: Switch.Changed) -> None:
         if event.switch.id and event.switch.id.startswith("train-"):

@@ -17,7 +17,7 @@ from haruhi_tui.app.services import Report
 from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.store import StoreError
 
-from .dialogs import TextDialog
+from .dialogs import ConfirmDialog, TextDialog
 
 
 class MemoryScreen(Screen[None]):
@@ -95,10 +95,17 @@ class MemoryScreen(Screen[None]):
         self.app.push_screen(TextDialog("Edit the pinned fact", pin.text), done)
 
     def action_remove_pin(self) -> None:
+        """Asks first: the list has the focus, and a word typed here by mistake must not delete a fact."""
         pin_id = self._selected_pin()
-        if pin_id is not None:
-            self._guard(lambda: self.session.remove_pin(pin_id))
-            self.show_pins()
+        if pin_id is None:
+            return
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self._guard(lambda: self.session.remove_pin(pin_id))
+                self.show_pins()
+
+        self.app.push_screen(ConfirmDialog("Remove this pinned fact?", "Remove"), done)
 
     def action_save_summary(self) -> None:
         text = self.query_one("#summary", TextArea).text

@@ -24,8 +24,8 @@ def _when(ts: float) -> str:
 
 class ChatList(OptionList):
     BINDINGS = [
-        Binding("r", "rename", "Rename"),
-        Binding("d,delete", "delete", "Delete"),
+        Binding("r", "rename", "Rename", show=False, tooltip="Rename the highlighted chat"),
+        Binding("d,delete", "delete", "Delete", show=False, tooltip="Delete the highlighted chat (asks first)"),
     ]
 
     class Rename(Message):
