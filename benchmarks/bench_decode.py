@@ -74,12 +74,12 @@ def run_turns(engine, args) -> list[dict]:
 
 def main() -> None:
     from haruhi_tui.core.engine import default_threads, open_gguf
-    from haruhi_tui.core.paths import default_characters_dir
+    from haruhi_tui.core.paths import bundled_characters_dir
     from haruhi_tui.services.bundled_model import default_gguf
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None, help="GGUF (default: the bundled Gemma 3 270M)")
-    p.add_argument("--characters", type=Path, default=default_characters_dir())
+    p.add_argument("--characters", type=Path, default=bundled_characters_dir())
     p.add_argument("--character", default="haruhi")
     p.add_argument("--turns", type=int, default=6)
     p.add_argument("--max-tokens", type=int, default=256, help="tokens per reply (random weights never stop early)")

@@ -213,7 +213,13 @@ def run_workload(engine: str, workload: str, args, base: Path, dataset: Path | N
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     records: list[dict] = []
-    profiler = StepProfiler(args.warmup, args.profile_steps, device == "cuda") if args.profile_steps else None
+    profiler = None
+    if args.profile_steps:
+        from trainer.profiling import StepProfiler
+
+        profiler = StepProfiler(args.warmup, args.profile_steps, device == "cuda",
+                                Path(f"{args.out}-profile-{engine}-{workload}.txt"),
+                                f"{engine} {workload}: batch {config.batch_size} x {config.max_length}")
 
     def on_step(record: dict) -> None:
         records.append(record)
@@ -224,10 +230,7 @@ def run_workload(engine: str, workload: str, args, base: Path, dataset: Path | N
     result = run_training(config, sequences=sequences, on_step=on_step,
                           engine=HFEngine(prebuilt) if prebuilt is not None else None)
     wall = time.time() - started
-    profile = None
-    if profiler:
-        profile = profiler.finish(Path(f"{args.out}-profile-{engine}-{workload}.txt"),
-                                  f"{engine} {workload}: batch {config.batch_size} x {config.max_length}")
+    profile = profiler.finish() if profiler else None
     measured = [r for r in records if r["step"] > args.warmup and r.get("tokens_per_second")]
     rates = [r["tokens_per_second"] for r in measured]
     details = next((e for e in _events(out) if e.get("message") == "details"), {})
@@ -249,83 +252,6 @@ def run_workload(engine: str, workload: str, args, base: Path, dataset: Path | N
         "dataset_trainable_tokens": (details.get("data") or {}).get("trainable_tokens"),
         "wall_seconds": round(wall, 1), "status": result.status, "profile": profile,
     }
-
-
-#: Kernel-name patterns for the profile summary, first match wins (names as CUDA/Triton report them).
-KERNEL_GROUPS = [
-    ("expert grouped GEMM", ("grouped", "group_gemm", "groupproblemshape", "moe")),
-    ("host-device copies (offloaded activations)", ("memcpy dtoh", "memcpy htod")),
-    ("attention", ("flex", "attn", "attention", "triton_tem", "fmha", "sdpa")),
-    ("dense GEMM (projections, LoRA, LM head)", ("gemm", "cutlass", "xmma", "nvjet", "sm90", "cublas", "aten::mm",
-                                                 "addmm", "bmm")),
-    ("cross-entropy / softmax", ("cross_entropy", "softmax", "logsumexp")),
-    ("fused elementwise (Triton)", ("triton_",)),
-    ("copies and casts", ("copy", "cast", "cat", "fill", "memcpy", "memset")),
-]
-
-
-class StepProfiler:
-    """torch.profiler over ``active`` training steps right after the warm-up; writes the top kernels and
-    the GPU time per kernel group, so a missed target comes with what the step spends its time on."""
-
-    def __init__(self, warmup: int, active: int, cuda: bool) -> None:
-        from torch.profiler import ProfilerActivity, profile, schedule
-
-        self.cuda = cuda
-        self.active = active
-        self.started_at = 0.0
-        self.wall = 0.0
-        self.steps_seen = 0
-        wait = max(warmup - 1, 0)
-        self.first = wait + 2  # the first profiled step (steps count from 1; one profiler warm-up step before it)
-        self.prof = profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU],
-                            schedule=schedule(wait=wait, warmup=1, active=active, repeat=1))
-        self.prof.start()
-
-    def step(self) -> None:
-        self.steps_seen += 1
-        if self.steps_seen in (self.first - 1, self.first - 1 + self.active):  # the profiled steps' bounds
-            if self.cuda:
-                import torch
-
-                torch.cuda.synchronize()
-            if self.steps_seen == self.first - 1:
-                self.started_at = time.perf_counter()
-            else:
-                self.wall = time.perf_counter() - self.started_at
-        self.prof.step()
-
-    def finish(self, path: Path, title: str) -> dict:
-        self.prof.stop()
-        rows = []
-        for event in self.prof.key_averages():
-            if self.cuda:
-                device_us = getattr(event, "self_device_time_total", None)
-                if device_us is None:
-                    device_us = getattr(event, "self_cuda_time_total", 0)
-            else:
-                device_us = event.self_cpu_time_total
-            if device_us > 0:
-                rows.append((event.key, device_us / 1e6, event.count))
-        rows.sort(key=lambda r: -r[1])
-        total = sum(r[1] for r in rows) or 1e-9
-        groups: dict[str, float] = {}
-        for name, seconds, _ in rows:
-            low = name.lower()
-            group = next((g for g, keys in KERNEL_GROUPS if any(k in low for k in keys)), "other")
-            groups[group] = groups.get(group, 0.0) + seconds
-        per_step = {g: round(t / self.active, 4) for g, t in sorted(groups.items(), key=lambda kv: -kv[1])}
-        summary = {"steps": self.active, "wall_seconds_per_step": round(self.wall / self.active, 4) if self.wall else None,
-                   "gpu_kernel_seconds_per_step": round(total / self.active, 4),
-                   "gpu_seconds_per_step_by_group": per_step,
-                   "gpu_share_by_group": {g: round(t / total, 3) for g, t in groups.items()}}
-        lines = [f"# profile: {title}, {self.active} steps", "", json.dumps(summary, indent=2), "",
-                 f"{'GPU s/step':>10}  {'share':>6}  {'calls/step':>10}  kernel"]
-        for name, seconds, count in rows[:40]:
-            lines.append(f"{seconds / self.active:10.4f}  {seconds / total:6.1%}  {count / self.active:10.1f}  {name[:150]}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return summary
 
 
 def _pythonpath() -> str:
@@ -393,7 +319,7 @@ def epoch_estimate(results: list[dict]) -> list[str]:
         eight = one / (8 * DDP_EFFICIENCY)
         lines.append(f"{row['engine']}: one haruhi_train epoch ({row['dataset_tokens']:,} tokens) ~ {one / 60:.1f} min "
                      f"on 1 GPU, ~ {eight / 60:.1f} min on 8 GPUs (assuming {DDP_EFFICIENCY:.0%} data-parallel "
-                     f"efficiency){' [layers: ' + str(row['layers']) + ', not the full 24]' if row['layers'] != 24 else ''}")
+                     f"efficiency)" + (f" [layers: {row['layers']}, not the full 24]" if row["layers"] != 24 else ""))
     return lines
 
 
@@ -404,7 +330,8 @@ def write_report(out: Path, record: dict) -> None:
                "tokens_per_second_median", "peak_gpu_memory_gib", "real_token_share", "first_loss", "load_seconds",
                "error"]
     lines = [f"# haruhi train benchmark, {record['date']}", "", f"- machine: {record['machine']}",
-             f"- command: `{record['command']}`", "- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()),
+             f"- command: `{record['command']}`",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()),
              "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in record["results"]:
         lines.append("| " + " | ".join(str(row.get(c, "")) if row.get(c) is not None else "" for c in columns) + " |")
@@ -457,9 +384,9 @@ def main() -> None:
     if "real" in args.workloads.split(","):
         dataset = prepare_dataset(scratch, args.dataset, args.characters)
         if dataset is None and args.device == "cpu":
-            from haruhi_tui.core.paths import default_characters_dir
+            from haruhi_tui.core.paths import bundled_characters_dir
 
-            dataset = prepare_dataset(scratch, None, str(default_characters_dir()))
+            dataset = prepare_dataset(scratch, None, str(bundled_characters_dir()))
         if dataset is not None and args.max_samples:
             trimmed = scratch / f"haruhi_train_first_{args.max_samples}.json"
             trimmed.write_text(json.dumps(json.loads(dataset.read_text(encoding="utf-8"))[:args.max_samples],

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from haruhi_tui.core.characters import load_character  # noqa: E402
 from haruhi_tui.core.engine import open_gguf  # noqa: E402
-from haruhi_tui.core.paths import default_characters_dir  # noqa: E402
+from haruhi_tui.core.paths import bundled_characters_dir  # noqa: E402
 from haruhi_tui.services.chat import ChatSession, ChatSettings  # noqa: E402
 from haruhi_tui.store.sessions import Store  # noqa: E402
 
@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("lines", nargs="+", help="what the user says, one argument per turn")
     parser.add_argument("--character", default="haruhi")
-    parser.add_argument("--characters", type=Path, default=default_characters_dir())
+    parser.add_argument("--characters", type=Path, default=bundled_characters_dir())
     parser.add_argument("--base", type=Path, required=True)
     parser.add_argument("--tuned", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)

@@ -21,14 +21,14 @@ def _apps():
     return {"haruhi": haruhi_app, "haruhi-tui": tui_app, "haruhi-convert": convert_app}
 
 
-def _command_paths() -> list[tuple[str, list[str]]]:
-    """Every command of the three apps, as (app name, arguments up to the command)."""
+def _command_paths() -> list[tuple[str, list[str], set[str]]]:
+    """Every command of the three apps, as (app name, arguments up to the command, its parameters' metavars)."""
     out = []
     for name, app in _apps().items():
         todo = [([], typer.main.get_command(app))]
         while todo:
             path, command = todo.pop()
-            out.append((name, path))
+            out.append((name, path, {p.metavar for p in command.params if p.metavar}))
             for sub, child in sorted(getattr(command, "commands", {}).items()):
                 todo.append(([*path, sub], child))
     return out
@@ -50,10 +50,10 @@ def _prose(text: str) -> list[list[str]]:
 
 def test_every_command_has_dash_h_and_help_that_fits_80_columns():
     paths = _command_paths()
-    names = {(name, " ".join(path)) for name, path in paths}
+    names = {(name, " ".join(path)) for name, path, _ in paths}
     assert {("haruhi", "train"), ("haruhi", "data build"), ("haruhi", "eval"), ("haruhi-tui", ""),
             ("haruhi-convert", "")} <= names
-    for name, path in paths:
+    for name, path, metavars in paths:
         text = _help(name, path)
         where = f"{name} {' '.join(path)}".strip()
         assert text == _help(name, path, "--help"), where
@@ -61,8 +61,9 @@ def test_every_command_has_dash_h_and_help_that_fits_80_columns():
         assert "<bool>" not in text, f"{where}: a flag shows a value type"
         for line in text.splitlines():
             assert len(line) <= WIDTH, f"{where}: {line!r}"
-            if line.startswith("│"):
-                assert "…" not in line, f"{where}: cut off: {line!r}"
+            if line.startswith("│"):  # a cell cut short ends in "…" (a metavar may be written with one)
+                cut = [word for word in line.split() if word.endswith("…") and word not in metavars]
+                assert not cut, f"{where}: cut off: {line!r}"
         for paragraph in _prose(text):  # re-flowed: a line ends early only where the next word would not fit
             for line, following in zip(paragraph, paragraph[1:]):
                 assert len(line) + 1 + len(following.split()[0]) > WIDTH - 2, f"{where}: ragged: {line!r}"
@@ -74,22 +75,25 @@ def test_train_settings_come_in_panels_and_switches_read_as_flags():
         assert f"─ {panel} ─" in text, panel
     flat = " ".join(text.replace("│", " ").split())
     assert "--no-gradient-checkpointing" in flat and "--load-in-4bit" in flat
-    assert "[default: 16]" in flat and "[default: on; --gradient-checkpointing sets it back]" in flat
+    assert "[default: 16]" in flat and "[default: auto; --no-gradient-checkpointing turns it off]" in flat
+    assert "[default: false; --no-load-in-4bit turns it off]" in flat
 
 
 @pytest.mark.parametrize("flags, expected", [
-    ([], None), (["--no-gradient-checkpointing"], False), (["--gradient-checkpointing"], True),
-    (["--load-in-4bit"], True), (["--no-load-in-4bit"], False),
+    ([], "off"), (["--no-gradient-checkpointing"], "off"), (["--gradient-checkpointing"], "on"),
+    (["--load-in-4bit"], True), (["--no-load-in-4bit"], False), ([], True),
 ])
 def test_both_ways_of_a_switch_still_work(flags, expected, tmp_path):
+    """Each switch lists one flag in the help; both of its flags work, over a config file's value."""
     import tomllib
 
     from haruhi_tui.cli import app
 
-    name = "load_in_4bit" if "4bit" in " ".join(flags) else "gradient_checkpointing"
+    name = "load_in_4bit" if "4bit" in " ".join(flags) or expected is True else "gradient_checkpointing"
     config = tmp_path / "c.toml"
     config.write_text("[model]\ngradient_checkpointing = false\nload_in_4bit = true\n", encoding="utf-8")
     result = CliRunner().invoke(app, ["train", "--config", str(config), *flags, "--print-config"])
     assert result.exit_code == 0, result.output
-    printed = tomllib.loads(result.output)["model"][name]
-    assert printed == (expected if expected is not None else name == "load_in_4bit")
+    assert tomllib.loads(result.output)["model"][name] == expected
+    both = CliRunner().invoke(app, ["train", "--load-in-4bit", "--no-load-in-4bit", "--print-config"])
+    assert both.exit_code == 1 and "together" in both.output

@@ -19,10 +19,12 @@ from . import train_config as tc
 
 HELP = """LoRA fine-tune a model (gpt-oss-20b by default) on a role-play dataset.
 
-The defaults reproduce the reference run: openai/gpt-oss-20b, LoRA r=16 alpha=32 dropout 0 on attention
-(q/k/v/o) and the MoE experts, lr 1e-4 cosine with 3% warm-up, 3 epochs, 2048-token sequences, 4 rows x 2
-accumulation per step, on data/haruhi_train.json (`haruhi data build -o data/` writes it). Unsloth trains on
-CUDA; without CUDA the same recipe runs on transformers + PEFT.
+The defaults reproduce the reference run: base openai/gpt-oss-20b, LoRA r=16 alpha=32 dropout 0 on
+attention (q/k/v/o) and the MoE experts (gate_up_proj, down_proj), lr 1e-4 cosine with 3% warm-up,
+3 epochs, 2048-token sequences, 8 rows per optimizer step per GPU (8 x 1, or 4 x 2 and smaller
+micro-batches when the card's memory is short; gradient checkpointing only where needed), data/haruhi_train.json
+(`haruhi data build -o data/`). Unsloth trains on CUDA (bf16 base; --load-in-4bit for QLoRA);
+without CUDA the same recipe runs on transformers + PEFT.
 
 Only the character's replies carry the loss. Writes OUTPUT/events.jsonl (progress), OUTPUT/checkpoint-N
 (every --save-steps, at the end and on Ctrl-C) and OUTPUT/adapter (for haruhi-convert --adapter and haruhi
@@ -43,29 +45,29 @@ Examples:
 SECTION_PANELS = {"model": "Model", "data": "Data", "lora": "LoRA", "train": "Training", "output": "Output"}
 
 
-OTHER_WAY = "__other_way"  # suffix of the hidden parameter of a switch's default direction
+ON, OFF = "__on", "__off"  # suffixes of a switch's two flag parameters (--name, --no-name)
 
 
 def _option_for(f: Any) -> list[tuple[str, Any, Any]]:
-    """(name, annotation, typer.Option) for one recipe setting; default None means 'not given'.
-
-    A switch shows the flag that changes it (``--no-gradient-checkpointing``, ``--load-in-4bit``); the
-    flag of its default direction still works (after a --config that changed it) but is not listed, so
-    the help needs no column for two long flag names side by side."""
+    """(name, annotation, typer.Option) for one recipe setting; default None means 'not given'. An on/off
+    setting or an auto/on/off switch gets two flag parameters (``name__on``, ``name__off``; see :func:`_switches`)."""
     default = getattr(tc.TrainConfig(), f.name)
     flag = tc.flag_of(f.name)
     choices = f.metadata.get("choices")
     text = f.metadata["help"]
-    if choices:
+    if choices and not f.metadata.get("switch"):
         text += f" One of: {', '.join(choices)}."
     panel = SECTION_PANELS[f.metadata["section"]]
-    if isinstance(default, bool):
+    if isinstance(default, bool) or f.metadata.get("switch"):
+        # a switch lists the flag a user reaches for and names the other in its help: two long flag names side
+        # by side leave no room for the help at 80 columns (both flags work)
         on, off = flag, "--no-" + flag[2:]
-        shown, hidden = (off, on) if default else (on, off)
-        text += f" [default: {'on' if default else 'off'}; {hidden} sets it back]"
-        return [(f.name, bool, typer.Option(False, shown, help=escape(text), show_default=False,
-                                            rich_help_panel=panel)),
-                (f.name + OTHER_WAY, bool, typer.Option(False, hidden, hidden=True))]
+        shown, hidden = (off, on) if default is True else (on, off)
+        text += f" [default: {str(default).lower() if isinstance(default, bool) else default}; {hidden} " \
+                f"turns it {'on' if hidden == on else 'off'}]"
+        return [(f.name + (OFF if shown == off else ON), bool,
+                 typer.Option(False, shown, help=escape(text), show_default=False, rich_help_panel=panel)),
+                (f.name + (ON if shown == off else OFF), bool, typer.Option(False, hidden, hidden=True))]
     shown = ",".join(default) if isinstance(default, list) else str(default)
     text += f" [default: {shown}]"
     kind = {int: int, float: float}.get(type(default), str)
@@ -75,12 +77,13 @@ def _option_for(f: Any) -> list[tuple[str, Any, Any]]:
 
 
 def _switches(values: dict[str, Any]) -> None:
-    """Turn each switch's pair of flags back into its setting: True/False where a flag was given, else None."""
+    """Each switch's two flags back into its setting: True (--name), False (--no-name), None (neither given)."""
     for f in tc.settings():
-        if isinstance(getattr(tc.TrainConfig(), f.name), bool):
-            changed, other_way = values.pop(f.name), values.pop(f.name + OTHER_WAY)
-            default = getattr(tc.TrainConfig(), f.name)
-            values[f.name] = (not default) if changed else (default if other_way else None)
+        if f.name + ON in values:
+            on, off = values.pop(f.name + ON), values.pop(f.name + OFF)
+            if on and off:
+                raise HaruhiError(f"{tc.flag_of(f.name)} and --no-{tc.flag_of(f.name)[2:]} together: give one")
+            values[f.name] = True if on else (False if off else None)
 
 
 CONTROL_PARAMETERS: list[tuple[str, Any, Any]] = [

@@ -234,7 +234,8 @@ def install_packed_masks(model: Any) -> Any:
 
     def hook(module: Any, args: tuple, kwargs: dict) -> tuple | None:
         position_ids = kwargs.get("position_ids")
-        if position_ids is None or kwargs.get("attention_mask") is not None or kwargs.get("past_key_values") is not None:
+        if (position_ids is None or kwargs.get("attention_mask") is not None
+                or kwargs.get("past_key_values") is not None):
             return None
         batch, length = position_ids.shape
         dtype = next(module.parameters()).dtype
@@ -363,8 +364,8 @@ class HFEngine:
         if config.load_in_4bit:
             from peft import prepare_model_for_kbit_training
 
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-        elif config.gradient_checkpointing:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.checkpointing)
+        elif config.checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.enable_input_require_grads()
         torch.manual_seed(config.seed)
@@ -415,7 +416,7 @@ class UnslothEngine:
         model = FastLanguageModel.get_peft_model(
             model, r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
             target_modules=modules, target_parameters=explicit or None, bias="none",
-            use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False,
+            use_gradient_checkpointing="unsloth" if config.checkpointing else False,
             random_state=config.seed, max_seq_length=config.max_length,
         )
         trainable, total = count_parameters(model)

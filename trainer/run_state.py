@@ -136,6 +136,11 @@ class Run:
     sink: TrainProgress | None = None
     on_step: Callable[[dict[str, Any]], None] | None = None
     total_steps: int = 0
+    steps_per_epoch: int = 0
+    #: Median tokens/s of a one-device run of the same setup, for a distributed run's scaling (trainer.throughput).
+    speed_reference: float | None = None
+    #: What every process must have chosen alike (rows, micro-batches, checkpointing, rounds per epoch).
+    layout_key: tuple[int, ...] = ()
     steps_done: int = 0
     first_step: int = 0
     started: float = field(default_factory=time.time)

@@ -28,10 +28,16 @@ PACKINGS = ("auto", "packed", "grouped")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 OPTIMIZERS = ("auto", "adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit", "sgd")
 EFFORTS = ("low", "medium", "high")
+SWITCHES = ("auto", "on", "off")
+#: Rows per optimizer step per device when --batch-size and --grad-accum are left to auto (the reference recipe's
+#: 4 rows x 2 micro-batches): 8 x 1 where the card holds it, else 4 x 2, 2 x 4, 1 x 8 (trainer.step_layout).
+ROWS_PER_STEP = 8
 
 
-def _setting(default: Any, section: str, help: str, choices: tuple[str, ...] | None = None, flag: str | None = None):
-    meta = {"section": section, "help": help, "choices": choices, "flag": flag}
+def _setting(default: Any, section: str, help: str, choices: tuple[str, ...] | None = None, flag: str | None = None,
+             switch: bool = False):
+    """One setting. ``switch``: an auto/on/off setting, given on the command line as ``--name/--no-name``."""
+    meta = {"section": section, "help": help, "choices": choices, "flag": flag, "switch": switch}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -43,8 +49,8 @@ class TrainConfig:
 
     # [model]
     base: str = _setting("openai/gpt-oss-20b", "model",
-                         "Base model: a local Hugging Face checkpoint folder (config.json + *.safetensors) or a hub id, "
-                         "downloaded with progress when online.")
+                         "Base model: a local Hugging Face checkpoint folder (config.json + *.safetensors) or a hub "
+                         "id, downloaded with progress when online.")
     engine: str = _setting("auto", "model", "unsloth (CUDA only, fastest), hf (transformers + PEFT, any device) or "
                            "auto: unsloth when CUDA and Unsloth are available, else hf.", ENGINES)
     device: str = _setting("auto", "model", "cuda, cpu, or auto (cuda when available).", DEVICES)
@@ -53,8 +59,10 @@ class TrainConfig:
                                   "Default: bf16 base, which the 80 GB cards hold for gpt-oss-20b.")
     attention: str = _setting("auto", "model", "Attention kernel for the hf engine: auto is flex_attention for "
                               "gpt-oss on CUDA, eager for gpt-oss on CPU, sdpa otherwise.", ATTENTIONS)
-    gradient_checkpointing: bool = _setting(True, "model", "Recompute activations in the backward pass "
-                                            "(less memory, about a third more compute).")
+    gradient_checkpointing: str = _setting("auto", "model", "Recompute activations in the backward pass (less "
+                                           "memory, about a third more compute): on, off, or auto: off where the "
+                                           "card's memory holds the step without it (see --batch-size).", SWITCHES,
+                                           switch=True)
     template: str = _setting("auto", "model", "gpt-oss prompts: 'haruhi' renders with our harmony renderer, the "
                              "prompt chat and eval build too; 'model' with the checkpoint's own chat template (its "
                              "system message differs: ChatGPT identity, dates). auto = haruhi.", TEMPLATES)
@@ -66,8 +74,9 @@ class TrainConfig:
     max_length: int = _setting(2048, "data", "Longest sequence in tokens. Longer samples are split between turns; "
                                "a single turn that is still too long is cut.")
     packing: str = _setting("auto", "data", "packed: several samples per row, attention kept inside each sample; "
-                            "grouped: one sample per row, samples of similar length batched together; auto: packed where "
-                            "the engine's attention honours sample boundaries (hf, checked on the loaded model), else grouped (unsloth).",
+                            "grouped: one sample per row, samples of similar length batched together; auto: packed "
+                            "where the engine's attention honours sample boundaries (hf, checked on the loaded model), "
+                            "else grouped (unsloth).",
                             PACKINGS)
     max_samples: int = _setting(0, "data", "Use only the first N samples (0 = all); for quick trials.")
     # [lora]
@@ -80,9 +89,12 @@ class TrainConfig:
     # [train]
     epochs: float = _setting(3.0, "train", "Passes over the dataset (ignored when --max-steps is set).")
     max_steps: int = _setting(0, "train", "Stop after this many optimizer steps (0 = use --epochs).")
-    batch_size: int = _setting(4, "train", "Rows per device per micro-batch (a packed row holds several samples, up "
-                               "to --max-length tokens; a grouped row holds one sample).")
-    grad_accum: int = _setting(2, "train", "Micro-batches per optimizer step.")
+    batch_size: int = _setting(0, "train", "Rows per device per micro-batch (a packed row holds several samples, up "
+                               "to --max-length tokens; a grouped row holds one sample). 0 = auto: 8 rows x 1 "
+                               "micro-batch where the GPU's memory holds it, else 4 x 2, 2 x 4 or 1 x 8 (8 rows per "
+                               "optimizer step either way); the log says which ran and why.")
+    grad_accum: int = _setting(0, "train", "Micro-batches per optimizer step. 0 = auto: 8 rows per step in all "
+                               "(with --batch-size 4: 2).")
     learning_rate: float = _setting(1e-4, "train", "Peak learning rate.", flag="--lr")
     lr_scheduler: str = _setting("cosine", "train", "Learning-rate schedule after warm-up.", SCHEDULERS)
     warmup_ratio: float = _setting(0.03, "train", "Share of the steps spent warming the learning rate up.")
@@ -96,12 +108,19 @@ class TrainConfig:
     save_steps: int = _setting(200, "output", "Save a checkpoint every N steps (and always at the end and on Ctrl-C).")
     keep_checkpoints: int = _setting(2, "output", "Checkpoints kept on disk (at least 2, so a kill during a save "
                                      "always leaves a complete one; 0 = keep all).")
+    profile_steps: int = _setting(0, "output", "Profile this many steps after the warm-up on every process "
+                                  "(torch.profiler): where a step's time goes, in OUTPUT/profile-rankN.txt. 0 = off.")
 
     # -- derived -----------------------------------------------------------------------------------
 
     @property
     def output_dir(self) -> Path:
         return Path(self.output)
+
+    @property
+    def checkpointing(self) -> bool:
+        """Whether activations are recomputed; a config whose step layout is resolved says on or off."""
+        return self.gradient_checkpointing != "off"
 
     def warmup_steps(self, total_steps: int) -> int:
         return math.ceil(self.warmup_ratio * total_steps)
@@ -115,12 +134,14 @@ class TrainConfig:
             value = getattr(self, f.name)
             if choices and value not in choices:
                 raise HaruhiError(f"{flag_of(f.name)} must be one of {', '.join(choices)}, not {value!r}")
-        positive = {"max_length": 16, "lora_r": 1, "lora_alpha": 1, "batch_size": 1, "grad_accum": 1, "save_steps": 1}
+        positive = {"max_length": 16, "lora_r": 1, "lora_alpha": 1, "save_steps": 1}
         for name, least in positive.items():
             if getattr(self, name) < least:
                 raise HaruhiError(f"{flag_of(name)} must be at least {least}, not {getattr(self, name)}")
-        if self.max_steps < 0 or self.max_samples < 0:
-            raise HaruhiError("--max-steps and --max-samples are 0 (off) or positive")
+        if self.batch_size < 0 or self.grad_accum < 0:
+            raise HaruhiError("--batch-size and --grad-accum are 0 (auto) or positive")
+        if self.max_steps < 0 or self.max_samples < 0 or self.profile_steps < 0:
+            raise HaruhiError("--max-steps, --max-samples and --profile-steps are 0 (off) or positive")
         if self.max_steps == 0 and not self.epochs > 0:
             raise HaruhiError(f"--epochs must be positive (or set --max-steps), not {self.epochs}")
         if not 0 <= self.lora_dropout < 1:
@@ -163,7 +184,10 @@ def to_cli_args(config: TrainConfig, *, changed_only: bool = False) -> list[str]
         if changed_only and name != "output" and value == defaults[name]:
             continue
         flag = flag_of(name)
-        if isinstance(value, bool):
+        if _FIELDS[name].metadata.get("switch"):  # --name / --no-name; auto is the flag left out
+            if value != "auto":
+                args.append(flag if value == "on" else "--no-" + flag[2:])
+        elif isinstance(value, bool):
             args.append(flag if value else "--no-" + flag[2:])
         elif isinstance(value, list):
             args += [flag, ",".join(value)]
@@ -177,7 +201,17 @@ def settings() -> list:
     return list(fields(TrainConfig))
 
 
+_SWITCH_WORDS = {True: "on", False: "off", "true": "on", "yes": "on", "1": "on", "false": "off", "no": "off",
+                 "0": "off"}
+
+
 def _coerce(name: str, value: Any, where: str) -> Any:
+    if _FIELDS[name].metadata.get("switch"):  # auto/on/off; true/false from older files and forms
+        if isinstance(value, bool):
+            return _SWITCH_WORDS[value]
+        if not isinstance(value, str):
+            raise HaruhiError(f"{where}: {name} is auto, on or off, not {value!r}")
+        return _SWITCH_WORDS.get(value.strip().lower(), value.strip().lower())
     default = getattr(TrainConfig(), name)
     kind = type(default)
     if kind is list:

@@ -7,18 +7,16 @@ label boundary is always a token boundary and the prompt is tokenized as it is a
 alone, then the reply). Models with a chat template we do not control (``chat`` style, or a gpt-oss
 checkpoint's own template) are rendered with it, and the assistant spans are found by rendering prefixes.
 
-Batches are planned once per run (deterministic for the seed): ``packed`` fills rows of ``max_length``
-tokens with several samples whose position ids restart at 0, which transformers turns into an attention
-mask that never crosses a sample boundary (eager, sdpa and flex attention alike); ``grouped`` puts one
-sample per row and batches samples of similar length, for attention kernels that ignore such masks.
-Either way little compute is spent on padding; the plan reports the real-token share.
+Which sequences share a batch, and which process trains it when, is planned in :mod:`trainer.batch_plan`;
+:func:`collate` turns one planned batch into tensors: ``packed`` rows hold several samples whose position ids
+restart at 0, which transformers turns into an attention mask that never crosses a sample boundary (eager,
+sdpa and flex attention alike); ``grouped`` rows hold one sample each, for attention kernels that ignore such
+masks.
 """
 
 from __future__ import annotations
 
-import bisect
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from haruhi_tui.core import prompt_format
@@ -31,6 +29,8 @@ from haruhi_tui.core.sharegpt import Sample
 IGNORE_INDEX = -100
 PAD_MULTIPLE = 8
 DEFAULT_CHARACTER = "assistant"
+#: Samples tokenized per tokenizer call (their segments are spread over the CPU cores).
+ENCODE_CHUNK = 512
 
 
 @dataclass
@@ -133,25 +133,37 @@ class PromptRenderer:
         return segments
 
     def encode(self, conv: Conversation) -> Encoded:
-        """Tokenize segment by segment (adjacent segments with the same flag merged first)."""
-        merged: list[Segment] = []
-        for seg in self.segments(conv):
-            if not seg.text:
-                continue
-            if merged and merged[-1].trainable == seg.trainable:
-                merged[-1] = Segment(merged[-1].text + seg.text, seg.trainable)
-            else:
-                merged.append(seg)
-        ids: list[int] = []
-        labels: list[int] = []
-        if self.bos_id is not None and not (merged and merged[0].text.startswith(self.bos_token)):
-            ids.append(self.bos_id)
-            labels.append(IGNORE_INDEX)
-        pieces = self.tokenizer([s.text for s in merged], add_special_tokens=False)["input_ids"] if merged else []
-        for seg, piece in zip(merged, pieces):
-            ids.extend(piece)
-            labels.extend(piece if seg.trainable else [IGNORE_INDEX] * len(piece))
-        return Encoded(ids, labels)
+        return self.encode_many([conv])[0]
+
+    def encode_many(self, convs: Sequence[Conversation]) -> list[Encoded]:
+        """Tokenize segment by segment (adjacent segments with the same flag merged first), every
+        conversation's segments in one tokenizer call: the fast tokenizer spreads them over the CPU cores."""
+        merged_all: list[list[Segment]] = []
+        for conv in convs:
+            merged: list[Segment] = []
+            for seg in self.segments(conv):
+                if not seg.text:
+                    continue
+                if merged and merged[-1].trainable == seg.trainable:
+                    merged[-1] = Segment(merged[-1].text + seg.text, seg.trainable)
+                else:
+                    merged.append(seg)
+            merged_all.append(merged)
+        texts = [seg.text for merged in merged_all for seg in merged]
+        pieces = iter(self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+        out = []
+        for merged in merged_all:
+            ids: list[int] = []
+            labels: list[int] = []
+            if self.bos_id is not None and not (merged and merged[0].text.startswith(self.bos_token)):
+                ids.append(self.bos_id)
+                labels.append(IGNORE_INDEX)
+            for seg in merged:
+                piece = next(pieces)
+                ids.extend(piece)
+                labels.extend(piece if seg.trainable else [IGNORE_INDEX] * len(piece))
+            out.append(Encoded(ids, labels))
+        return out
 
 
 # -- samples -> sequences ---------------------------------------------------------------------------
@@ -181,12 +193,13 @@ def _with_turns(conv: Conversation, turns: Sequence[Turn]) -> Conversation:
     return Conversation(conv.system, tuple(turns), conv.character)
 
 
-def fit_conversation(renderer: PromptRenderer, conv: Conversation, max_length: int, stats: DataStats) -> list[Encoded]:
-    """The conversation as sequences of at most ``max_length`` tokens. A long one is split between
-    user/assistant pairs (each window keeps the persona; every reply is trained once); a single pair
-    that is still too long loses the start of its user turn, then is cut at ``max_length`` (and dropped
-    if no trainable token is left)."""
-    encoded = renderer.encode(conv)
+def fit_conversation(renderer: PromptRenderer, conv: Conversation, max_length: int, stats: DataStats,
+                     encoded: Encoded | None = None) -> list[Encoded]:
+    """The conversation as sequences of at most ``max_length`` tokens (``encoded``: the whole conversation,
+    when already tokenized). A long one is split between user/assistant pairs (each window keeps the persona;
+    every reply is trained once); a single pair that is still too long loses the start of its user turn, then
+    is cut at ``max_length`` (and dropped if no trainable token is left)."""
+    encoded = encoded or renderer.encode(conv)
     if len(encoded) <= max_length:
         return [encoded]
     pairs = [conv.turns[i:i + 2] for i in range(0, len(conv.turns), 2)]
@@ -228,13 +241,15 @@ def encode_samples(samples: Sequence[Sample], renderer: PromptRenderer, max_leng
                    progress: Callable[[int], None] | None = None) -> tuple[list[Encoded], DataStats]:
     stats = DataStats(samples=len(samples))
     sequences: list[Encoded] = []
-    for n, sample in enumerate(samples, 1):
-        pieces = fit_conversation(renderer, conversation_of(sample), max_length, stats)
-        if len(pieces) > 1:
-            stats.split_samples += 1
-        sequences.extend(p for p in pieces if p.trainable)
-        if progress and n % 256 == 0:
-            progress(n)
+    for start in range(0, len(samples), ENCODE_CHUNK):
+        convs = [conversation_of(sample) for sample in samples[start:start + ENCODE_CHUNK]]
+        for conv, encoded in zip(convs, renderer.encode_many(convs)):
+            pieces = fit_conversation(renderer, conv, max_length, stats, encoded)
+            if len(pieces) > 1:
+                stats.split_samples += 1
+            sequences.extend(p for p in pieces if p.trainable)
+        if progress:
+            progress(min(start + ENCODE_CHUNK, len(samples)))
     if not sequences:
         raise HaruhiError("no training sequence left: every sample was dropped (no assistant text fits in "
                           f"--max-length {max_length}); raise --max-length")
@@ -245,105 +260,27 @@ def encode_samples(samples: Sequence[Sample], renderer: PromptRenderer, max_leng
     return sequences, stats
 
 
-# -- batch plans ------------------------------------------------------------------------------------
+# -- collation --------------------------------------------------------------------------------------
 
 def padded_length(length: int) -> int:
     return -(-length // PAD_MULTIPLE) * PAD_MULTIPLE
 
 
-@dataclass
-class BatchPlan:
-    """Batches of rows of sequence indices. ``packed`` rows hold several sequences; ``grouped`` one each."""
-
-    mode: str
-    batches: list[list[list[int]]]
-    lengths: list[int] = field(repr=False)
-
-    @property
-    def real_tokens(self) -> int:
-        return sum(self.lengths[i] for batch in self.batches for row in batch for i in row)
-
-    @property
-    def padded_tokens(self) -> int:
-        return sum(len(batch) * padded_length(max(sum(self.lengths[i] for i in row) for row in batch))
-                   for batch in self.batches)
-
-    @property
-    def real_token_share(self) -> float:
-        padded = self.padded_tokens
-        return self.real_tokens / padded if padded else 0.0
-
-    @property
-    def rows(self) -> int:
-        return sum(len(b) for b in self.batches)
-
-    def summary(self) -> dict[str, Any]:
-        return {"mode": self.mode, "batches": len(self.batches), "rows": self.rows,
-                "real_tokens": self.real_tokens, "padded_tokens": self.padded_tokens,
-                "real_token_share": round(self.real_token_share, 4)}
-
-
-def _length_order(lengths: Sequence[int], rng: random.Random) -> list[int]:
-    order = list(range(len(lengths)))
-    rng.shuffle(order)  # ties in length fall in a seeded random order
-    order.sort(key=lambda i: -lengths[i])
-    return order
-
-
-def plan_packed(lengths: Sequence[int], batch_size: int, max_length: int, seed: int) -> BatchPlan:
-    """Best-fit decreasing into rows of ``max_length`` tokens; rows of similar fill share a batch."""
-    rng = random.Random(seed)
-    rows: list[list[int]] = []
-    fill: list[int] = []
-    free: list[tuple[int, int]] = []  # (room left, row), sorted
-    for i in _length_order(lengths, rng):
-        need = lengths[i]
-        k = bisect.bisect_left(free, (need, -1))
-        if k < len(free):
-            room, row = free.pop(k)
-        else:
-            rows.append([])
-            fill.append(0)
-            room, row = max_length, len(rows) - 1
-        rows[row].append(i)
-        fill[row] += need
-        if room - need > 0:
-            bisect.insort(free, (room - need, row))
-    by_fill = sorted(range(len(rows)), key=lambda r: -fill[r])
-    batches = [[rows[r] for r in by_fill[k:k + batch_size]] for k in range(0, len(by_fill), batch_size)]
-    rng.shuffle(batches)
-    return BatchPlan("packed", batches, list(lengths))
-
-
-def plan_grouped(lengths: Sequence[int], batch_size: int, max_length: int, seed: int) -> BatchPlan:
-    """One sequence per row, ``batch_size`` rows of similar length per batch. A fixed row count keeps
-    the batch dimension constant for kernels compiled per shape (Unsloth); only the width varies."""
-    rng = random.Random(seed)
-    order = _length_order(lengths, rng)
-    batches = [[[i] for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
-    rng.shuffle(batches)
-    return BatchPlan("grouped", batches, list(lengths))
-
-
-def plan_batches(sequences: Sequence[Encoded], mode: str, batch_size: int, max_length: int, seed: int) -> BatchPlan:
-    lengths = [len(s) for s in sequences]
-    if mode == "packed":
-        return plan_packed(lengths, batch_size, max_length, seed)
-    if mode == "grouped":
-        return plan_grouped(lengths, batch_size, max_length, seed)
-    raise ValueError(f"unknown packing mode {mode!r}")
-
-
-# -- collation --------------------------------------------------------------------------------------
-
-def collate(rows: Sequence[Sequence[int]], sequences: Sequence[Encoded], mode: str, pad_id: int) -> dict[str, Any]:
-    """Tensors for one batch. Packed rows carry ``position_ids`` that restart at every sequence (and at
-    the padding) and no attention mask, which is how transformers recognises packed sequences; grouped
-    rows carry a padding ``attention_mask``. The first token of every sequence is never a label, so no
-    sequence learns to predict the next one. ``haruhi_tokens`` = (tokens in the batch, real, trainable)."""
+def collate(rows: Sequence[Sequence[int]], sequences: Sequence[Encoded], mode: str, pad_id: int, *,
+            width: int | None = None, labelled: bool = True) -> dict[str, Any]:
+    """Tensors for one batch, ``width`` tokens wide (default: the longest row, padded to a multiple of 8).
+    Packed rows carry ``position_ids`` that restart at every sequence (and at the padding) and no attention
+    mask, which is how transformers recognises packed sequences; grouped rows carry a padding
+    ``attention_mask``. The first token of every sequence is never a label, so no sequence learns to predict
+    the next one; with ``labelled=False`` no token is (a batch that only keeps a process in step).
+    ``haruhi_tokens`` = (tokens in the batch, real, trainable), plain ints: counting them never waits for
+    the GPU."""
     import torch
 
-    width = padded_length(max(sum(len(sequences[i]) for i in row) for row in rows))
+    longest = max(sum(len(sequences[i]) for i in row) for row in rows)
+    width = width or padded_length(longest)
+    if width < longest:
+        raise ValueError(f"a row of {longest} tokens does not fit a batch {width} tokens wide")
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((len(rows), width), dtype=torch.long)
@@ -357,6 +294,8 @@ def collate(rows: Sequence[Sequence[int]], sequences: Sequence[Encoded], mode: s
             input_ids[r, at:at + n] = torch.tensor(seq.input_ids, dtype=torch.long)
             seq_labels = torch.tensor(seq.labels, dtype=torch.long)
             seq_labels[0] = IGNORE_INDEX
+            if not labelled:
+                seq_labels[:] = IGNORE_INDEX
             labels[r, at:at + n] = seq_labels
             position_ids[r, at:at + n] = torch.arange(n)
             attention_mask[r, at:at + n] = 1
@@ -370,26 +309,5 @@ def collate(rows: Sequence[Sequence[int]], sequences: Sequence[Encoded], mode: s
         batch["position_ids"] = position_ids
     else:
         batch["attention_mask"] = attention_mask
-    batch["haruhi_tokens"] = torch.tensor([len(rows) * width, real, trainable], dtype=torch.long)
+    batch["haruhi_tokens"] = (len(rows) * width, real if labelled else 0, trainable)
     return batch
-
-
-class PlannedBatches:
-    """A map-style dataset whose items are whole planned batches (the DataLoader's batch size is 1);
-    the Trainer shuffles their order every epoch and shards them across processes."""
-
-    def __init__(self, sequences: Sequence[Encoded], plan: BatchPlan, pad_id: int) -> None:
-        self.sequences = sequences
-        self.plan = plan
-        self.pad_id = pad_id
-
-    def __len__(self) -> int:
-        return len(self.plan.batches)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return collate(self.plan.batches[index], self.sequences, self.plan.mode, self.pad_id)
-
-
-def unwrap_batch(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """The DataLoader collate function: each item already is a batch."""
-    return items[0]

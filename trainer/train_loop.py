@@ -17,6 +17,7 @@ per-step events) are in :mod:`trainer.hf_trainer`, imported once a run starts; t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -28,7 +29,9 @@ from haruhi_tui.core.errors import Cancelled, HaruhiError
 from haruhi_tui.core.events import EVENTS_FILE, EventLog
 from haruhi_tui.core.fsutil import read_json, write_json
 
+from . import throughput
 from . import train_config as tc
+from .batch_plan import BatchPlan, PlannedBatches, plan_batches, unwrap_batch
 from .engines import (
     LoadedModel,
     Placement,
@@ -50,7 +53,8 @@ from .run_state import (
     gpu_memory_gb,
     latest_checkpoint,
 )
-from .train_data import DataStats, Encoded, PlannedBatches, PromptRenderer, encode_samples, plan_batches, unwrap_batch
+from .step_layout import Layout, resolve_layout
+from .train_data import DataStats, Encoded, PromptRenderer, encode_samples
 
 if TYPE_CHECKING:
     from .progress import TrainProgress
@@ -94,10 +98,14 @@ def resume_config(config_values: dict[str, Any], flag_values: dict[str, Any]) ->
 
 # -- the run ----------------------------------------------------------------------------------------
 
-def steps_for(plan_batches_count: int, config: tc.TrainConfig, world_size: int) -> int:
-    """Optimizer steps of the run, as the Trainer counts them (batches are sharded evenly over ranks)."""
-    per_rank = math.ceil(plan_batches_count / world_size)
-    per_epoch = max(1, math.ceil(per_rank / config.grad_accum))
+def steps_per_epoch(plan: BatchPlan, config: tc.TrainConfig) -> int:
+    """Optimizer steps in one epoch: every process trains one batch of every round."""
+    return max(1, math.ceil(len(plan.rounds) / config.grad_accum))
+
+
+def steps_for(plan: BatchPlan, config: tc.TrainConfig) -> int:
+    """Optimizer steps of the run, as the Trainer counts them."""
+    per_epoch = steps_per_epoch(plan, config)
     return config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * per_epoch)
 
 
@@ -123,15 +131,26 @@ def sequence_stats(sequences: Sequence[Encoded]) -> DataStats:
                      longest=max((len(s) for s in sequences), default=0))
 
 
-def previous_packing(output: Path) -> str | None:
-    """The batch layout of the run being resumed (its data order depends on it)."""
+def previous_resolved(output: Path) -> dict[str, Any]:
+    """What the run being resumed resolved at its last start (packing, step layout, process count: its data
+    order depends on them)."""
     from haruhi_tui.core.events import read_events
 
-    packing = None
+    resolved: dict[str, Any] = {}
     for record in read_events(output)[0]:
         if record["event"] == "start":
-            packing = ((record.get("config") or {}).get("resolved") or {}).get("packing", packing)
-    return packing
+            resolved = ((record.get("config") or {}).get("resolved") or {}) or resolved
+    return resolved
+
+
+def speed_key(config: tc.TrainConfig, resolved: dict[str, Any], sequences: int, card: str) -> str:
+    """What decides this run's tokens/s per device, for the one-device reference (trainer.throughput)."""
+    dataset = Path(config.dataset)
+    return throughput.speed_key(
+        model=resolved["base_dir"], engine=resolved["engine"], packing=resolved["packing"], card=card,
+        layout=[config.batch_size, config.grad_accum, config.gradient_checkpointing], max_length=config.max_length,
+        lora=[config.lora_r, config.lora_targets], dtype=config.dtype, four_bit=config.load_in_4bit,
+        dataset=str(dataset.resolve()) if dataset.exists() else config.dataset, sequences=sequences)
 
 
 def _emit_start(run: Run, config: tc.TrainConfig, resolved: dict[str, Any], checkpoint: tuple[int, Path] | None,
@@ -188,7 +207,7 @@ def run_training(config: tc.TrainConfig, *, resume: bool = False, sink: "TrainPr
             _fail(run, str(exc), "input")
             raise
         except Exception as exc:
-            message = _explain(exc, config)
+            message = _explain(exc, run.config)
             if message is None:
                 _fail(run, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}", "crash")
                 raise
@@ -197,6 +216,28 @@ def run_training(config: tc.TrainConfig, *, resume: bool = False, sink: "TrainPr
         finally:
             if run.sink:
                 run.sink.close()
+
+
+def _layout_fields(layout: Layout, placement: Placement) -> dict[str, Any]:
+    return {"world_size": placement.world_size, "batch_size": layout.batch_size, "grad_accum": layout.grad_accum,
+            "gradient_checkpointing": layout.gradient_checkpointing, "layout_reason": layout.reason}
+
+
+def _allocated_gib(placement: Placement) -> float | None:
+    """GPU memory held by this process's tensors right now (the loaded model), in GiB."""
+    if placement.device != "cuda":
+        return None
+    import torch
+
+    return round(torch.cuda.memory_allocated(placement.torch_device) / 2**30, 2)
+
+
+def _card_name(placement: Placement) -> str:
+    if placement.device != "cuda":
+        return "CPU"
+    import torch
+
+    return str(torch.cuda.get_device_name(placement.local_rank))
 
 
 def _fail(run: Run, message: str, kind: str) -> None:
@@ -211,8 +252,8 @@ def _explain(exc: Exception, config: tc.TrainConfig) -> str | None:
     """A one-line message for resource errors (out of memory), None for real bugs."""
     text = str(exc)
     name = type(exc).__name__
-    advice = (f"lower --batch-size (now {config.batch_size}; raise --grad-accum to keep the step size) or "
-              f"--max-length (now {config.max_length})")
+    advice = (f"lower --batch-size (now {config.batch_size or 'auto'}; raise --grad-accum to keep the step size), "
+              f"turn on --gradient-checkpointing, or lower --max-length (now {config.max_length})")
     if name == "OutOfMemoryError" or "CUDA out of memory" in text:
         return f"out of GPU memory: {advice}, or use --load-in-4bit"
     if isinstance(exc, MemoryError) or "DefaultCPUAllocator: can't allocate memory" in text:
@@ -315,36 +356,57 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None,
     run.note(f"data: {stats.samples:,} samples -> {stats.sequences:,} sequences ({stats.split_samples} split, "
              f"{stats.truncated} shortened, {stats.dropped} dropped), {stats.tokens:,} tokens of which "
              f"{stats.trainable_tokens:,} carry the loss")
-    previous = previous_packing(out) if checkpoint else None
-    if checkpoint and previous:
-        plan = plan_batches(sequences, previous, config.batch_size, config.max_length, config.seed)
-        run.total_steps = steps_for(len(plan.batches), config, placement.world_size)
+    previous = previous_resolved(out) if checkpoint else {}
+    if previous and int(previous.get("world_size") or 1) != placement.world_size:
+        count = int(previous.get("world_size") or 1)
+        raise HaruhiError(f"{out} was trained by {count} process{'es' if count != 1 else ''} and its data order "
+                          f"depends on it; resume it with {'--gpus ' + str(count) if count > 1 else 'one process'}")
+    layout = resolve_layout(config, placement, base_dir, engine_name, sequences, previous)
+    config = run.config = dataclasses.replace(config, batch_size=layout.batch_size, grad_accum=layout.grad_accum,
+                                              gradient_checkpointing="on" if layout.gradient_checkpointing else "off")
+    if checkpoint and previous.get("packing"):
+        plan = plan_batches(sequences, previous["packing"], config.batch_size, config.max_length, config.seed,
+                            placement.world_size)
+        run.total_steps = steps_for(plan, config)
         if checkpoint[0] >= run.total_steps:
-            _emit_start(run, config, {"engine": engine_name, "packing": previous, "style": style}, checkpoint, job_pid)
+            _emit_start(run, config, {"engine": engine_name, "packing": previous["packing"], "style": style,
+                                      **_layout_fields(layout, placement)}, checkpoint, job_pid)
             return _finish_from_checkpoint(run, checkpoint[1], tokenizer, base_dir, style)
 
     run.note(f"loading {config.base} with the {engine_name} engine ...")
     loaded = (given_engine or engine_for(engine_name)).load(config, base_dir, placement)
-    packing = previous or (config.packing if config.packing != "auto" else
-                           ("packed" if loaded.packs_safely else "grouped"))
+    loaded_gib = _allocated_gib(placement)
+    packing = previous.get("packing") or (config.packing if config.packing != "auto" else
+                                          ("packed" if loaded.packs_safely else "grouped"))
     if packing == "packed" and not loaded.packs_safely:
         raise HaruhiError(f"packed rows would let samples attend to each other with this model and engine "
                           f"({loaded.info.get('attention')}); use --packing grouped" +
                           (" (the run being resumed was packed: start a new run)" if previous else ""))
-    plan = plan_batches(sequences, packing, config.batch_size, config.max_length, config.seed)
-    run.total_steps = steps_for(len(plan.batches), config, placement.world_size)
+    plan = plan_batches(sequences, packing, config.batch_size, config.max_length, config.seed, placement.world_size)
+    run.total_steps = steps_for(plan, config)
+    run.steps_per_epoch = steps_per_epoch(plan, config)
+    run.layout_key = (config.batch_size, config.grad_accum, int(config.checkpointing), len(plan.rounds))
     resolved = {"engine": engine_name, "device": placement.device, "packing": packing, "style": style,
-                "base_dir": str(base_dir), "model_type": mtype, "world_size": placement.world_size}
+                "base_dir": str(base_dir), "model_type": mtype, **_layout_fields(layout, placement)}
+    card = _card_name(placement)
+    key = speed_key(config, resolved, len(sequences), card)
+    if placement.device == "cuda" and placement.distributed:
+        run.speed_reference = throughput.load_reference(key)
     _emit_start(run, config, resolved, checkpoint, job_pid)
     run.log(f"data: {stats.samples:,} samples -> {stats.sequences:,} sequences, {stats.tokens:,} tokens "
-            f"({stats.trainable_tokens:,} carry the loss); {plan.mode} into {len(plan.batches):,} batches, "
-            f"{plan.real_token_share:.1%} real tokens; {run.total_steps:,} steps")
+            f"({stats.trainable_tokens:,} carry the loss); {plan.mode} into {len(plan.rounds):,} rounds of "
+            f"{placement.world_size} x {config.batch_size} rows, {plan.real_token_share:.1%} real tokens, "
+            f"{plan.token_spread():.1%} apart between processes; {run.total_steps:,} steps "
+            f"({run.steps_per_epoch:,} per epoch)")
     run.log(f"model: {loaded.info.get('model_type')} on {placement.device} x{placement.world_size} with {engine_name} "
             f"({loaded.info.get('dtype')}, {loaded.info.get('attention')}), "
             f"{loaded.info.get('trainable_parameters', 0):,} trainable parameters, loaded in "
-            f"{loaded.info.get('load_seconds')} s")
+            f"{loaded.info.get('load_seconds')} s" + (f", {loaded_gib} GiB" if loaded_gib is not None else ""))
+    run.log(f"step layout: {layout.describe()}")
+    reference = f"{run.speed_reference:,.0f} tokens/s on one {card}" if run.speed_reference else None
     run.events.emit("log", level="info", message="details", engine=loaded.info, data=stats.as_dict(),
-                    plan=plan.summary())
+                    plan=plan.summary(), layout={**layout.as_dict(), "loaded_gib": loaded_gib, "card": card},
+                    speed_reference=reference)
     if resume and not checkpoint:
         run.log("no complete checkpoint to resume from: starting at step 0", "warning")
 
@@ -353,7 +415,14 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None,
     from .hf_trainer import HaruhiTrainer, RunCallback, training_arguments
 
     args = training_arguments(config, placement, run.total_steps, loaded.info.get("dtype", ""), loaded.engine)
-    callback = RunCallback(run)
+    profiler = None
+    if config.profile_steps:
+        from .profiling import PROFILE_WARMUP, StepProfiler
+
+        profiler = StepProfiler(PROFILE_WARMUP, config.profile_steps, placement.device == "cuda",
+                                out / f"profile-rank{placement.rank}.txt",
+                                f"rank {placement.rank} of {placement.world_size}, {engine_name}, {layout.describe()}")
+    callback = RunCallback(run, profiler)
     trainer = HaruhiTrainer(model=loaded.model, args=args,
                             train_dataset=PlannedBatches(sequences, plan, tokenizer.pad_token_id),
                             data_collator=unwrap_batch, callbacks=[callback],
@@ -367,6 +436,8 @@ def _run(run: Run, resume: bool, samples: Sequence | None, job_pid: int | None,
     metrics = _metrics(run)
     metrics.update({"steps": steps, "train_loss": finite_number(output.training_loss)})
     metrics["tokens_per_second"] = callback.throughput()
+    if placement.device == "cuda" and not placement.distributed and placement.is_main:
+        throughput.save_reference(key, callback.speed, out)
     if callback.cancelled:
         if placement.is_main:
             run.events.end("cancelled", metrics=metrics, outputs=_outputs(run))

@@ -21,7 +21,7 @@ from textual.screen import Screen
 from haruhi_tui.core.characters import Character
 from haruhi_tui.core.engine import DEFAULT_N_CTX, Engine, Sampling
 from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.core.paths import data_dir, default_characters_dir, models_dir
+from haruhi_tui.core.paths import data_dir, models_dir
 from haruhi_tui.services.character_library import CharacterLibrary
 from haruhi_tui.services.export import export_session
 from haruhi_tui.services.jobs import Launcher
@@ -74,7 +74,7 @@ class HaruhiApp(App[None]):
         if self.model_arg:
             dirs.append(Path(self.model_arg).expanduser().parent)
         self.models = ModelService(n_ctx=n_ctx, n_threads=n_threads, engine=engine, models_dirs=dirs, store=self.store)
-        self.library = CharacterLibrary(Path(characters_dir) if characters_dir else default_characters_dir())
+        self.library = CharacterLibrary(characters_dir)  # None: $HARUHI_CHARACTERS; starters and downloads always
         self.services = Services(self.store, self.models, self.library, self.report, sampling=sampling,
                                  save_interval=save_interval, store_problem=store_problem)
 
@@ -172,7 +172,7 @@ class HaruhiApp(App[None]):
         from .screens.jobs import JobsScreen
 
         if not isinstance(self.screen, JobsScreen):
-            self.push_screen(JobsScreen(Launcher(self.store), self.library.characters_dir))
+            self.push_screen(JobsScreen(Launcher(self.store), self.library))
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen(self.get_system_commands(self.chat_screen)))

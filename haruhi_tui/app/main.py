@@ -31,7 +31,8 @@ app = cli_app(name="haruhi-tui")
 def run(
     characters: Optional[Path] = typer.Option(
         None, "--characters", "-c", metavar="DIR",
-        help="ChatHaruhi characters folder (default: $HARUHI_CHARACTERS, else the bundled characters)."),
+        help="Your own folder of ChatHaruhi character folders ($HARUHI_CHARACTERS), listed with the bundled "
+             "starters and the characters you downloaded or imported."),
     model: Optional[Path] = typer.Option(
         None, "--model", "-m", metavar="GGUF",
         help="GGUF model to chat with (default: the last one used, else the bundled Gemma 3 270M)."),

@@ -1,8 +1,9 @@
 """``haruhi``: the command line for everything but the chat app and the converter.
 
-Subcommands: ``data`` (build and check datasets), ``train`` (LoRA fine-tune), ``eval`` (BLEU/ROUGE),
-``models`` (find and download models). Heavy libraries are imported inside commands, so ``--help``
-is instant.
+Subcommands: ``chat`` (talk to a character in the shell), ``data`` (build and check datasets), ``train``
+(LoRA fine-tune), ``eval`` (BLEU/ROUGE), ``models`` (find and download models), ``characters`` (the character
+library: list, get, import, export, remove). Heavy libraries are imported inside commands, so ``--help`` is
+instant.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from rich.table import Table
 
 from haruhi_tui.core.cli_style import cli_app
 from haruhi_tui.core.errors import HaruhiError, friendly_errors
-from haruhi_tui.core.paths import default_characters_dir
 
 app = cli_app(
     name="haruhi",
-    help="Character role-play on gpt-oss-20b: build datasets, fine-tune, evaluate. The chat app is `haruhi-tui`; "
-    "GGUF export is `haruhi-convert`.",
+    help="Character role-play on gpt-oss-20b: chat in the shell, build datasets, fine-tune, evaluate. The chat app "
+    "is `haruhi-tui`; GGUF export is `haruhi-convert`.",
     no_args_is_help=True,
 )
 data_app = cli_app(help="Build role-play datasets from ChatHaruhi character folders, and check datasets.",
@@ -43,8 +43,9 @@ def _parse_speakers(values: list[str]) -> dict[str, str]:
 @friendly_errors
 def data_build(
     characters: Path = typer.Option(
-        None, "--characters", "-c", help="Folder of ChatHaruhi character folders (each: system_prompt.txt + "
-        "texts/*.txt). Default: $HARUHI_CHARACTERS or the bundled development data."),
+        None, "--characters", "-c", help="Build from this folder of ChatHaruhi character folders only (each: "
+        "system_prompt.txt + texts/*.txt). Default: the character library (the bundled starters, characters you "
+        "downloaded or imported, $HARUHI_CHARACTERS); `haruhi characters list` shows it."),
     out: Path = typer.Option(Path("data"), "--out", "-o", help="Output folder for haruhi_train.json, "
                              "haruhi_val.json, dataset_info.json, stats.json (replaced together)."),
     seed: int = typer.Option(42, help="Seed of the per-character train/val split by scene (same seed, same files)."),
@@ -73,11 +74,20 @@ def data_build(
     from haruhi_tui.core.dataset import BuildOptions, build, write
     from haruhi_tui.core.persona import PromptBudget
     from haruhi_tui.core.scene_split import MIN_SHARED_CHARS
+    from haruhi_tui.services.character_library import CharacterLibrary
 
     if train_unit not in ("scene", "reply"):
         raise HaruhiError(f"--train-unit is 'scene' or 'reply', not {train_unit!r}")
-    root = characters or default_characters_dir()
-    total = len(list_character_folders(root)) if not only else len(only)
+    source: Path | list
+    if characters is not None:
+        source, root = characters, str(characters)
+        total = len(list_character_folders(characters)) if not only else len(only)
+    else:
+        library = CharacterLibrary()
+        if library.problems:
+            raise HaruhiError(library.problems[0])
+        source, root = library.select(only or None, _parse_speakers(speaker)), "the character library"
+        total = len(source)
     options = BuildOptions(
         seed=seed, val_fraction=val_fraction, max_turns=max_turns, train_unit=train_unit,  # type: ignore[arg-type]
         budget=PromptBudget(scenes=scene_budget, max_scenes=max_scenes, history=history_budget),
@@ -85,7 +95,7 @@ def data_build(
     with Progress(TextColumn("[bold]building[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("", total=total)
-        result = build(root, options, only=only or None, speakers=_parse_speakers(speaker), extra=extra,
+        result = build(source, options, only=only or None, speakers=_parse_speakers(speaker), extra=extra,
                        progress=lambda ch: progress.update(task, advance=1, description=escape(ch.name)))
     paths = write(result, out)
     overlap = result.overlap
@@ -147,15 +157,19 @@ def data_check(
 
 
 def _register_optional() -> None:
-    """Attach the training, evaluation and model commands (they live in their own packages)."""
+    """Attach the training, evaluation, model and character commands (they live in their own modules)."""
     from trainer.cli import register as register_trainer
     from trainer.eval_cli import register as register_eval
 
+    from .characters import register as register_characters
+    from .chat import register as register_chat
     from .models import register as register_models
 
+    register_chat(app)
     register_trainer(app)
     register_eval(app)
     register_models(app)
+    register_characters(app)
 
 
 _register_optional()

@@ -1,5 +1,5 @@
-"""The ``haruhi models`` commands: list local models, prepare the offline default, download from the hub,
-and dequantize a GGUF into a Hugging Face checkpoint for fine-tuning."""
+"""The ``haruhi models`` commands: list local models and the catalogue, prepare the offline default, download
+(a catalogue entry or any hub repo), and dequantize a GGUF into a Hugging Face checkpoint for fine-tuning."""
 
 from __future__ import annotations
 
@@ -44,8 +44,17 @@ def _progress_bar(transient: bool = True) -> Iterator:
 def list_command(
     dirs: list[Path] = typer.Argument(None, help="Folders (or .gguf files) to look in. Default: the models folder "
                                       "($HARUHI_MODELS or <data dir>/models) and the bundled model."),
+    catalogue: bool = typer.Option(False, "--catalogue", help="Only the catalogue of models to download."),
 ) -> None:
-    """Show the GGUF models on this machine: architecture, parameters, quantization, prompt style, size."""
+    """Show the GGUF models on this machine, then the catalogue of models `haruhi models get ID` downloads."""
+    if not catalogue:
+        _print_local(dirs)
+    if catalogue or not dirs:
+        _print_catalogue()
+
+
+def _print_local(dirs: list[Path] | None) -> None:
+    """Architecture, parameters, quantization, prompt style, size and path of each local GGUF."""
     from haruhi_tui.core.paths import models_dir
     from haruhi_tui.services.local_models import list_local_models
 
@@ -55,24 +64,44 @@ def list_command(
     if not models:
         where = ", ".join(str(d) for d in dirs) if dirs else str(models_dir())
         Console().print(f"no GGUF models in {where}. Run `haruhi models default` for the bundled offline model, "
-                        "or `haruhi models download REPO` to fetch one.")
+                        "or `haruhi models get ID` to fetch one from the catalogue below.")
         return
-    table = Table(title="local models")
-    for column, justify in (("name", "left"), ("architecture", "left"), ("params", "right"), ("quant", "left"),
-                            ("style", "left"), ("size", "right")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    table.add_column("path", overflow="fold")
     from haruhi_tui.core.fsutil import human_bytes
 
+    table = Table(title="local models", show_lines=True)
+    table.add_column("name")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("style", no_wrap=True)
+    table.add_column("model · path", overflow="fold")
     for m in models:
         if m.broken:
-            table.add_row(f"[red]{m.name}[/]", "", "", "", "", human_bytes(m.size_bytes),
-                          f"{m.path}\n[red]broken: {m.broken}[/]")
+            table.add_row(f"[red]{m.name}[/]", human_bytes(m.size_bytes), "",
+                          f"[red]broken: {m.broken}[/]\n[dim]{m.path}[/]")
         else:
-            table.add_row(m.name, m.architecture, m.parameters_label, m.quantization,
-                          m.style + ("" if m.has_chat_template or m.style == "harmony" else " (no template)"),
-                          human_bytes(m.size_bytes), str(m.path))
+            style = m.style + ("" if m.has_chat_template or m.style == "harmony" else "\n(no template)")
+            what = " · ".join(x for x in (m.architecture, m.parameters_label, m.quantization) if x)
+            table.add_row(m.name, human_bytes(m.size_bytes), style, f"{what}\n[dim]{m.path}[/]")
     Console().print(table)
+
+
+def _print_catalogue() -> None:
+    """The catalogue at 80 columns: id and fit on the left, what it is and where it comes from on the right."""
+    from haruhi_tui.core.engine import DEFAULT_N_CTX
+    from haruhi_tui.services.model_catalogue import CATALOGUE
+
+    table = Table(title="catalogue: haruhi models get ID", show_lines=True)
+    table.add_column("id", no_wrap=True)
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("fits here", no_wrap=True)
+    table.add_column("model · source", overflow="fold")
+    for e in CATALOGUE:
+        fit = e.fit()
+        state = "[green]downloaded[/]" if e.downloaded() else (fit.label() if fit.fits else f"[red]{fit.label()}[/]")
+        note = f" · {e.note}" if e.note else ""
+        table.add_row(e.id, e.size_label, state, f"{e.label}{note}\n[dim]{e.source}[/]")
+    Console().print(table)
+    Console().print(f"Any other GGUF on the hub: haruhi models get OWNER/REPO [FILE]. \"fits here\" counts the "
+                    f"weights and a context of {DEFAULT_N_CTX} tokens against this machine's RAM (or GPU).")
 
 
 @models_app.command("default")
@@ -108,25 +137,35 @@ def to_hf_command(
     print(path)
 
 
-@models_app.command("download")
 @friendly_errors
-def download_command(
-    repo: str = typer.Argument(..., help="Hub repository, e.g. unsloth/gpt-oss-20b-GGUF."),
-    file: Optional[str] = typer.Argument(None, help="File in the repo. Default: its only GGUF (or its Q4_K_M one); "
+def get_command(
+    model: str = typer.Argument(..., metavar="MODEL", help="A catalogue id (`haruhi models list --catalogue`), "
+                                "e.g. qwen2.5-0.5b, or any hub repository, e.g. unsloth/gpt-oss-20b-GGUF."),
+    file: Optional[str] = typer.Argument(None, metavar="FILE", help="File in the repo. Default: its only GGUF "
+                                         "(or its Q4_K_M one); "
                                          "a repo without GGUFs is downloaded whole (a checkpoint for training)."),
     dest: Optional[Path] = typer.Option(None, "--dest", help="Folder to download into. Default: the models folder."),
     revision: str = typer.Option("main", help="Branch, tag or commit."),
 ) -> None:
-    """Download a model from the Hugging Face hub, resumable: run it again after an interruption to continue.
+    """Download a catalogue model or any hub repo into the models folder; run again to resume.
 
-    Free disk space is checked first and every file is verified against the hub's hash. Set HF_ENDPOINT for a
-    mirror and HF_TOKEN (or `hf auth login`) for gated repos.
+    A model already there is not fetched again; disk space is checked first; files are verified by hash.
+
+    HF_ENDPOINT sets a mirror; HF_TOKEN (or `hf auth login`) opens gated repos.
     """
-    from haruhi_tui.services.hub import download
+    from haruhi_tui.core.engine import DEFAULT_N_CTX
+    from haruhi_tui.services.model_catalogue import download, resolve
 
+    _, _, entry = resolve(model, file)
+    if entry is not None and not (fit := entry.fit()).fits:
+        console.print(f"[yellow]warning:[/] {fit.problem(entry.id, DEFAULT_N_CTX)}; downloading anyway")
     with _progress_bar() as progress:
-        path = download(repo, file, dest, revision=revision, progress=progress)
+        path = download(model, file, dest, revision=revision, progress=progress)
     print(path)
+
+
+models_app.command("get")(get_command)
+models_app.command("download", hidden=True, help="Same as `haruhi models get`.")(get_command)
 
 
 def register(app: typer.Typer) -> None:

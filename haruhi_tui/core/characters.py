@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .character_manifest import CharacterManifest, read_manifest
 from .errors import HaruhiError
+from .lorebook import Lorebook, character_lorebook
 
 #: Speaker tags that mark narration or a scene heading rather than somebody talking.
 NARRATION_SPEAKERS = frozenset(
@@ -70,6 +71,7 @@ class Character:
     warnings: list[str] = field(default_factory=list)
     manifest: CharacterManifest = field(default_factory=CharacterManifest)  # character.json, if any
     path: Path | None = None  # the folder it was loaded from (its avatar, lorebook, source card live there)
+    lorebook: Lorebook | None = None  # lorebook.json (world info), if any
 
     @cached_property
     def interlocutor(self) -> str:
@@ -264,7 +266,8 @@ def load_character(folder: str | Path, speaker: str | None = None) -> Character:
             )
     if not role_prompt:
         role_prompt = generic_role_prompt(name)
-    return Character(folder_name, role_prompt, scenes, name, skipped, warnings, manifest, path)
+    lorebook = character_lorebook(path, warnings)
+    return Character(folder_name, role_prompt, scenes, name, skipped, warnings, manifest, path, lorebook)
 
 
 def generic_role_prompt(name: str) -> str:
@@ -274,19 +277,21 @@ def generic_role_prompt(name: str) -> str:
     )
 
 
+def is_character_folder(path: Path) -> bool:
+    """A folder counts if it has system_prompt.txt or texts/; hidden ones (a download being unpacked) do not."""
+    return (not path.name.startswith(".") and path.is_dir()
+            and ((path / "system_prompt.txt").exists() or (path / "texts").is_dir()))
+
+
 def list_character_folders(root: str | Path) -> list[Path]:
-    """Character folders under ``root`` (a folder counts if it has system_prompt.txt or texts/)."""
+    """Character folders under ``root`` (see :func:`is_character_folder`)."""
     base = Path(root)
     if not base.is_dir():
         raise HaruhiError(
             f"characters folder not found: {base} (pass --characters with a ChatHaruhi characters folder)"
         )
     try:
-        folders = sorted(
-            p for p in base.iterdir()
-            if not p.name.startswith(".") and p.is_dir()
-            and ((p / "system_prompt.txt").exists() or (p / "texts").is_dir())
-        )
+        folders = sorted(p for p in base.iterdir() if is_character_folder(p))
     except OSError as exc:
         raise HaruhiError(f"cannot read characters folder {base}: {exc.strerror or exc}") from exc
     if not folders:
@@ -301,14 +306,23 @@ def load_characters(
 
     ``speakers`` maps a folder name to its speaking name where detection cannot tell (``Megumi=加藤``).
     """
+    return load_selected(list_character_folders(root), only, speakers, where=str(root))
+
+
+def load_selected(
+    folders: list[Path], only: list[str] | None = None, speakers: dict[str, str] | None = None, *, where: str = ""
+) -> list[Character]:
+    """Load ``folders`` (or just ``only`` among them, matched on folder or speaking name); ``where`` names
+    them in the error when none of ``only`` is found."""
     speakers = speakers or {}
-    folders = list_character_folders(root)
     if only:
         wanted = {o.casefold() for o in only}
-        folders = [f for f in folders if f.name.casefold() in wanted] or folders
+        by_folder = [f for f in folders if f.name.casefold() in wanted]
+        if len(by_folder) == len(wanted):  # all named by folder; else some are speaking names: read them all
+            folders = by_folder
     characters = [load_character(f, speakers.get(f.name)) for f in folders]
     if only:
         characters = [c for c in characters if c.folder.casefold() in wanted or c.name.casefold() in wanted]
         if not characters:
-            raise HaruhiError(f"none of {', '.join(only)} found under {root}")
+            raise HaruhiError(f"none of {', '.join(only)} found under {where}")
     return characters

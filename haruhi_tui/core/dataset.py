@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Literal
+from typing import Callable, Iterable, Literal, Sequence
 
 from .characters import Character, Scene, format_line, load_characters
 from .errors import HaruhiError
@@ -140,6 +140,7 @@ def _sample(builder: PersonaBuilder, history: list[Turn], target: Turn, scene: S
     """``history`` ends with the user turn ``target`` answers; that turn is kept whatever the budget.
     ``exclude``: scenes never retrieved into the prompt (the scene's own dialogue, wherever it is)."""
     prompt = builder.build(history[:-1], history[-1], query=_query(history), exclude_scene_ids=exclude)
+    target = Turn(target.role, prompt.resolve(target.text), target.speaker)  # a card's "{{user}}!" as chat says it
     conv = Conversation(prompt.system, (*prompt.turns, target), prompt.character)
     return Sample(to_messages(conv), builder.character.name, scene.scene_id)
 
@@ -190,7 +191,7 @@ def build_character(character: Character, options: BuildOptions) -> tuple[list[S
 
 
 def build(
-    characters_dir: str | Path,
+    characters_dir: str | Path | Sequence[Character],
     options: BuildOptions = BuildOptions(),
     *,
     only: list[str] | None = None,
@@ -198,10 +199,15 @@ def build(
     extra: Iterable[str | Path] = (),
     progress: Callable[[Character], None] | None = None,
 ) -> BuildResult:
-    """Build both splits in memory. ``extra`` ShareGPT files (chat exports) are appended to train."""
+    """Build both splits in memory from a folder of character folders, or from characters already loaded (the
+    character library's). ``extra`` ShareGPT files (chat exports) are appended to train."""
     if not 0 <= options.val_fraction < 1:
         raise HaruhiError(f"--val-fraction must be in [0, 1), not {options.val_fraction}")
-    characters = load_characters(characters_dir, only, speakers)
+    if isinstance(characters_dir, (str, Path)):
+        characters = load_characters(characters_dir, only, speakers)
+        where = str(characters_dir)
+    else:
+        characters, where = list(characters_dir), "the characters given"
     train: list[Sample] = []
     val: list[Sample] = []
     stats: list[CharacterStats] = []
@@ -218,7 +224,7 @@ def build(
         train += samples
         extra_samples += len(samples)
     if not train and not val:
-        raise HaruhiError(f"no usable scenes under {characters_dir}: nothing to write")
+        raise HaruhiError(f"no usable scenes in {where}: nothing to write")
     overlap = measure_overlap(train, val)
     for s in stats:
         mine = overlap.get(s.name, Overlap())

@@ -35,7 +35,7 @@ from . import harmony
 from .errors import ModelError
 from .gguf_info import GGUFInfo, check_fits, read_gguf_info
 from .harmony import Delta
-from .prompt_format import Conversation, Style, render_text, stop_strings, to_messages
+from .prompt_format import Conversation, Style, opened_by_user, render_text, stop_strings, to_messages
 from .reply_stream import ReplyStream
 
 DEFAULT_N_CTX = 8192
@@ -136,7 +136,13 @@ class Engine:
             return render_text(conv, "harmony", add_generation_prompt=True, reasoning_effort=reasoning_effort)
         if self.style == "script" or self._formatter is None:
             return render_text(conv, "script", add_generation_prompt=True)
-        result = self._formatter(messages=to_messages(conv))
+        messages = to_messages(conv)
+        try:
+            result = self._formatter(messages=messages)
+        except Exception:  # noqa: BLE001 - a strict template refuses a chat the character opens (a greeting)
+            if opened_by_user(messages) is messages:
+                raise
+            result = self._formatter(messages=opened_by_user(messages))
         stop = result.stop
         self._template_stops = [stop] if isinstance(stop, str) else list(stop or [])
         return result.prompt

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .errors import ModelError
 from .gguf_header import GGUFError, model_stem, read_parts
+from .memory_fit import kv_cache_bytes, memory_fit
 from .prompt_format import Style, detect_style
 
 
@@ -39,7 +40,7 @@ class GGUFInfo:
 
     def kv_cache_bytes(self, n_ctx: int) -> int:
         """f16 K and V for every layer at ``n_ctx`` (an upper bound: sliding-window layers need less)."""
-        return n_ctx * self.block_count * self.head_count_kv * (self.key_length + self.value_length) * 2
+        return kv_cache_bytes(n_ctx, self.block_count, self.head_count_kv, self.key_length, self.value_length)
 
     @classmethod
     def read(cls, path: Path) -> GGUFInfo:
@@ -105,29 +106,8 @@ def detect_model_style(path: str | Path) -> Style:
     return read_gguf_info(path).style
 
 
-def _memory_bytes() -> tuple[int, int]:
-    """(total, available) memory in bytes, from /proc/meminfo (0, 0 where unknown)."""
-    values: dict[str, int] = {}
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                key, _, rest = line.partition(":")
-                values[key] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
-        return 0, 0
-    return values.get("MemTotal", 0), values.get("MemAvailable", 0)
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.1f} GiB"
-
-
 def check_fits(info: GGUFInfo, n_ctx: int) -> None:
     """Refuse a model that cannot fit in this machine's memory (weights + KV cache), with what to do."""
-    total, _ = _memory_bytes()
-    need = info.size_bytes + info.kv_cache_bytes(n_ctx)
-    if total and need > total:
-        raise ModelError(
-            f"{info.path.name} needs about {_gib(need)} of memory (weights {_gib(info.size_bytes)} + context "
-            f"{n_ctx} tokens) but this machine has {_gib(total)}: pick a smaller quantization or a shorter context"
-        )
+    problem = memory_fit(info.size_bytes, info.kv_cache_bytes(n_ctx)).problem(info.path.name, n_ctx)
+    if problem:
+        raise ModelError(problem)

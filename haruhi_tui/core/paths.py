@@ -1,12 +1,18 @@
-"""Where things live: the app's data folder, characters, models. Environment variables override."""
+"""Where things live: the app's data folder, characters, models. Environment variables override.
+
+Characters come from three places (:mod:`haruhi_tui.services.character_library` puts them together): the starter
+set shipped inside the package, the user's own folder ``<data dir>/characters`` (downloaded and imported
+characters) and a folder the user configures (``--characters`` or ``$HARUHI_CHARACTERS``). Nothing is read
+from beside the checkout: a development copy of the ChatHaruhi data is used only when named explicitly.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-#: The development copy of the ChatHaruhi characters, beside the project checkout.
-_DEV_CHARACTERS = Path(__file__).resolve().parents[3] / "shared" / "chatharuhi" / "characters"
+#: The starter characters and their NOTICE, shipped as package data (see pyproject's package-data).
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "bundled"
 
 
 def data_dir() -> Path:
@@ -17,17 +23,25 @@ def data_dir() -> Path:
     return base / "haruhi-tui"
 
 
-def default_characters_dir() -> Path:
-    """$HARUHI_CHARACTERS, else the development data beside a checkout, else <data dir>/characters.
+def bundled_characters_dir() -> Path:
+    """The starter characters that ship with the package (read-only)."""
+    return BUNDLED_DIR / "characters"
 
-    Imported character cards always go to <data dir>/characters, which the app lists next to this folder,
-    so importing a card never hides the configured characters.
-    """
-    if os.environ.get("HARUHI_CHARACTERS"):
-        return Path(os.environ["HARUHI_CHARACTERS"]).expanduser()
-    if _DEV_CHARACTERS.is_dir():
-        return _DEV_CHARACTERS
+
+def bundled_notice() -> Path:
+    """The attribution and licence of the shipped character data."""
+    return BUNDLED_DIR / "NOTICE"
+
+
+def user_characters_dir() -> Path:
+    """Where downloaded characters and imported cards become character folders: <data dir>/characters."""
     return data_dir() / "characters"
+
+
+def configured_characters_dir() -> Path | None:
+    """The characters folder the user set in $HARUHI_CHARACTERS, if any."""
+    value = os.environ.get("HARUHI_CHARACTERS", "").strip()
+    return Path(value).expanduser() if value else None
 
 
 def models_dir() -> Path:

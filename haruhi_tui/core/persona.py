@@ -4,23 +4,35 @@ Dataset building, chat and evaluation all call :class:`PersonaBuilder`, so a mod
 exactly the shape of prompt it later sees. The layout puts what is stable first and what changes
 last, so llama.cpp can reuse the prefix from its KV cache turn after turn::
 
-    system:  role prompt | classic scenes (sticky) | pinned facts | rolling summary
+    system:  role prompt | user persona | classic scenes (sticky) | pinned facts | rolling summary | world info
     turns:   history (oldest cut first) ... | the current message
+             with notes folded in N messages from the end: the character's depth prompt, world info
+             at depth, the author's note (depth 4), post-history instructions (after the last message)
 
 Scenes are retrieved for the current message but *sticky*: a chat keeps its scenes while they stay
 relevant and swaps them only on a change of topic, which keeps the system block (and the KV cache)
-stable across most turns. Every block carries its token count and what was cut, for the context view.
+stable across most turns. World info (:mod:`~haruhi_tui.core.lore_scan`) comes last in the system
+block because it changes most often, and its entries stay a few messages after they fire. A note at a
+depth moves with the conversation, so it costs the re-reading of the last few messages only. Notes are
+written into the user turn they sit beside as a narration line ``（…）``, the way scenes write narration,
+so every prompt style (harmony, chat templates, the play script) carries them. ``{{user}}`` and
+``{{char}}`` resolve to the persona's and the character's names everywhere. Every block carries its
+token count and what was cut, for the context view.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable, Iterable, Literal, Sequence
 
 from .characters import Character, Line, Scene, format_line
+from .lore_scan import LoreActivation, LoreSettings, activate
+from .lorebook import Lorebook
 from .retrieval import BM25Index
+from .roleplay import AuthorsNote, UserPersona, substitute_macros
 
 TokenCounter = Callable[[str], int]
 Role = Literal["user", "assistant"]
@@ -30,6 +42,10 @@ _CJK = re.compile(r"[\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-
 SCENES_HEADER = "Classic scenes:"
 PINS_HEADER = "Facts to remember:"
 SUMMARY_HEADER = "Earlier in this conversation:"
+PERSONA_HEADER = "Who you are talking to: {name}"
+LORE_HEADER = "World info:"
+#: Where world-info entries of each SillyTavern position go in the system block (all after the stable parts).
+LORE_SYSTEM_ORDER = ("before_char", "after_char", "em_top", "em_bottom")
 SCENE_SEPARATOR = "\n---\n"
 
 
@@ -71,17 +87,41 @@ class PromptBudget:
     pins: int = 300
     summary: int = 500
     history: int = 1500
+    persona: int = 300   # the user persona's description
+    lore: int = 600      # world-info entries, wherever they go
+    notes: int = 300     # author's note, the character's depth prompt and post-history instructions together
+
+
+TEMPLATE_OVERHEAD = 200  # tokens a chat template or harmony header adds around the persona text
+
+
+def budget_for(n_ctx: int, max_tokens: int, base: PromptBudget | None = None, *, persona: bool = False,
+               lore: bool = False, notes: bool = False) -> PromptBudget:
+    """The default budgets, shrunk in proportion when the context is too small to hold them and a reply.
+    The persona, world-info and notes budgets count only when the chat uses them (the flags)."""
+    base = base or PromptBudget()
+    optional = {"persona": persona, "lore": lore, "notes": notes}
+    total = base.role + base.scenes + base.pins + base.summary + base.history
+    total += sum(getattr(base, name) for name, used in optional.items() if used)
+    room = n_ctx - min(max_tokens, n_ctx // 4) - TEMPLATE_OVERHEAD
+    if room >= total:
+        return base
+    f = max(room, 200) / total
+    scaled = ("role", "scenes", "pins", "summary", "history", *optional)
+    return replace(base, **{name: int(getattr(base, name) * f) for name in scaled})
 
 
 @dataclass
 class Block:
     """One block of a built prompt, for the context view: what it is, its text, its size, what was cut."""
 
-    kind: Literal["role", "scenes", "pins", "summary", "history", "message"]
+    kind: Literal["role", "persona", "scenes", "pins", "summary", "lore", "history", "character_note",
+                  "authors_note", "message", "post_history"]
     title: str
     text: str
     tokens: int
     cut: str = ""
+    detail: str = ""  # one line per item where a block lists several (world info: each entry and the key that fired)
 
 
 @dataclass
@@ -95,10 +135,17 @@ class PersonaPrompt:
     blocks: list[Block]
     scene_ids: list[str] = field(default_factory=list)
     dropped_turns: int = 0
+    persona: UserPersona | None = None
+    lore: LoreActivation = field(default_factory=LoreActivation)
 
     @property
     def tokens(self) -> int:
         return sum(block.tokens for block in self.blocks)
+
+    def resolve(self, text: str) -> str:
+        """``{{user}}``/``{{char}}`` in ``text`` as this prompt resolves them (a dataset's target line)."""
+        description = self.persona.description if self.persona else ""
+        return substitute_macros(text, user=self.user, char=self.character, persona=description)
 
 
 class PersonaBuilder:
@@ -109,10 +156,12 @@ class PersonaBuilder:
         character: Character,
         budget: PromptBudget | None = None,
         count_tokens: TokenCounter = estimate_tokens,
+        lore_settings: LoreSettings | None = None,
     ) -> None:
         self.character = character
         self.budget = budget or PromptBudget()
         self.count_tokens = count_tokens
+        self.lore_settings = lore_settings or LoreSettings()
         self._scene_texts = [scene.text() for scene in character.scenes]
         self._scene_pos = {scene.scene_id: i for i, scene in enumerate(character.scenes)}
         self._index: BM25Index | None = None
@@ -172,17 +221,34 @@ class PersonaBuilder:
         pins: Sequence[str] = (),
         summary: str = "",
         user_name: str | None = None,
+        persona: UserPersona | None = None,
+        lorebooks: Sequence[Lorebook] = (),
+        authors_note: AuthorsNote | None = None,
+        scan_turns: Sequence[Turn] | None = None,
     ) -> PersonaPrompt:
         """Build the prompt for ``history`` followed by ``message`` (the turn the model answers).
 
         ``query`` is what scenes are retrieved for (default: the message, else the last history turn);
         ``exclude_scene_ids`` keeps a sample's own scene out of its prompt (no leakage in datasets).
+        ``persona`` is who the user plays (default: the character's usual interlocutor, or ``user_name``);
+        ``lorebooks`` are the chat's, checked before the character's own ``lorebook.json``, over
+        ``scan_turns`` (the whole conversation; default ``history`` and ``message``); ``authors_note`` goes
+        in with the character's depth prompt and post-history instructions from its ``character.json``.
         """
         c, b = self.character, self.budget
+        persona = self._persona(persona, user_name, message)
+        macros = partial(substitute_macros, user=persona.name, char=c.name, persona=persona.description)
         blocks: list[Block] = []
 
-        role_text, role_cut = self._fit(c.role_prompt.strip(), b.role)
+        role_text, role_cut = self._fit(macros(c.role_prompt.strip()), b.role)
         blocks.append(Block("role", "Role prompt", role_text, self.count_tokens(role_text), role_cut))
+
+        persona_text = ""
+        if persona.description:
+            header = PERSONA_HEADER.format(name=persona.name)
+            persona_text, cut = self._fit(header + "\n" + persona.description, b.persona)
+            blocks.append(Block("persona", f"Persona: {persona.name}", persona_text, self.count_tokens(persona_text),
+                                cut))
 
         if query is None:
             source = message or (history[-1] if history else None)
@@ -190,7 +256,8 @@ class PersonaBuilder:
         scenes = self.select_scenes(query, exclude_ids=exclude_scene_ids, sticky_ids=sticky_scene_ids)
         scenes_text = ""
         if scenes:
-            scenes_text = SCENES_HEADER + "\n" + SCENE_SEPARATOR.join(self._scene_texts[self._scene_pos[s.scene_id]] for s in scenes)
+            texts = (self._scene_texts[self._scene_pos[s.scene_id]] for s in scenes)
+            scenes_text = macros(SCENES_HEADER + "\n" + SCENE_SEPARATOR.join(texts))  # a card's {{user}}:「…」
             blocks.append(
                 Block("scenes", f"Classic scenes ({len(scenes)})", scenes_text, self.count_tokens(scenes_text))
             )
@@ -199,34 +266,122 @@ class PersonaBuilder:
         kept_pins = [p.strip() for p in pins if p.strip()]
         if kept_pins:
             pins_text, pins_cut = self._fit(PINS_HEADER + "\n" + "\n".join(f"- {p}" for p in kept_pins), b.pins)
-            blocks.append(Block("pins", f"Pinned facts ({len(kept_pins)})", pins_text, self.count_tokens(pins_text), pins_cut))
+            blocks.append(Block("pins", f"Pinned facts ({len(kept_pins)})", pins_text, self.count_tokens(pins_text),
+                                pins_cut))
 
         summary_text = ""
         if summary.strip():
             summary_text, summary_cut = self._fit(SUMMARY_HEADER + "\n" + summary.strip(), b.summary)
             blocks.append(Block("summary", "Summary", summary_text, self.count_tokens(summary_text), summary_cut))
 
-        system = "\n\n".join(part for part in (role_text, scenes_text, pins_text, summary_text) if part)
+        scan = list(scan_turns) if scan_turns is not None else [*history, *([message] if message else [])]
+        lore = self._lore(lorebooks, scan, macros)
+        lore_text = ""
+        in_system = [a for pos in LORE_SYSTEM_ORDER for a in lore.at(pos)]
+        if in_system:
+            lore_text = LORE_HEADER + "\n" + "\n".join(a.content for a in in_system)
+        if lore.entries or lore.cut:
+            blocks.append(self._lore_block(lore, lore_text))
+
+        parts = (role_text, persona_text, scenes_text, pins_text, summary_text, lore_text)
+        system = "\n\n".join(part for part in parts if part)
 
         kept, dropped = self._fit_history(history)
+        kept = [_resolved(t, macros) for t in kept]
+        message = _resolved(message, macros) if message is not None else None
         if kept or dropped:
             history_text = "\n".join(t.as_line() for t in kept)
             cut = f"{dropped} older turn(s) left out" if dropped else ""
-            blocks.append(Block("history", f"History ({len(kept)} turns)", history_text, self.count_tokens(history_text), cut))
+            blocks.append(Block("history", f"History ({len(kept)} turns)", history_text,
+                                self.count_tokens(history_text), cut))
         turns = list(kept)
         if message is not None:
             turns.append(message)
+        insertions, note_blocks = self._notes(authors_note, lore, macros)
+        blocks.extend(block for block in note_blocks if block.kind != "post_history")
+        if message is not None:
             blocks.append(Block("message", "Current message", message.as_line(), self.count_tokens(message.as_line())))
+        blocks.extend(block for block in note_blocks if block.kind == "post_history")
 
         return PersonaPrompt(
             character=c.name,
-            user=user_name or (message.speaker if message and message.role == "user" else c.interlocutor),
+            user=persona.name,
             system=system,
-            turns=turns,
+            turns=fold_notes(turns, insertions),
             blocks=blocks,
             scene_ids=[s.scene_id for s in scenes],
             dropped_turns=dropped,
+            persona=persona,
+            lore=lore,
         )
+
+    def _persona(self, persona: UserPersona | None, user_name: str | None, message: Turn | None) -> UserPersona:
+        """Who the user plays, with ``{{user}}``/``{{char}}`` in the description resolved."""
+        if persona is None:
+            name = user_name or (message.speaker if message and message.role == "user" and message.speaker else "")
+            default = UserPersona.default_for(self.character)
+            persona = default if not name or name == default.name else UserPersona(name)
+        description = substitute_macros(persona.description.strip(), user=persona.name, char=self.character.name)
+        return UserPersona(persona.name, description)
+
+    def _lore(self, lorebooks: Sequence[Lorebook], scan: Sequence[Turn],
+              macros: Callable[[str], str]) -> LoreActivation:
+        books = [*lorebooks, *([self.character.lorebook] if self.character.lorebook else [])]
+        if not books:
+            return LoreActivation(budget=self.budget.lore)
+        return activate(books, scan, budget=self.budget.lore, count_tokens=self.count_tokens,
+                        settings=self.lore_settings, macros=macros)
+
+    def _lore_block(self, lore: LoreActivation, system_text: str) -> Block:
+        """Every entry that fired, with why; those the budget left out are the block's cut."""
+        elsewhere = [a.content for a in lore.entries if a.entry.position not in LORE_SYSTEM_ORDER]
+        text = "\n\n".join(part for part in (system_text, "\n".join(elsewhere)) if part)
+        detail = "\n".join(f"{a.title} ({a.book}): {a.reason}" + (
+            "" if a.entry.position in LORE_SYSTEM_ORDER else f" [{a.entry.position.replace('_', ' ')}]")
+            for a in lore.entries)
+        cut = ""
+        if lore.cut:
+            cut = f"{len(lore.cut)} over the {lore.budget}-token budget: " + ", ".join(a.title for a in lore.cut)
+        return Block("lore", f"World info ({len(lore.entries)})", text, self.count_tokens(text), cut, detail)
+
+    def _notes(self, note: AuthorsNote | None, lore: LoreActivation,
+               macros: Callable[[str], str]) -> tuple[list[tuple[int, str]], list[Block]]:
+        """The notes that go between the turns, as ``(depth, text)`` in insertion order, and their blocks.
+
+        The notes share one budget, filled in order: the character's depth prompt, the author's note, then
+        the post-history instructions. World info placed at a depth or around the author's note comes
+        out of the world-info budget and is counted in its block.
+        """
+        manifest = self.character.manifest
+        left = self.budget.notes
+        insertions: list[tuple[int, str]] = []
+        blocks: list[Block] = []
+
+        def fit(kind: str, title: str, text: str) -> str:
+            nonlocal left
+            text = macros(text.strip())
+            if not text:
+                return ""
+            fitted, cut = self._fit(text, max(left, 0))
+            tokens = self.count_tokens(fitted)
+            left -= tokens
+            blocks.append(Block(kind, title, fitted, tokens, cut))  # type: ignore[arg-type]
+            return fitted
+
+        depth_prompt = manifest.depth_prompt
+        character_note = fit("character_note", f"Character's note (depth {depth_prompt.depth})", depth_prompt.prompt)
+        if character_note:
+            insertions.append((depth_prompt.depth, character_note))
+        insertions.extend((a.entry.depth, a.content) for a in lore.at("at_depth"))
+        note = note or AuthorsNote()
+        authors = fit("authors_note", f"Author's note (depth {note.depth})", note.text)
+        around = [*(a.content for a in lore.at("an_top")), authors, *(a.content for a in lore.at("an_bottom"))]
+        if any(around):
+            insertions.append((note.depth, "\n".join(part for part in around if part)))
+        after = fit("post_history", "Post-history instructions", manifest.post_history_instructions)
+        if after:
+            insertions.append((0, after))
+        return insertions, blocks
 
     def _fit_history(self, history: Sequence[Turn]) -> tuple[list[Turn], int]:
         """The most recent turns within the history budget, starting on a user turn where possible."""
@@ -256,3 +411,45 @@ class PersonaBuilder:
             while kept and self.count_tokens(kept) > budget:
                 kept = kept[: int(len(kept) * 0.9)]
         return kept, f"cut to {budget} tokens (was {self.count_tokens(text)})"
+
+
+def fold_notes(turns: Sequence[Turn], insertions: Sequence[tuple[int, str]]) -> list[Turn]:
+    """Each ``(depth, text)`` as a narration line ``depth`` turns from the end (0: after the last turn).
+
+    A note joins the user turn right after its place (before that user's line) or right before it (after
+    the line); between two character turns, or before the character's opening line, it becomes a user turn
+    of its own. A depth beyond the conversation puts the note at its start, like SillyTavern.
+    """
+    if not insertions:
+        return list(turns)
+    n = len(turns)
+    before: dict[int, list[str]] = {}
+    after: dict[int, list[str]] = {}
+    alone: dict[int, list[str]] = {}
+    for depth, text in insertions:
+        line = format_line(Line(None, text))
+        i = max(0, n - depth)
+        if i < n and turns[i].role == "user":
+            before.setdefault(i, []).append(line)
+        elif i > 0 and turns[i - 1].role == "user":
+            after.setdefault(i - 1, []).append(line)
+        else:
+            alone.setdefault(i, []).append(line)
+    out: list[Turn] = []
+    for i, turn in enumerate(turns):
+        if i in alone:
+            out.append(Turn("user", "\n".join(alone[i]), ""))
+        if i in before or i in after:
+            turn = Turn("user", "\n".join([*before.get(i, []), turn.as_line(), *after.get(i, [])]), "")
+        out.append(turn)
+    if n in alone:
+        out.append(Turn("user", "\n".join(alone[n]), ""))
+    return out
+
+
+def _resolved(turn: Turn, macros: Callable[[str], str]) -> Turn:
+    """A turn with its macros resolved; what the user typed is left as typed."""
+    if turn.role == "user" and turn.speaker:
+        return turn
+    text = macros(turn.text)
+    return turn if text == turn.text else Turn(turn.role, text, turn.speaker)

@@ -62,6 +62,19 @@ def to_messages(conv: Conversation) -> list[dict[str, str]]:
     return messages
 
 
+#: The user line put before a conversation the character opens (a greeting) for chat templates that insist
+#: on user/assistant alternation starting with the user (Gemma, Llama 2, Mistral…): SillyTavern's convention.
+CHAT_START = "[Start a new chat]"
+
+
+def opened_by_user(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """``messages`` with :data:`CHAT_START` as the first user turn when the character speaks first."""
+    first = next((i for i, m in enumerate(messages) if m["role"] != "system"), None)
+    if first is None or messages[first]["role"] != "assistant":
+        return messages
+    return [*messages[:first], {"role": "user", "content": CHAT_START}, *messages[first:]]
+
+
 def harmony_segments(conv: Conversation, *, add_generation_prompt: bool, reasoning_effort: harmony.ReasoningEffort = "low") -> list[harmony.Segment]:
     return harmony.render_segments(
         conv.system,

@@ -5,10 +5,9 @@
 scenes, so the system block stays a stable prefix and llama.cpp reuses its KV cache), streams the reply
 from an :class:`~haruhi_tui.core.engine.Engine`, and writes everything to the :class:`~haruhi_tui.store.Store`
 as it happens: the user's message before generation starts, the reply while it streams (throttled,
-``incomplete`` until it ends), then ``complete`` or ``stopped``.
-
-If the database refuses a write (locked, disk full), the chat goes on in memory and the write is retried
-at the next save; nothing said is dropped.
+``incomplete`` until it ends), then ``complete`` or ``stopped``. If the database refuses a write (locked, disk
+full), the chat goes on in memory and the write is retried at the next save; nothing said is dropped.
+Persona, lorebooks, author's note: :mod:`.roleplay`; continue, impersonate, delete a message: :mod:`.turns`.
 """
 
 from __future__ import annotations
@@ -23,15 +22,16 @@ from haruhi_tui.core.characters import Character
 from haruhi_tui.core.engine import Engine, GenerationStats, Sampling
 from haruhi_tui.core.errors import ModelError
 from haruhi_tui.core.harmony import Delta
-from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, PromptBudget, Turn
+from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, Turn, budget_for, estimate_tokens
 from haruhi_tui.core.prompt_format import Conversation
+from haruhi_tui.services.greeting import store_greeting
 from haruhi_tui.store import Chat, Message, Pin, Store, StoreError
 
+from .roleplay import ChatRoleplay
 from .turns import ChatTurns
 
 DeltaCallback = Callable[[Message, Delta], None]
 ErrorCallback = Callable[[str], None]
-TEMPLATE_OVERHEAD = 200  # tokens a chat template or harmony header adds around the persona text
 
 
 @dataclass
@@ -67,18 +67,6 @@ class ContextSnapshot:
     stats: GenerationStats | None = None
 
 
-def budget_for(n_ctx: int, max_tokens: int, base: PromptBudget | None = None) -> PromptBudget:
-    """The default budgets, shrunk in proportion when the context is too small to hold them and a reply."""
-    base = base or PromptBudget()
-    total = base.role + base.scenes + base.pins + base.summary + base.history
-    room = n_ctx - min(max_tokens, n_ctx // 4) - TEMPLATE_OVERHEAD
-    if room >= total:
-        return base
-    f = max(room, 200) / total
-    return PromptBudget(role=int(base.role * f), scenes=int(base.scenes * f), max_scenes=base.max_scenes,
-                        pins=int(base.pins * f), summary=int(base.summary * f), history=int(base.history * f))
-
-
 @dataclass
 class _Pending:
     """Writes the database refused, retried at the next save."""
@@ -87,8 +75,8 @@ class _Pending:
     updates: set[int] = field(default_factory=set)
 
 
-class ChatSession(ChatTurns):
-    """One chat: the current branch (root to leaf), its character, settings and persona builder (+ ChatTurns)."""
+class ChatSession(ChatRoleplay, ChatTurns):
+    """One chat: the current branch (root to leaf), its character, settings and persona builder."""
 
     def __init__(self, store: Store, character: Character, chat: Chat, *,
                  on_error: ErrorCallback | None = None) -> None:
@@ -108,18 +96,20 @@ class ChatSession(ChatTurns):
         self._pending = _Pending()
         self._next_temp_id = -1
         self._lock = threading.RLock()
+        self._init_roleplay()
 
     # -- opening -------------------------------------------------------------------------------
     @classmethod
     def start(cls, store: Store, character: Character, *, model: str = "", settings: ChatSettings | None = None,
-              on_error: ErrorCallback | None = None) -> "ChatSession":
-        """A new chat with ``character`` (reasoning effort and user name from the character's preferences)."""
+              on_error: ErrorCallback | None = None, greet: bool = True) -> "ChatSession":
+        """A new chat with ``character`` (user name, reasoning effort from their prefs), opened by their greeting."""
         if settings is None:
             settings = ChatSettings.from_dict(_quiet(lambda: store.pref(f"character:{character.folder}", {}), {}) or {})
         if not settings.user_name:
             settings.user_name = character.interlocutor
         chat = store.create_chat(character.folder, character.name, title=f"{character.name}", model=model,
                                  settings=asdict(settings))
+        chat.leaf_id = store_greeting(store, chat.id, character, settings.user_name, on_error) if greet else None
         return cls(store, character, chat, on_error=on_error)
 
     @classmethod
@@ -143,13 +133,15 @@ class ChatSession(ChatTurns):
         return self.chat.title or self.character.name
 
     # -- persona ---------------------------------------------------------------------------------
-    def builder(self, engine: Engine) -> PersonaBuilder:
-        """One builder per engine (a compare runs two models on one chat; each keeps its scene index)."""
+    def builder(self, engine: Engine | None) -> PersonaBuilder:
+        """One builder per engine (a compare runs two models on one chat; each keeps its scene index), budgets
+        fitted to its context and the blocks this chat uses; no engine: estimated tokens, default budgets."""
         held = self._builders.get(id(engine))
         if held is None or held[0] is not engine:
-            budget = budget_for(engine.n_ctx, self.settings.max_tokens)
-            builder = PersonaBuilder(self.character, budget, count_tokens=engine.count_tokens)
-            held = self._builders[id(engine)] = (engine, builder)
+            counter = engine.count_tokens if engine is not None else estimate_tokens
+            held = self._builders[id(engine)] = (engine, PersonaBuilder(self.character, count_tokens=counter))
+        if engine is not None:
+            held[1].budget = budget_for(engine.n_ctx, self.settings.max_tokens, **self._roleplay_uses())
         return held[1]
 
     def _turn(self, m: Message, style: str) -> Turn:
@@ -158,6 +150,11 @@ class ChatSession(ChatTurns):
             text = harmony.strip_special_tokens(text)  # a user cannot inject harmony markers
         speaker = self.settings.user_name if m.role == "user" else self.character.name
         return Turn(m.role, text, speaker)  # type: ignore[arg-type]
+
+    def spoken_turns(self, style: str = "chat", branch: list[Message] | None = None) -> list[Turn]:
+        """The branch as turns (speech only; empty failed replies left out), as prompts and exports see it."""
+        return [self._turn(m, style) for m in (self.messages if branch is None else branch)
+                if m.role in ("user", "assistant") and m.content.strip()]
 
     def _history(self, upto: list[Message], style: str, builder: PersonaBuilder) -> tuple[list[Turn], int]:
         """Turns the model sees (speech only: analysis is never fed back; failed empty replies left out),
@@ -191,22 +188,33 @@ class ChatSession(ChatTurns):
             self._token_cache[key] = builder.count_tokens(self._turn(m, style).as_line()) + 4
         return self._token_cache[key]
 
-    def build_context(self, engine: Engine, branch: list[Message] | None = None) -> ContextSnapshot:
-        """The prompt for replying to the last user message of ``branch`` (default: the current branch);
-        with no user message pending, the prompt as it stands (for the context view)."""
+    def build_prompt(self, engine: Engine | None = None, branch: list[Message] | None = None, *,
+                     probe: bool = False) -> PersonaPrompt:
+        """The prompt for replying to the last user message of ``branch`` (default: the current branch), not
+        rendered (no ``engine``: see :meth:`builder`); ``probe`` leaves the history window where it was."""
         branch = self.messages if branch is None else branch
+        persona, builder = self.persona, self.builder(engine)  # the persona first: the user's name follows it
+        style = engine.style if engine is not None else "chat"
         message = branch[-1] if branch and branch[-1].role == "user" else None
         history = branch[:-1] if message is not None else branch
-        builder = self.builder(engine)
-        turns, left_out = self._history(history, engine.style, builder)
-        turn = self._turn(message, engine.style) if message is not None else None
+        window_start, (turns, left_out) = self._window_start, self._history(history, style, builder)
+        self._window_start = window_start if probe else self._window_start
+        turn = self._turn(message, style) if message is not None else None
         prompt = builder.build(turns, turn, sticky_scene_ids=self.chat.scene_ids, user_name=self.settings.user_name,
-                               pins=[p.text for p in self.pins], summary=self.summary_to_send(left_out))
+                               pins=[p.text for p in self.pins], summary=self.summary_to_send(left_out),
+                               persona=persona, lorebooks=self.chat_lorebooks(), authors_note=self.authors_note,
+                               scan_turns=self.spoken_turns(style, branch))
         if left_out:
             prompt.dropped_turns += left_out
             for block in prompt.blocks:
                 if block.kind == "history":
                     block.cut = f"{prompt.dropped_turns} older turn(s) left out"
+        return prompt
+
+    def build_context(self, engine: Engine, branch: list[Message] | None = None) -> ContextSnapshot:
+        """The prompt for replying to the last user message of ``branch`` (default: the current branch),
+        rendered for ``engine``; with no user message pending, the prompt as it stands (for the context view)."""
+        prompt = self.build_prompt(engine, branch)
         text = engine.render(Conversation.from_prompt(prompt), reasoning_effort=self.settings.reasoning_effort)  # type: ignore[arg-type]
         tokens = len(engine.tokenize_prompt(text))
         return ContextSnapshot(prompt, text, engine.style, tokens, engine.path.name)
@@ -345,10 +353,10 @@ class ChatSession(ChatTurns):
     def regenerate(self, engine: Engine, **kwargs: Any) -> Message:
         """A new reply to the last user message. The old reply stays in the tree as an alternative
         (a sibling); the new one becomes the leaf."""
+        if not any(m.role == "user" for m in self.messages):  # only the greeting: nothing was asked yet
+            raise ValueError("nothing to regenerate: send a message first")
         while self.leaf is not None and self.leaf.role == "assistant":
             self.messages.pop()
-        if self.leaf is None:
-            raise ValueError("nothing to regenerate: send a message first")
         return self.reply(engine, **kwargs)
 
     def switch_to(self, leaf_id: int) -> None:
@@ -468,14 +476,6 @@ class ChatSession(ChatTurns):
     def remove_pin(self, pin_id: int) -> None:
         self.store.delete_pin(pin_id)
         self.pins = [p for p in self.pins if p.id != pin_id]
-
-    def set_user_name(self, name: str) -> None:
-        """Who the user plays in this chat (default: whoever talks to the character most in the scenes)."""
-        name = " ".join(name.split())
-        if not name:
-            raise ValueError("empty name")
-        self.settings.user_name = name
-        _quiet(lambda: self.store.update_chat(self.chat.id, settings=asdict(self.settings)), self._error)
 
     def set_reasoning_effort(self, effort: str) -> None:
         """For this chat and as the character's default for new chats."""

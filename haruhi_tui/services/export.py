@@ -2,7 +2,10 @@
 
 A ShareGPT export is built by the same persona builder as ``haruhi data build`` (role prompt plus
 scenes retrieved for the conversation), so a user's best chats drop straight into training with
-``haruhi data build --extra chat.json``. Markdown and JSONL parse back into the same turns.
+``haruhi data build --extra chat.json``. A record taken from a live chat (:func:`session_record`) carries
+the prompt the chat itself built for its last reply (persona, world info, author's note and all), and the
+sample is that prompt, so a fine-tune sees what the chat sends. Markdown and JSONL parse back into the
+same turns.
 """
 
 from __future__ import annotations
@@ -11,15 +14,18 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from haruhi_tui.core.characters import Character
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.core.fsutil import atomic_open, write_text
-from haruhi_tui.core.persona import PersonaBuilder, Turn
+from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, Turn
 from haruhi_tui.core.prompt_format import Conversation, to_messages
 from haruhi_tui.core.sharegpt import Sample, write_samples
 from haruhi_tui.services.chat import ChatSession
+
+if TYPE_CHECKING:
+    from haruhi_tui.core.engine import Engine
 
 FORMATS = ("markdown", "jsonl", "sharegpt")
 _MD_TURN = re.compile(r"^\*\*(?P<speaker>.+?)\*\*(?P<role> \(you\))?: (?P<text>.*)$")
@@ -33,6 +39,24 @@ class ChatRecord:
     character: Character
     turns: tuple[Turn, ...]
     model: str = ""
+    prompt: PersonaPrompt | None = None  # the prompt the chat built for its last reply (see session_record)
+
+
+def session_record(session: ChatSession, engine: "Engine | None" = None, *, with_prompt: bool = True) -> ChatRecord:
+    """What to export of a live chat: its spoken turns and (``with_prompt``) the prompt it builds for its
+    last reply with the chat's persona, lorebooks, author's note, pins and summary, counted with
+    ``engine``'s tokenizer and budgets when given (the chat's model: then it is the prompt the chat sends),
+    else estimated."""
+    messages = session.messages
+    last = max((i for i, m in enumerate(messages) if m.role == "assistant" and m.content.strip()), default=-1)
+    prompt = None
+    if with_prompt and last > 0 and any(m.role == "user" for m in messages[:last]):
+        branch = messages[:last]
+        while branch and branch[-1].role != "user":
+            branch = branch[:-1]
+        prompt = session.build_prompt(engine, branch, probe=True)
+    model = Path(session.chat.model).name if session.chat.model else ""
+    return ChatRecord(session.title, session.character, tuple(session.spoken_turns()), model, prompt)
 
 
 def format_for(path: str | Path) -> str:
@@ -82,20 +106,28 @@ def parse_jsonl(text: str) -> list[Turn]:
 
 
 def to_sharegpt(chat: ChatRecord, builder: PersonaBuilder | None = None) -> Sample:
-    """One training sample: the persona system prompt for this conversation, then its turns."""
-    turns = alternate(chat.turns)
+    """One training sample: the persona system prompt for this conversation, then its turns (with the
+    chat's own prompt for its last reply where the record has it)."""
+    turns = _user_first(alternate(chat.turns))
     while turns and turns[-1].role != "assistant":
         turns.pop()  # a sample must end with the character speaking
-    while turns and turns[0].role != "user":
-        turns.pop(0)
     if not turns:
         raise HaruhiError("this chat has no reply from the character yet: nothing to export as training data")
-    builder = builder or PersonaBuilder(chat.character)
-    query = "\n".join(t.text for t in turns if t.role == "user")
-    prompt = builder.build(turns[:-1], None, query=query)
-    prompt_turns = list(prompt.turns)
-    conv = Conversation(prompt.system, (*prompt_turns, turns[-1]), chat.character.name)
+    if chat.prompt is not None:
+        system, prompt_turns = chat.prompt.system, _user_first(alternate(chat.prompt.turns))
+    else:
+        builder = builder or PersonaBuilder(chat.character)
+        query = "\n".join(t.text for t in turns if t.role == "user")
+        prompt = builder.build(turns[:-1], None, query=query)
+        system, prompt_turns = prompt.system, list(prompt.turns)
+    conv = Conversation(system, (*prompt_turns, turns[-1]), chat.character.name)
     return Sample(to_messages(conv), chat.character.name, f"chat:{chat.title}")
+
+
+def _user_first(turns: list[Turn]) -> list[Turn]:
+    while turns and turns[0].role != "user":
+        turns.pop(0)  # a sample opens on a user turn (a greeting alone has nobody to answer)
+    return turns
 
 
 def export_chat(chat: ChatRecord, path: str | Path, builder: PersonaBuilder | None = None) -> Path:
@@ -113,12 +145,12 @@ def export_chat(chat: ChatRecord, path: str | Path, builder: PersonaBuilder | No
     return target
 
 
-def export_session(session: ChatSession, path: str | Path) -> Path:
-    """Write a chat's current branch to ``path`` (format by suffix): what the app's Export chat does."""
-    speakers = {"user": session.settings.user_name, "assistant": session.character.name}
-    turns = tuple(Turn(m.role, m.content, speakers[m.role])  # type: ignore[arg-type]
-                  for m in session.messages if m.role in speakers and m.content.strip())
-    return export_chat(ChatRecord(session.title, session.character, turns, Path(session.chat.model).name), path)
+def export_session(session: ChatSession, path: str | Path, engine: "Engine | None" = None) -> Path:
+    """Write a chat's current branch to ``path`` (format by suffix): what the app's Export chat does. A
+    ShareGPT export carries the prompt the chat builds (see :func:`session_record`; pass the chat's
+    ``engine`` so the budgets and token counts are the model's)."""
+    record = session_record(session, engine, with_prompt=format_for(path) == "sharegpt")
+    return export_chat(record, path)
 
 
 def alternate(turns: Sequence[Turn]) -> list[Turn]:

@@ -1,11 +1,12 @@
 """Sessions storage: SQLite with WAL, a schema version table and ordered upgrades."""
 
+from .roleplay import LoreAttachment, Persona, StoredLorebook
 from .schema import SCHEMA_VERSION, UPGRADES, current_version, upgrade
 from .sessions import MEMORY, STATUSES, Chat, Message, Pin, Store, StoreError
 
 __all__ = [
-    "MEMORY", "SCHEMA_VERSION", "STATUSES", "UPGRADES", "Chat", "Message", "Pin", "Store", "StoreError",
-    "current_version", "upgrade", "default_db_path",
+    "MEMORY", "SCHEMA_VERSION", "STATUSES", "UPGRADES", "Chat", "LoreAttachment", "Message", "Persona", "Pin",
+    "Store", "StoreError", "StoredLorebook", "current_version", "upgrade", "default_db_path",
 ]
 
 

@@ -7,7 +7,8 @@ one that has shipped.
 
 Version 1 is the conversation model the app grows into: messages form a tree (``parent_id``), a chat
 points at its current leaf, so edit-and-branch, regenerate alternatives and side-by-side compares are
-siblings under one parent. Pinned facts, a rolling summary and a jobs table come as later versions.
+siblings under one parent. Pinned facts, a rolling summary, a jobs table and role-play depth (personas,
+lorebooks, the author's note) come as later versions.
 """
 
 from __future__ import annotations
@@ -118,7 +119,53 @@ def _v4_jobs(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX jobs_by_output ON jobs(output, status)")
 
 
-UPGRADES: list[Upgrade] = [_v1_conversations, _v2_generation_stats, _v3_memory, _v4_jobs]
+def _v5_roleplay(db: sqlite3.Connection) -> None:
+    """Role-play depth, as SillyTavern users know it: user personas (a name and a description, chosen per
+    chat; NULL is the character's usual interlocutor), lorebooks kept in the database (the file's text as
+    imported, SillyTavern world info or a card's character_book), the lorebooks attached to each chat (a
+    stored one, or a file path read afresh each turn), and each chat's author's note with its depth."""
+    db.execute(
+        """
+        CREATE TABLE personas (
+            id          INTEGER PRIMARY KEY,
+            name        TEXT    NOT NULL,
+            description TEXT    NOT NULL DEFAULT '',
+            created_at  REAL    NOT NULL,
+            updated_at  REAL    NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE lorebooks (
+            id         INTEGER PRIMARY KEY,
+            name       TEXT    NOT NULL,
+            data       TEXT    NOT NULL,                   -- the lorebook JSON as imported
+            source     TEXT    NOT NULL DEFAULT '',        -- the file it came from
+            created_at REAL    NOT NULL,
+            updated_at REAL    NOT NULL
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE chat_lorebooks (
+            id          INTEGER PRIMARY KEY,
+            chat_id     INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+            lorebook_id INTEGER REFERENCES lorebooks(id) ON DELETE CASCADE,  -- a stored lorebook, or
+            path        TEXT    NOT NULL DEFAULT '',                         -- a file attached by path
+            position    INTEGER NOT NULL DEFAULT 0,
+            CHECK ((lorebook_id IS NULL) != (path = ''))
+        )
+        """
+    )
+    db.execute("CREATE INDEX chat_lorebooks_by_chat ON chat_lorebooks(chat_id, position)")
+    db.execute("ALTER TABLE chats ADD COLUMN persona_id INTEGER REFERENCES personas(id) ON DELETE SET NULL")
+    db.execute("ALTER TABLE chats ADD COLUMN authors_note TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE chats ADD COLUMN note_depth INTEGER NOT NULL DEFAULT 4")
+
+
+UPGRADES: list[Upgrade] = [_v1_conversations, _v2_generation_stats, _v3_memory, _v4_jobs, _v5_roleplay]
 SCHEMA_VERSION = len(UPGRADES)
 
 

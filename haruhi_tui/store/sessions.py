@@ -17,18 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from haruhi_tui.core.errors import HaruhiError
-
 from . import schema
+from .errors import StoreError
+from .roleplay import RoleplayTables
 
 Role = Literal["system", "user", "assistant"]
 Status = Literal["complete", "incomplete", "stopped", "error"]
 STATUSES: tuple[Status, ...] = ("complete", "incomplete", "stopped", "error")
 MEMORY = ":memory:"
-
-
-class StoreError(HaruhiError):
-    """The sessions database cannot be opened, read or written."""
 
 
 @dataclass
@@ -45,6 +41,9 @@ class Chat:
     updated_at: float = 0.0
     summary: str = ""
     summary_upto: int | None = None
+    persona_id: int | None = None     # None: the character's usual interlocutor (see ChatSession.persona)
+    authors_note: str = ""
+    note_depth: int = 4
 
 
 @dataclass
@@ -88,7 +87,7 @@ def _explain(exc: sqlite3.Error, path: str) -> str:
     return f"sessions database {path}: {exc}"
 
 
-class Store:
+class Store(RoleplayTables):
     """The sessions database. ``path`` may be :data:`MEMORY` for a store that is not kept."""
 
     def __init__(self, path: str | Path, *, timeout: float = 2.0) -> None:
@@ -180,8 +179,10 @@ class Store:
         return [_chat(row, cols) for row in rows]
 
     def update_chat(self, chat_id: int, **fields: Any) -> None:
-        """Set some of title, model, settings, scene_ids, leaf_id (and touch updated_at)."""
-        allowed = {"title", "model", "settings", "scene_ids", "leaf_id", "character_name"}
+        """Set some of title, model, settings, scene_ids, leaf_id, persona_id, authors_note, note_depth (and touch
+        updated_at)."""
+        allowed = {"title", "model", "settings", "scene_ids", "leaf_id", "character_name", "persona_id", "authors_note",
+                   "note_depth"}
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)}")
@@ -198,6 +199,7 @@ class Store:
         self._write([
             ("UPDATE chats SET leaf_id = NULL, summary_upto = NULL WHERE id = ?", (chat_id,)),
             ("DELETE FROM pins WHERE chat_id = ?", (chat_id,)),
+            ("DELETE FROM chat_lorebooks WHERE chat_id = ?", (chat_id,)),
             ("DELETE FROM messages WHERE chat_id = ?", (chat_id,)),
             ("DELETE FROM chats WHERE id = ?", (chat_id,)),
         ])
@@ -382,7 +384,8 @@ def _chat(row: tuple, cols: list[str]) -> Chat:
         id=d["id"], title=d["title"], character=d["character"], character_name=d["character_name"],
         model=d["model"], settings=json.loads(d["settings"] or "{}"), scene_ids=json.loads(d["scene_ids"] or "[]"),
         leaf_id=d["leaf_id"], created_at=d["created_at"], updated_at=d["updated_at"],
-        summary=d.get("summary") or "", summary_upto=d.get("summary_upto"),
+        summary=d.get("summary") or "", summary_upto=d.get("summary_upto"), persona_id=d.get("persona_id"),
+        authors_note=d.get("authors_note") or "", note_depth=d["note_depth"] if d.get("note_depth") is not None else 4,
     )
 
 

@@ -28,9 +28,10 @@ async def test_edit_makes_a_branch_and_switching_restores_the_old_one(engine, ch
         before = screen.turns_done
         await pilot.press("enter")
         await wait_for(pilot, lambda: screen.turns_done > before, what="the reply to the edited line")
-        assert [m.content for m in session.messages][:3] == ["你好", session.messages[1].content, "今天吃什么？"]
-        assert session.messages[1].id == old_ids[1] and len(session.messages) == 4
-        assert screen.views()[2].content == "今天吃什么？"
+        assert session.messages[0].stats["greeting"]  # the chat opened with her greeting
+        assert [m.content for m in session.messages][1:4] == ["你好", session.messages[2].content, "今天吃什么？"]
+        assert session.messages[2].id == old_ids[2] and len(session.messages) == 5
+        assert screen.views()[3].content == "今天吃什么？"
 
         await pilot.press("alt+left")  # the previous version of the (edited) line: the old branch, whole
         await pilot.pause()
@@ -39,17 +40,17 @@ async def test_edit_makes_a_branch_and_switching_restores_the_old_one(engine, ch
         assert app.store.chat(session.chat.id).leaf_id == old_ids[-1]
         await pilot.press("alt+right")
         await pilot.pause()
-        assert session.messages[2].content == "今天吃什么？"
+        assert session.messages[3].content == "今天吃什么？"
 
         await pilot.press("alt+up")  # from the edited line (still selected) up to the first reply: edit it,
         #                              no generation
         await pilot.pause()
-        assert screen.selected == session.messages[1].id
+        assert screen.selected == session.messages[2].id
         await pilot.press("f4")
         await wait_for(pilot, lambda: isinstance(app.screen, TextDialog), what="the edit dialog")
         app.screen.query_one(Input).value = "我改过的回答"
         await pilot.press("enter")
-        await wait_for(pilot, lambda: len(session.messages) == 2, what="the edited reply")
+        await wait_for(pilot, lambda: len(session.messages) == 3, what="the edited reply")
         assert session.leaf.content == "我改过的回答" and session.alternatives(session.leaf.id) == (2, 2)
 
         screen.generating = True  # a branch switch while a reply is coming is refused, nothing changes

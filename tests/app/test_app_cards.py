@@ -8,7 +8,7 @@ from textual.widgets import Input, OptionList
 
 from haruhi_tui.app.screens.cards import ExportChatDialog, PathDialog
 from haruhi_tui.app.screens.download import DownloadDialog
-from haruhi_tui.app.screens.pick import CharacterPicker, ModelPicker
+from haruhi_tui.app.screens.pick import GET_MORE, CharacterPicker, ModelPicker
 from haruhi_tui.core.cards import export_card, read_card
 from haruhi_tui.core.characters import load_character
 from haruhi_tui.core.paths import data_dir
@@ -42,14 +42,14 @@ async def test_an_imported_card_appears_in_the_picker_and_a_malformed_one_is_a_m
         await pilot.press("f5")
         await _submit(pilot, PathDialog, str(card))
         await wait_for(pilot, lambda: isinstance(app.screen, CharacterPicker) and app.library.imported
-                       and app.screen.query_one("#characters", OptionList).option_count > configured,
+                       and app.screen.query_one("#characters", OptionList).option_count > configured + 1,
                        what="the import in the picker")
         imported = next(iter(app.library.imported))
         assert imported == "haruhi_card"  # the configured haruhi keeps its name: no duplicates
         assert (data_dir() / "characters" / imported / "system_prompt.txt").is_file()
         options = app.screen.query_one("#characters", OptionList)
         ids = _option_ids(options)
-        assert len(ids) == len(set(ids)) == configured + 1 and "haruhi" in ids
+        assert len(ids) == len(set(ids)) == configured + 2 and "haruhi" in ids and ids[-1] == GET_MORE
         assert "[imported]" in str(options.get_option_at_index(ids.index(imported)).prompt)
         assert app.library.characters[imported].name == app.library.characters["haruhi"].name == "春日"
 
@@ -59,7 +59,7 @@ async def test_an_imported_card_appears_in_the_picker_and_a_malformed_one_is_a_m
         assert any("bad.json" in p for p in app.problems)
         assert len(app.library.characters) == configured + 1
         await pilot.press(*"imported")
-        assert _option_ids(options) == [imported]
+        assert _option_ids(options) == [imported, GET_MORE]
         await pilot.press("enter")  # the app kept running: the imported character is chosen and talks
         await wait_for(pilot, lambda: app.chat_screen.session is not None, what="the chat")
         assert app.chat_screen.session.character.folder == imported
@@ -88,7 +88,8 @@ async def test_chat_export_in_three_formats_and_an_unwritable_path_is_a_message(
     async with app.run_test(size=SIZE) as pilot:
         await pick_character(pilot, app, "haruhi")
         await send(pilot, app, "凉宫同学，今天社团做什么？", wait=False)
-        await wait_for(pilot, lambda: app.chat_screen.session.messages, what="the stored message")
+        await wait_for(pilot, lambda: any(m.role == "user" for m in app.chat_screen.session.messages),
+                       what="the stored message")
         app.export_chat()
         await wait_for(pilot, lambda: isinstance(app.screen, ExportChatDialog), what="the export dialog")
         await pilot.pause()
@@ -102,7 +103,8 @@ async def test_chat_export_in_three_formats_and_an_unwritable_path_is_a_message(
             await _submit(pilot, ExportChatDialog, str(tmp_path / f"out{suffix}"))
             await wait_for(pilot, lambda: (tmp_path / f"out{suffix}").exists(), what=f"the {suffix} file")
         turns = parse_jsonl((tmp_path / "out.jsonl").read_text(encoding="utf-8"))
-        assert [(t.role, t.text) for t in turns] == [("user", "凉宫同学，今天社团做什么？")]
+        greeting = app.chat_screen.session.messages[0].content  # she spoke first
+        assert [(t.role, t.text) for t in turns] == [("assistant", greeting), ("user", "凉宫同学，今天社团做什么？")]
         assert "凉宫同学" in (tmp_path / "out.md").read_text(encoding="utf-8")
         app.export_chat()  # ShareGPT is training data: a chat without a reply is refused, one line
         await _submit(pilot, ExportChatDialog, str(tmp_path / "out.json"))

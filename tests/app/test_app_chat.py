@@ -20,7 +20,9 @@ async def test_pick_a_character_send_a_line_and_the_reply_streams_in(engine, cha
         assert screen.session.character.name == "春日"
         assert "春日" in str(screen.query_one("#chat-title").render())
         await send(pilot, app, "你好，今天SOS团有什么活动？")
-        user, reply = screen.views()
+        greeting, user, reply = screen.views()  # she speaks first: a line of hers that opens a classic scene
+        assert greeting.role == "assistant" and greeting.content == screen.session.messages[0].content
+        assert "from a classic scene" in str(greeting.query_one(".note").render())
         assert (user.role, user.speaker, user.content) == ("user", "阿虚", "你好，今天SOS团有什么活动？")
         assert reply.role == "assistant" and reply.speaker == "春日" and reply.color
         assert reply.content.strip() and reply.status == "complete"
@@ -29,8 +31,9 @@ async def test_pick_a_character_send_a_line_and_the_reply_streams_in(engine, cha
         assert "tok/s" in str(screen.query_one("#status").render())
         # everything is in the database already
         saved = app.store.branch(screen.session.chat.id)
-        assert [(m.role, m.status) for m in saved] == [("user", "complete"), ("assistant", "complete")]
-        assert saved[1].content == reply.content and saved[1].stats["generated_tokens"] > 0
+        assert [(m.role, m.status) for m in saved] == [("assistant", "complete"), ("user", "complete"),
+                                                       ("assistant", "complete")]
+        assert saved[2].content == reply.content and saved[2].stats["generated_tokens"] > 0
         # the chat exports in the dataset builder's ShareGPT format (and Markdown)
         exported = data_dir() / "exports" / f"chat-{screen.session.chat.id}.md"
         for suffix in (".md", ".json"):  # what the Export chat dialog writes for each format
@@ -61,16 +64,16 @@ async def test_stop_regenerate_and_thinking_toggle(engine, characters_dir, tmp_p
         assert stopped.status == "stopped"
         assert "stopped" in str(stopped.query_one(".note").render())
         chat_id = screen.session.chat.id
-        assert [m.status for m in app.store.branch(chat_id)] == ["complete", "stopped"]
+        assert [m.status for m in app.store.branch(chat_id)] == ["complete", "complete", "stopped"]
 
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: screen.turns_done == 2, what="the regenerated reply")
         views = screen.views()
-        assert [v.role for v in views] == ["user", "assistant"]  # replaced on screen
+        assert [v.role for v in views] == ["assistant", "user", "assistant"]  # replaced on screen, greeting kept
         assert views[-1].status == "complete" and views[-1].content
         branch = app.store.branch(chat_id)
-        assert [m.status for m in branch] == ["complete", "complete"]
-        siblings = app.store.children(branch[0].id)
+        assert [m.status for m in branch] == ["complete", "complete", "complete"]
+        siblings = app.store.children(branch[1].id)
         assert len(siblings) == 2 and siblings[0].status == "stopped"  # the old reply stays as an alternative
         assert app.store.chat(chat_id).leaf_id == siblings[1].id == views[-1].message_id
 
@@ -108,11 +111,30 @@ async def test_a_locked_database_mid_chat_is_a_message_and_nothing_is_lost(engin
         try:
             await send(pilot, app, "数据库被锁住了吗？")
             assert any("locked by another program" in p for p in app.problems)
-            assert [v.role for v in screen.views()] == ["user", "assistant"]  # the chat went on
+            assert [v.role for v in screen.views()] == ["assistant", "user", "assistant"]  # the chat went on
         finally:
             locker.execute("ROLLBACK")
             locker.close()
         await send(pilot, app, "现在呢？")
         saved = app.store.branch(screen.session.chat.id)
         assert [m.content for m in saved if m.role == "user"] == ["数据库被锁住了吗？", "现在呢？"]
-        assert len(saved) == 4 and screen.session.unsaved == 0
+        assert len(saved) == 5 and screen.session.unsaved == 0
+
+
+async def test_a_new_chat_opens_with_a_greeting_whose_alternatives_switch(characters_dir, tmp_path):
+    app = make_app(characters_dir, tmp_path / "s.db", engine=None, model=tmp_path / "none.gguf")
+    async with app.run_test(size=SIZE) as pilot:
+        await pick_character(pilot, app, "haruhi")
+        screen = app.chat_screen
+        [greeting] = screen.views()
+        first = screen.session.messages[0]
+        assert greeting.role == "assistant" and greeting.content == first.content and first.stats["greeting"] == "scene"
+        note = str(greeting.query_one(".note").render())
+        assert "from a classic scene" in note and "1 of 3" in note
+        await pilot.press("ctrl+r")  # nothing was asked yet: the greeting stays
+        assert [v.content for v in screen.views()] == [first.content] and not screen.generating
+        await pilot.press("alt+right")
+        await wait_for(pilot, lambda: screen.views() and screen.views()[0].content != first.content,
+                       what="the next greeting")
+        assert "2 of 3" in str(screen.views()[0].query_one(".note").render())
+        assert app.store.chat(screen.session.chat.id).leaf_id == screen.session.messages[0].id != first.id

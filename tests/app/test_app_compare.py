@@ -45,5 +45,5 @@ async def test_compare_shows_two_replies_and_keeps_the_picked_one(engines, chara
         await pilot.pause()
         assert session.leaf.id == left.id
         assert app.store.chat(session.chat.id).leaf_id == left.id
-        assert [v.content for v in screen.views()] == ["你好，今天做什么？", left.content]
+        assert [v.content for v in screen.views()] == [session.messages[0].content, "你好，今天做什么？", left.content]
         assert [m.id for m in app.store.siblings(left.id)] == [left.id, right.id]

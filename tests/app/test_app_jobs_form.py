@@ -9,7 +9,7 @@ import time
 import pytest
 from app_support import make_app, screen_text, wait_for
 from textual.containers import VerticalScroll
-from textual.widgets import DataTable, Switch
+from textual.widgets import DataTable, Select, Switch
 from tiny_characters import make_characters
 
 from haruhi_tui.app.screens.jobs import JobsScreen
@@ -35,9 +35,8 @@ async def test_the_train_form_reads_well_and_builds_its_missing_dataset(tmp_path
         assert "data/haruhi_train.json does not exist yet" in " ".join(shown.split())
         assert "Build the training set now" in shown
 
-        switch = screen.query_one("#train-gradient_checkpointing", Switch)
-        assert switch.value is True
-        switch.value = False
+        assert screen.query_one("#train-load_in_4bit", Switch).value is False  # on/off: a switch
+        screen.query_one("#train-gradient_checkpointing", Select).value = "off"  # auto/on/off: a list
         await pilot.pause()
         form = screen.query_one("#train-form", VerticalScroll)
         await pilot.press("pagedown")
@@ -47,7 +46,7 @@ async def test_the_train_form_reads_well_and_builds_its_missing_dataset(tmp_path
         screen.query_one("#dataset-build").press()
         await wait_for(pilot, lambda: (tmp_path / "data" / "haruhi_train.json").is_file()
                        and not screen.query_one("#train-dataset-check").display
-                       and screen.launcher.available_gpus is not None, timeout=120, what="the build")
+                       and screen.launcher.available_gpus is not None, timeout=400, what="the build")
         await pilot.pause()
         assert "dataset not found" not in str(screen.query_one("#train-problem").render())
         assert "--no-gradient-checkpointing" in str(screen.query_one("#train-command").render())

@@ -39,7 +39,7 @@ async def test_a_chat_survives_a_restart_and_the_list_renames_and_deletes(engine
         assert screen.session.chat.id == first_chat
         assert [(v.role, v.content) for v in screen.views()] == first
         await send(pilot, app, "那我们要去哪里找外星人？")  # the conversation goes on where it stopped
-        assert len(screen.views()) == 4
+        assert len(screen.views()) == 5  # her greeting and two exchanges
 
         await pilot.press("ctrl+n")  # a second chat, with someone else (a chat left without a word is not kept)
         await pick_character(pilot, app, "weixiaobao")
@@ -52,7 +52,7 @@ async def test_a_chat_survives_a_restart_and_the_list_renames_and_deletes(engine
         chats.highlighted = [chats.get_option_at_index(i).id for i in range(2)].index(str(first_chat))
         await pilot.press("enter")  # resume the first chat from the list
         await wait_for(pilot, lambda: screen.session.chat.id == first_chat, what="resuming from the list")
-        assert len(screen.views()) == 4
+        assert len(screen.views()) == 5
 
         await pilot.press("ctrl+b")
         await pilot.press("ctrl+b")
@@ -89,7 +89,8 @@ async def test_kill_9_mid_reply_keeps_the_message_and_the_partial_reply(characte
                 continue
             with sqlite3.connect(db) as raw:
                 try:
-                    row = raw.execute("SELECT content, status FROM messages WHERE role = 'assistant'").fetchone()
+                    row = raw.execute("SELECT content, status FROM messages WHERE role = 'assistant' "
+                                      "AND status = 'incomplete'").fetchone()  # the reply, not her greeting
                 except sqlite3.OperationalError:
                     continue
             if row and row[0]:
@@ -106,15 +107,16 @@ async def test_kill_9_mid_reply_keeps_the_message_and_the_partial_reply(characte
         screen = app.chat_screen
         await wait_for(pilot, lambda: screen.session is not None, what="the interrupted chat to resume")
         # the views are mounted with the session; their own parts (the status note) compose a moment later
-        await wait_for(pilot, lambda: len(screen.views()) == 2 and screen.views()[1].query(".note"),
+        await wait_for(pilot, lambda: len(screen.views()) == 3 and screen.views()[2].query(".note"),
                        what="the resumed reply's status note")
-        user, reply = screen.views()
+        greeting, user, reply = screen.views()
+        assert greeting.role == "assistant" and greeting.status == "complete"
         assert (user.role, user.content) == ("user", "给我讲讲SOS团的故事吧")
         assert reply.status == "incomplete" and reply.content.startswith(partial[0].strip()[:2])
         assert "incomplete" in str(reply.query_one(".note").render())
         await pilot.press("ctrl+r")  # and it can be finished
         await wait_for(pilot, lambda: screen.turns_done == 1, what="the regenerated reply")
-        assert [v.status for v in screen.views() if isinstance(v, MessageView)] == ["complete", "complete"]
+        assert [v.status for v in screen.views() if isinstance(v, MessageView)] == ["complete"] * 3
 
 
 @pytest.mark.slow
@@ -131,4 +133,6 @@ async def test_quitting_mid_reply_stops_it_and_saves_it_as_stopped(engine, chara
     assert app.return_code == 0
     saved = sqlite3.connect(db).execute(
         "SELECT role, status FROM messages WHERE chat_id = ? ORDER BY id", (chat_id,)).fetchall()
-    assert saved == [("user", "complete"), ("assistant", "stopped")]
+    *greetings, said, stopped = saved  # her greeting and its alternatives (siblings), then the turn
+    assert (said, stopped) == (("user", "complete"), ("assistant", "stopped"))
+    assert greetings and set(greetings) == {("assistant", "complete")}

@@ -19,7 +19,7 @@ GREEDY = Sampling(temperature=0.0, max_tokens=12, repeat_penalty=1.0)
 @pytest.fixture
 def session(characters_dir, tmp_path):
     store = Store(tmp_path / "s.db")
-    return ChatSession.start(store, load_character(characters_dir / "haruhi"))
+    return ChatSession.start(store, load_character(characters_dir / "haruhi"), greet=False)  # test_greeting.py
 
 
 def _long_chat(session: ChatSession, turns: int) -> None:

@@ -16,7 +16,7 @@ GREEDY = Sampling(temperature=0.0, max_tokens=8, repeat_penalty=1.0)
 
 @pytest.fixture
 def session(characters_dir, tmp_path):
-    return ChatSession.start(Store(tmp_path / "s.db"), load_character(characters_dir / "haruhi"))
+    return ChatSession.start(Store(tmp_path / "s.db"), load_character(characters_dir / "haruhi"), greet=False)
 
 
 def _said(session: ChatSession, *lines: str) -> None:

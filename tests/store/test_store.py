@@ -127,7 +127,7 @@ def test_an_unwritable_location_is_reported(tmp_path):
 def test_a_chat_keeps_what_was_said_while_the_database_is_locked_and_saves_it_later(db_path, characters_dir):
     store = Store(db_path, timeout=0.1)
     errors: list[str] = []
-    session = ChatSession.start(store, load_character(characters_dir / "haruhi"), on_error=errors.append)
+    session = ChatSession.start(store, load_character(characters_dir / "haruhi"), on_error=errors.append, greet=False)
     session.add_user_message("first line")
     locker = sqlite3.connect(db_path, isolation_level=None)
     locker.execute("BEGIN EXCLUSIVE")

@@ -1,13 +1,17 @@
 """A Hugging Face hub on 127.0.0.1 (real HTTP, huggingface-hub's own client talks to it through
-HF_ENDPOINT): repos of files, resumable ranged downloads, a connection that drops once, 404 error codes."""
+HF_ENDPOINT): model and dataset repos of files, resumable ranged downloads, a connection that drops once,
+404 error codes. The two ChatHaruhi character datasets are there in their real layout, small."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
+import struct
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -21,6 +25,50 @@ def _blob(seed: int, size: int) -> bytes:
     return np.random.default_rng(seed).integers(0, 256, size, dtype=np.uint8).tobytes()
 
 
+def _vector(seed: int, dim: int = 256) -> str:
+    """An embedding as ChatHaruhi stores it: big-endian float32s, base64."""
+    values = np.random.default_rng(seed).random(dim)
+    return base64.b64encode(struct.pack(f"!{dim}f", *values)).decode("ascii")
+
+
+def character_file(prompt: str, scenes: list[str], columns: tuple[str, ...], *, encode_from: int = -1) -> bytes:
+    """A ``<name>.jsonl`` as ChatHaruhi's ``package_role`` writes it: the role prompt row (every embedding column
+    says ``system_prompt``), the reserved ``config`` row, then one row per scene with its vectors. Scenes from
+    ``encode_from`` on carry their text base64-encoded in ``enc_text`` (ChatHaruhi 3.0 reads both)."""
+    rows = [{"text": prompt, **{c: "system_prompt" for c in columns}},
+            {"text": "Reserve Config Setting Here", **{c: "config" for c in columns}}]
+    for i, scene in enumerate(scenes):
+        text = ({"enc_text": base64.b64encode(scene.encode("utf-8")).decode("ascii")} if 0 <= encode_from <= i
+                else {"text": scene})
+        rows.append({**text, **{c: _vector(i * 7 + j) for j, c in enumerate(columns)}})
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+
+
+def chatharuhi_datasets() -> dict[str, dict[str, bytes]]:
+    """silk-road/ChatHaruhi-RolePlaying (Luna, and haruhi, who is also bundled) and
+    silk-road/ChatHaruhi-from-RoleLLM (Jack Sparrow; Doctor Who is missing there, as ChatHaruhi's notes say)."""
+    luna = [f"Luna:「Scene {i}: you're just as sane as I am.」\nHarry:「Luna, what are you doing here?」\n"
+            f"Luna:「Looking for Nargles, number {i}.」" for i in range(16)]
+    haruhi = [f"春日:「我对普通的人类没有兴趣！第{i}次。」\n阿虚:「……」" for i in range(4)]
+    sparrow = [f"Jack Sparrow:「Why is the rum always gone? ({i})」\nWill Turner:「Jack!」\n"
+               f"narrator:The ship rocks.\nJack Sparrow:「Savvy?」" for i in range(16)]
+    return {
+        "silk-road/ChatHaruhi-RolePlaying": {
+            "Luna.jsonl": character_file("I want you to act like Luna from Harry Potter.\n"
+                                         "Classic scenes for the role are as follows:\n{{RAG多对话|token<=1000|n<=5}}",
+                                         luna, ("luotuo_openai", "bge_zh_s15"), encode_from=12),
+            "haruhi.jsonl": character_file("你正在扮演凉宫春日。", haruhi, ("luotuo_openai",)),
+            "README.md": b"---\nlicense: apache-2.0\n---\n# ChatHaruhi\n",
+        },
+        "silk-road/ChatHaruhi-from-RoleLLM": {
+            "Jack Sparrow.jsonl": character_file("I want you to act like Jack Sparrow from "
+                                                 "Pirates-of-the-Caribbean-Dead-Man's-Chest.", sparrow,
+                                                 ("luotuo_openai", "bge_en_s15")),
+            "README.md": b"---\nlicense: cc-by-4.0\n---\n",
+        },
+    }
+
+
 class FakeHub:
     """Files served in the hub's URL layout with the headers huggingface_hub reads (X-Repo-Commit, ETag...)."""
 
@@ -31,16 +79,21 @@ class FakeHub:
             "haruhi/checkpoint": {"config.json": b'{"model_type": "gpt_oss"}', "model.safetensors": _blob(3, 50_000)},
             "haruhi/many-GGUF": {"a-Q8_0.gguf": _blob(4, 1000), "a-F16.gguf": _blob(5, 2000)},
         }
+        self.datasets: dict[str, dict[str, bytes]] = chatharuhi_datasets()
+        self.lfs: set[str] = {"Jack Sparrow.jsonl"}  # big files live in LFS (Harry.jsonl does on the real hub)
         self.drop_once: set[str] = set()  # first GET of these files dies half way
         self.lie_about: set[str] = set()  # ETag of these files does not match their bytes
         self.requests: list[tuple[str, str, str | None]] = []
 
-    @staticmethod
-    def is_lfs(name: str) -> bool:
-        return name.endswith((".gguf", ".safetensors"))
+    def is_lfs(self, name: str) -> bool:
+        return name.endswith((".gguf", ".safetensors")) or name in self.lfs
 
-    def etag(self, repo: str, name: str) -> str:
-        data = self.repos[repo][name]
+    def files(self, kind: str | None, repo: str) -> dict[str, bytes] | None:
+        """A repo's files; ``kind`` is the URL's ``datasets``/``models`` part (None: a model)."""
+        return (self.datasets if kind == "datasets" else self.repos).get(repo)
+
+    def etag(self, repo: str, name: str, kind: str | None = None) -> str:
+        data = self.files(kind, repo)[name]
         if name in self.lie_about:
             data = data[::-1]
         if self.is_lfs(name):
@@ -59,15 +112,16 @@ class FakeHub:
                 self.end_headers()
 
             def _resolve(self, head: bool) -> None:
-                match = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", self.path.split("?")[0])
+                match = re.fullmatch(r"/(?:(datasets)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)", self.path.split("?")[0])
                 hub.requests.append((self.command, self.path, self.headers.get("Range")))
-                if not match or match[1] not in hub.repos:
+                files = hub.files(match[1], match[2]) if match else None
+                if files is None:
                     return self._error("RepoNotFound")
-                repo, name = match[1], match[3]
-                if name not in hub.repos[repo]:
+                repo, name = match[2], unquote(match[4])
+                if name not in files:
                     return self._error("EntryNotFound")
-                data = hub.repos[repo][name]
-                etag = hub.etag(repo, name)
+                data = files[name]
+                etag = hub.etag(repo, name, match[1])
                 start = 0
                 if not head and (wanted := self.headers.get("Range")):
                     start = int(re.fullmatch(r"bytes=(\d+)-", wanted)[1])
@@ -97,14 +151,14 @@ class FakeHub:
                 self._resolve(head=True)
 
             def do_GET(self) -> None:
-                match = re.fullmatch(r"/api/models/([^/]+/[^/]+)/revision/([^/?]+)(\?.*)?", self.path)
+                match = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/revision/([^/?]+)(\?.*)?", self.path)
                 if not match:
                     return self._resolve(head=False)
                 hub.requests.append(("GET", self.path, None))
-                if match[1] not in hub.repos:
+                files = hub.files(match[1], match[2])
+                if files is None:
                     return self._error("RepoNotFound")
-                files = hub.repos[match[1]]
-                body = json.dumps({"id": match[1], "sha": COMMIT, "siblings": [
+                body = json.dumps({"id": match[2], "sha": COMMIT, "siblings": [
                     {"rfilename": name, "size": len(data)} for name, data in files.items()]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

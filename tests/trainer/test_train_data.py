@@ -14,6 +14,7 @@ import torch
 from haruhi_tui.core import harmony
 from haruhi_tui.core.prompt_format import SCRIPT_CLOSE, detect_style
 from haruhi_tui.core.sharegpt import Sample
+from trainer.batch_plan import plan_grouped, plan_packed
 from trainer.train_data import (
     IGNORE_INDEX,
     DataStats,
@@ -22,8 +23,6 @@ from trainer.train_data import (
     conversation_of,
     encode_samples,
     fit_conversation,
-    plan_grouped,
-    plan_packed,
 )
 
 PERSONA = "你是凉宫春日,SOS团的团长。说话直接,充满干劲。"
@@ -162,7 +161,8 @@ def test_collation_restarts_positions_and_never_labels_a_sequence_start(tokenize
     assert positions[:len(a)] == list(range(len(a))) and positions[len(a):len(a) + len(b)] == list(range(len(b)))
     assert batch["labels"][0, 0] == IGNORE_INDEX and batch["labels"][0, len(a)] == IGNORE_INDEX
     assert (batch["labels"][1, len(b):] == IGNORE_INDEX).all()
-    total, real, trainable = batch["haruhi_tokens"].tolist()
+    total, real, trainable = batch["haruhi_tokens"]
+    assert all(type(n) is int for n in batch["haruhi_tokens"])  # plain ints: counting never waits for the GPU
     assert (total, real) == (2 * width, len(a) + 2 * len(b)) and trainable == a.trainable + 2 * b.trainable
     grouped = collate([[0], [1]], [a, b], "grouped", pad_id=tokenizer.pad_token_id)
     assert grouped["attention_mask"].sum().item() == len(a) + len(b) and "position_ids" not in grouped

@@ -103,8 +103,8 @@ class ChatScreen(MessageActions):
         self.begin_turn(text)
 
     def action_regenerate(self) -> None:
-        if self.session is None or not self.session.messages:
-            self.notify("nothing to regenerate yet", severity="warning")
+        if self.session is None or not any(m.role == "user" for m in self.session.messages):
+            self.notify("nothing to regenerate yet", severity="warning")  # a greeting alone is not a reply
             return
         if self.generating:
             self.notify("a reply is still coming: Esc stops it", severity="warning")

@@ -19,6 +19,7 @@ from haruhi_tui.app.services import Services
 from haruhi_tui.app.widgets import ChatList, MessageView, PromptInput, character_color
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.services.chat import ChatSession
+from haruhi_tui.services.greeting import greeting_caption
 from haruhi_tui.store import Message, StoreError
 
 from .dialogs import ConfirmDialog, TextDialog
@@ -158,9 +159,10 @@ class ChatView(Screen[None]):
         character = self.session.character
         if m.role == "user":
             return MessageView("user", self.session.settings.user_name, m.content, message_id=m.id)
+        caption = greeting_caption(m.stats, *self.session.alternatives(m.id)) if m.stats.get("greeting") else ""
         return MessageView("assistant", character.name, m.content, analysis=m.analysis, status=m.status,
                            color=character_color(character.folder), message_id=m.id,
-                           show_thinking=self.show_thinking, waiting=waiting)
+                           show_thinking=self.show_thinking, caption=caption, waiting=waiting)
 
     def versions(self) -> dict[int, tuple[int, int]]:
         """For each message on the branch shown: which of its alternatives it is, and how many there are."""
@@ -262,7 +264,7 @@ class ChatView(Screen[None]):
             if folder:
                 await self.start_chat(folder)
 
-        self.app.push_screen(CharacterPicker(self.services.library), picked)
+        self.app.push_screen(CharacterPicker(self.services.library, self.services.report), picked)
 
     async def start_chat(self, folder: str) -> None:
         services = self.services

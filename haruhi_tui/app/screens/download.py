@@ -1,4 +1,5 @@
-"""Download a model from the Hugging Face hub into the models folder, with a progress bar."""
+"""Download a model into the models folder, with a progress bar: an entry of the model catalogue, or any
+Hugging Face hub repo typed in."""
 
 from __future__ import annotations
 
@@ -10,15 +11,18 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Input, Label, ProgressBar, Static
+from textual.widgets import Input, Label, ProgressBar, Select, Static
 
 from haruhi_tui.app.services import Report
 from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.core.memory_fit import gib
 from haruhi_tui.services.hub import download
+from haruhi_tui.services.model_catalogue import CATALOGUE, CatalogueEntry, find_entry
 
 
 class DownloadDialog(ModalScreen[str | None]):
-    """Repo id and optional file; Enter starts :func:`haruhi_tui.services.hub.download` in a thread.
+    """A catalogue entry (it fills in repo and file) or a repo id and optional file; Enter starts
+    :func:`haruhi_tui.services.hub.download` in a thread.
 
     Dismisses with the downloaded path; a failure (offline, no such repo, full disk) stays on the
     dialog as its one-line message so the user can fix the name and press Enter again.
@@ -36,6 +40,8 @@ class DownloadDialog(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label("Download model", classes="dialog-title")
+            yield Select([(self._entry_line(e), e.id) for e in CATALOGUE], id="catalogue",
+                         prompt="pick from the catalogue, or type a repo id below")
             yield Input(placeholder="repo id, e.g. unsloth/gpt-oss-20b-GGUF", id="repo")
             yield Input(placeholder="file (optional: the only or the Q4_K_M GGUF is picked)", id="file")
             yield ProgressBar(total=1.0, show_eta=False, id="download-progress")
@@ -43,6 +49,24 @@ class DownloadDialog(ModalScreen[str | None]):
                          classes="note")
 
     def on_mount(self) -> None:
+        self.query_one("#repo", Input).focus()
+
+    @staticmethod
+    def _entry_line(entry: CatalogueEntry) -> str:
+        fit = entry.fit()
+        return f"{entry.id} · {entry.size_label} · " + ("fits" if fit.fits else "too big for this machine")
+
+    @on(Select.Changed, "#catalogue")
+    def _picked(self, event: Select.Changed) -> None:
+        entry = find_entry(str(event.value))  # None for the blank choice
+        if entry is None:
+            return
+        self.query_one("#repo", Input).value = entry.repo
+        self.query_one("#file", Input).value = entry.file
+        fit = entry.fit()
+        self._status(f"{entry.label}: {entry.note}. Enter downloads it." if fit.fits
+                     else f"{entry.label} needs about {gib(fit.need)}, more than this machine has; "
+                          "Enter downloads it anyway.", error=not fit.fits)
         self.query_one("#repo", Input).focus()
 
     @on(Input.Submitted)

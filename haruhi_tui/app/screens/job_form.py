@@ -14,6 +14,7 @@ from textual.message import Message
 from textual.widgets import Button, Input, Label, Select, Static, Switch
 
 from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.services.character_library import CharacterLibrary
 
 #: Setting names that do not read as words once their underscores are spaces.
 LABELS = {
@@ -65,9 +66,9 @@ class DatasetCheck(Vertical):
             super().__init__()
             self.text, self.error = text, error
 
-    def __init__(self, characters_dir: Path | None, **kwargs: Any) -> None:
+    def __init__(self, library: CharacterLibrary | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.characters_dir = characters_dir
+        self.library = library  # the characters `haruhi data build` reads by default
         self.building = False
         self.target: Path | None = None
 
@@ -87,9 +88,9 @@ class DatasetCheck(Vertical):
         self.display = not full.exists()
         if not self.display:
             return
-        buildable = path.name == TRAIN_SET and self.characters_dir is not None
+        buildable = path.name == TRAIN_SET and self.library is not None
         self.target = full.parent if buildable else None
-        how = f"`haruhi data build -o {path.parent}/` writes it from the ChatHaruhi characters"
+        how = f"`haruhi data build -o {path.parent}/` writes it from your character library"
         self.query_one("#dataset-note", Static).update(
             f"{dataset} does not exist yet: {how}" + (" (the button does that here, a minute or two)" if buildable
                                                      else f" as {TRAIN_SET}"))
@@ -106,21 +107,20 @@ class DatasetCheck(Vertical):
         self.run_worker(self._run_build, thread=True, group="dataset-build")
 
     def _run_build(self) -> None:
-        from haruhi_tui.core.characters import list_character_folders
         from haruhi_tui.core.dataset import BuildOptions, build, write
 
-        assert self.target is not None and self.characters_dir is not None
+        assert self.target is not None and self.library is not None
         note = self.query_one("#dataset-note", Static)
         try:
-            total = len(list_character_folders(self.characters_dir))
-            done = [0]
+            characters = self.library.select()
+            total, done = len(characters), [0]
 
             def progress(character) -> None:
                 done[0] += 1
                 self.app.call_from_thread(note.update, f"building the training set: {character.name} "
                                                        f"({done[0]}/{total} characters)…")
 
-            result = build(self.characters_dir, BuildOptions(), progress=progress)
+            result = build(characters, BuildOptions(), progress=progress)
             write(result, self.target)
         except (HaruhiError, OSError) as exc:
             self.app.call_from_thread(self._finished, f"could not build it: {exc}", True)

@@ -7,7 +7,6 @@ Jobs are separate processes; this screen only reads their events twice a second,
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -34,6 +33,7 @@ from textual_plotext import PlotextPlot
 from haruhi_tui.app.messages import LoadModel
 from haruhi_tui.app.widgets.comparison import comparison_view
 from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.services.character_library import CharacterLibrary
 from haruhi_tui.services.jobs import CONVERT_TYPES, Job, JobError, Launcher, gpu_count, train_fields
 
 from .job_form import DatasetCheck, field_value, form_field, label_of
@@ -73,10 +73,10 @@ class JobsScreen(Screen):
     JobsScreen Button { margin: 0 1 0 0; }
     """
 
-    def __init__(self, launcher: Launcher, characters_dir: Path | None = None) -> None:
+    def __init__(self, launcher: Launcher, library: CharacterLibrary | None = None) -> None:
         super().__init__()
         self.launcher = launcher
-        self.characters_dir = characters_dir  # what "build the training set" reads
+        self.library = library  # what "build the training set" reads
         self.watched: Job | None = None
         self._plotted: tuple = ()
         self._log_shown: list[str] = []
@@ -98,7 +98,7 @@ class JobsScreen(Screen):
                     for f in (f for f in fields if f.basic):
                         yield form_field(f"train-{f.name}", label_of(f.name), f.default, f.help, f.choices)
                         if f.name == "dataset":
-                            yield DatasetCheck(self.characters_dir, id="train-dataset-check")
+                            yield DatasetCheck(self.library, id="train-dataset-check")
                     with Collapsible(title="Advanced: every other setting", collapsed=True, id="train-advanced"):
                         for f in (f for f in fields if not f.basic):
                             yield form_field(f"train-{f.name}", label_of(f.name), f.default, f.help, f.choices)
@@ -359,12 +359,22 @@ class JobsScreen(Screen):
             parts.append(f"loss {last['loss']:.4f}")
         if last.get("learning_rate") is not None:
             parts.append(f"lr {last['learning_rate']:.2e}")
-        if last.get("tokens_per_second"):
-            parts.append(f"{last['tokens_per_second']:.0f} tok/s")
+        rate = last.get("tokens_per_second_recent") or last.get("tokens_per_second")
+        if rate:  # in all, per GPU and against one GPU (the same figures as `haruhi train`'s progress line)
+            speed = f"{rate:,.0f} tok/s"
+            if (last.get("world_size") or 1) > 1 and last.get("tokens_per_second_per_device"):
+                scaling = f", {last['scaling']:.0%} of 1 GPU" if last.get("scaling") else ""
+                speed += f" ({last['tokens_per_second_per_device']:,.0f}/GPU{scaling})"
+            parts.append(speed)
         if last.get("rate"):
             parts.append(f"{last['rate']:.2f} {state.unit}s/s")
-        if last.get("gpu_memory_gb"):
+        ranks = [m for m in last.get("rank_memory_gb") or [] if m is not None]
+        if len(ranks) > 1:
+            parts.append(f"GPU {min(ranks):.1f}-{max(ranks):.1f} GB")
+        elif last.get("gpu_memory_gb"):
             parts.append(f"GPU {last['gpu_memory_gb']:.1f} GB")
+        if last.get("epoch_time"):
+            parts.append(f"epoch {_clock(last['epoch_time'])}")
         if state.metrics:
             parts.append("metrics: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                  for k, v in list(state.metrics.items())[:6]))

@@ -79,13 +79,15 @@ class MessageActions(ChatView):
         await super().show_session(session)
 
     def target(self, role: str | None = "user") -> int | None:
-        """The selected message, else the last message of ``role`` (None: the last message)."""
+        """The selected message, else the last message of ``role`` (None: the last message), else the first one
+        (the character's greeting, before anything was said)."""
         if self.session is None:
             return None
         ids = [m.id for m in self.session.messages]
         if self.selected in ids:
             return self.selected
-        return next((m.id for m in reversed(self.session.messages) if role is None or m.role == role), None)
+        return next((m.id for m in reversed(self.session.messages) if role is None or m.role == role),
+                    ids[0] if ids else None)
 
     # -- edit, delete, versions ------------------------------------------------------------------
     def action_edit(self) -> None:

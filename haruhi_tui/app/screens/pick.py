@@ -14,6 +14,7 @@ from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from haruhi_tui.app.messages import CharactersChanged
+from haruhi_tui.app.services import Report
 from haruhi_tui.app.widgets.message import character_color
 from haruhi_tui.core.fsutil import human_bytes
 from haruhi_tui.services.bundled_model import BUNDLED_NAME
@@ -21,10 +22,14 @@ from haruhi_tui.services.character_library import CharacterLibrary
 from haruhi_tui.services.local_models import LocalModel
 from haruhi_tui.services.model_service import BUNDLED
 
+#: The last entry of the character picker: the hub catalogue (not a folder name: those cannot start with a dot).
+GET_MORE = ".get-more"
+
 
 class CharacterPicker(ModalScreen[str | None]):
-    """Characters from the ChatHaruhi folder and imported cards: name, source work and a first line;
-    type to filter, up/down to move, Enter to pick, F5 to import a card."""
+    """The library's characters (bundled, downloaded, imported, your folder): name, source work and a first
+    line; type to filter, up/down to move, Enter to pick, F5 to import a card, and a last entry "Get more
+    characters" that opens the hub catalogue."""
 
     BINDINGS = [
         Binding("escape", "dismiss(None)", "Cancel"),
@@ -34,9 +39,10 @@ class CharacterPicker(ModalScreen[str | None]):
                 tooltip="Import a character card (.png, .json, .charx) as a new character"),
     ]
 
-    def __init__(self, library: CharacterLibrary) -> None:
+    def __init__(self, library: CharacterLibrary, report: Report | None = None) -> None:
         super().__init__()
         self.library = library
+        self.report = report or (lambda message, timeout=10: self.notify(message, severity="error", timeout=timeout))
         self.characters = library.listing()
         self.problem = library.problem
         self.imported = set(library.imported)
@@ -55,7 +61,9 @@ class CharacterPicker(ModalScreen[str | None]):
         needle = needle.casefold().strip()
         out = []
         for c in self.characters:
-            hay = f"{c.name} {c.folder} {c.source_work}{' imported' if c.folder in self.imported else ''}".casefold()
+            origin = "imported" if c.folder in self.imported else (
+                "downloaded" if c.folder in self.library.downloaded else "")
+            hay = f"{c.name} {c.folder} {c.source_work} {origin}".casefold()
             if needle and needle not in hay:
                 continue
             label = Text(c.name, style=f"bold {character_color(c.folder)}")
@@ -63,13 +71,15 @@ class CharacterPicker(ModalScreen[str | None]):
                 label.append(f"  {c.folder}", style="dim")
             if c.source_work:
                 label.append(f"  · {c.source_work}", style="italic")
-            if c.folder in self.imported:
-                label.append("  [imported]", style="bold green")
+            if origin:
+                label.append(f"  [{origin}]", style="bold green")
             if c.first_line:
                 line = c.first_line if len(c.first_line) <= 60 else c.first_line[:59] + "…"
                 label.append(f"\n  「{line}」", style="dim")
             out.append(Option(label, id=c.folder))
-        return out
+        more = Text("Get more characters…", style="bold")
+        more.append("\n  127 from the ChatHaruhi hub datasets (ChatHaruhi and RoleLLM)", style="dim")
+        return [*out, Option(more, id=GET_MORE)]
 
     def on_mount(self) -> None:
         options = self.query_one("#characters", OptionList)
@@ -109,11 +119,26 @@ class CharacterPicker(ModalScreen[str | None]):
             self.show_matches(event.value)
         options = self.query_one("#characters", OptionList)
         if options.option_count:
-            self.dismiss(options.get_option_at_index(options.highlighted or 0).id)
+            self._pick(options.get_option_at_index(options.highlighted or 0).id)
 
     @on(OptionList.OptionSelected, "#characters")
     def _picked(self, event: OptionList.OptionSelected) -> None:
-        self.dismiss(event.option.id)
+        self._pick(event.option.id)
+
+    def _pick(self, folder: str | None) -> None:
+        if folder != GET_MORE:
+            self.dismiss(folder)
+            return
+        from .get_characters import GetCharactersScreen
+
+        def closed(added: list[str] | None) -> None:
+            self._characters_changed()
+            options = self.query_one("#characters", OptionList)
+            ids = [options.get_option_at_index(i).id for i in range(options.option_count)]
+            if added and added[0] in ids:  # the first new one is highlighted: Enter talks to them
+                options.highlighted = ids.index(added[0])
+
+        self.app.push_screen(GetCharactersScreen(self.library, self.report), closed)
 
 
 def describe_model(model: LocalModel) -> Text:

@@ -42,7 +42,7 @@ class MessageView(Vertical):
 
     def __init__(self, role: str, speaker: str, content: str = "", *, analysis: str = "", status: str = "complete",
                  color: str = "", message_id: int | None = None, show_thinking: bool = False,
-                 waiting: bool = False, version: tuple[int, int] = (1, 1)) -> None:
+                 caption: str = "", waiting: bool = False, version: tuple[int, int] = (1, 1)) -> None:
         super().__init__(classes=role)
         self.role = role
         self.speaker = speaker
@@ -52,6 +52,7 @@ class MessageView(Vertical):
         self.color = color
         self.message_id = message_id
         self.show_thinking = show_thinking
+        self.caption = caption  # a note under the text when there is no status to show (a greeting's origin)
         self.waiting = waiting  # generating and nothing shown yet: not "incomplete", which means cut off
         self.version = version  # (n, count) among its alternatives; "n/count" shows when there are several
         self._stream: MarkdownStream | None = None
@@ -66,14 +67,14 @@ class MessageView(Vertical):
         thinking.display = bool(self.analysis)
         yield thinking
         yield Markdown(self.content, classes="body")
-        note = Static(WAITING_NOTE if self.waiting else STATUS_NOTES.get(self.status, ""), classes="note")
-        note.display = self.waiting or self.status in STATUS_NOTES
+        note = Static(WAITING_NOTE if self.waiting else STATUS_NOTES.get(self.status, self.caption), classes="note")
+        note.display = self.waiting or self.status in STATUS_NOTES or bool(self.caption)
         yield note
 
     def _speaker_label(self) -> Text:
         label = Text(self.speaker, style=f"bold {self.color}" if self.color else "bold")
         n, count = self.version
-        if count > 1:
+        if count > 1 and not self.caption:  # a greeting's caption says which of them it is
             label.append(f"  {n}/{count}", style="dim")
         return label
 
@@ -125,8 +126,8 @@ class MessageView(Vertical):
         box.display = bool(analysis)
         box.query_one(".analysis", Static).update(analysis)
         note = self.query_one(".note", Static)
-        note.update(STATUS_NOTES.get(status, ""))
-        note.display = status in STATUS_NOTES
+        note.update(STATUS_NOTES.get(status, self.caption))
+        note.display = status in STATUS_NOTES or bool(self.caption)
 
     def set_thinking(self, show: bool) -> None:
         self.show_thinking = show
