@@ -97,3 +97,22 @@ def test_both_ways_of_a_switch_still_work(flags, expected, tmp_path):
     assert tomllib.loads(result.output)["model"][name] == expected
     both = CliRunner().invoke(app, ["train", "--load-in-4bit", "--no-load-in-4bit", "--print-config"])
     assert both.exit_code == 1 and "together" in both.output
+
+
+def test_the_data_build_table_reads_at_80_columns(tmp_path):
+    from tiny_characters import make_characters
+
+    from haruhi_tui.cli import app
+
+    characters = make_characters(tmp_path / "characters")
+    result = CliRunner().invoke(app, ["data", "build", "-c", str(characters), "-o", str(tmp_path / "data")],
+                                env={"COLUMNS": str(WIDTH), "NO_COLOR": "1"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert all(len(line) <= WIDTH for line in lines), result.output
+    assert "…" not in result.output, result.output  # no column cut short
+    row = next(line for line in lines if "xiaoming" in line)
+    assert "小明" in row and "/" in row  # the character, then train/val pairs on one row
+    header = " ".join(lines)
+    for column in ("scenes", "skipped", "samples", "train/val", "turns", "chars"):
+        assert column in header, column
