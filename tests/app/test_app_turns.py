@@ -68,7 +68,8 @@ async def test_the_bundled_model_is_named_as_a_demo(engine, characters_dir, tmp_
         screen = app.chat_screen
         screen.post_message(ModelReady(engine))  # what the status says once a model is loaded
         await pilot.pause()
-        assert "demo model" in str(screen.query_one("#chat-title").render())
+        top = screen_text(app).splitlines()[0]  # on screen at 80 columns, after 春日's long work title
+        assert "demo model" in top and "春日" in top
         status = str(screen.query_one("#status").render())
         assert "demo" in status and "Download model" in status and len(status) <= 78  # one line at 80x24
         await pilot.press("ctrl+o")

@@ -7,6 +7,8 @@ delete) and follows what the app's services report (a model loading, ready or fa
 
 from __future__ import annotations
 
+from rich.cells import cell_len
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -143,16 +145,25 @@ class ChatView(Screen[None]):
             bar.update(total=1.0, progress=fraction)
 
     def update_title(self) -> None:
-        parts = []
-        if self.session is not None:
-            c = self.session.character
-            work = f" · {c.source_work}" if c.source_work else ""
-            parts.append(f"[b {character_color(c.folder)}]{c.name}[/]{work}")
-        else:
-            parts.append("no chat yet: ctrl+n picks a character")
+        """Who you talk to and with which model; a long work's name is shortened so the model always shows."""
         models = self.services.models
-        parts.append(models.label() + (" · demo model" if models.demo and not models.loading else ""))
-        self.query_one("#chat-title", Static).update("  —  ".join(parts))
+        model = models.label() + (" · demo model" if models.demo and not models.loading else "")
+        title = self.query_one("#chat-title", Static)
+        if self.session is None:
+            title.update(Text(f"no chat yet: ctrl+n picks a character  —  {model}"))
+            return
+        c = self.session.character
+        width = (title.size.width or self.app.size.width) - 2
+        line = Text(c.name, style=f"bold {character_color(c.folder)}")
+        room = width - line.cell_len - cell_len(model) - 8  # " · " and "  —  "
+        if c.source_work and room >= 6:
+            work = Text(c.source_work)
+            work.truncate(room, overflow="ellipsis")
+            line.append(" · ").append_text(work)
+        title.update(line.append(f"  —  {model}"))
+
+    def on_resize(self) -> None:
+        self.update_title()
 
     def _view_for(self, m: Message, *, waiting: bool = False) -> MessageView:
         assert self.session is not None
