@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # A real-terminal check of haruhi-tui: start it in an 80x24 tmux pane, pick haruhi, send a line, wait for a
-# reply, then open the dialogs a first session meets (edit your line, your name, a pinned fact, the chat's
-# settings, the keys), type into each and read the typed text back from the screen, and quit. Uses a
-# throwaway $HARUHI_HOME, so your own chats are never touched.
+# reply, then open the dialogs a first session meets (edit your line, your name, the chat's settings, a
+# pinned fact, rename the chat), type into each and read the typed text back from the screen, look at the
+# keys (F1), and quit. Uses a throwaway $HARUHI_HOME, so your own chats are never touched.
 # Usage: scripts/tmux_check.sh   (needs tmux; prints the screens; exits non-zero on failure)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +77,15 @@ keys Enter
 wait_for "Pinned facts" 10
 wait_for "Zq7pin" 5
 escape
+
+keys C-b                                 # the chat list: rename this chat
+wait_for "r renames" 10
+keys r
+wait_for "Rename chat" 10
+typed_shows "rename"
+escape
+keys C-b
+sleep 0.5
 
 keys F1                                  # every key, F5 and the launcher included
 wait_for "Keys and commands" 10
