@@ -9,7 +9,8 @@ as it happens: the user's message before generation starts, the reply while it s
 
 If the database refuses a write (locked, disk full), the chat goes on in memory and the write is retried
 at the next save; nothing said is dropped. Persona, lorebooks, author's note: :mod:`.roleplay`; pins and the
-rolling summary: :mod:`.memory`; a chat with several characters: :mod:`.group_chat`.
+rolling summary: :mod:`.memory`; continue, impersonate, delete a message: :mod:`.turns`; a chat with several
+characters: :mod:`.group_chat`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from haruhi_tui.store import Chat, Message, Pin, Store, StoreError
 
 from .memory import ChatMemory
 from .roleplay import ChatRoleplay
+from .turns import ChatTurns
 
 DeltaCallback = Callable[[Message, Delta], None]
 ErrorCallback = Callable[[str], None]
@@ -78,7 +80,7 @@ class _Pending:
     updates: set[int] = field(default_factory=set)
 
 
-class ChatSession(ChatRoleplay, ChatMemory):
+class ChatSession(ChatRoleplay, ChatMemory, ChatTurns):
     """One chat: the current branch (root to leaf), its character, settings and persona builder."""
 
     def __init__(self, store: Store, character: Character, chat: Chat, *,
@@ -214,7 +216,7 @@ class ChatSession(ChatRoleplay, ChatMemory):
         window_start, (turns, turn, left_out) = self._window_start, self._conversation(branch, style, builder)
         self._window_start = window_start if probe else self._window_start
         prompt = builder.build(turns, turn, sticky_scene_ids=self.chat.scene_ids, user_name=self.settings.user_name,
-                               pins=[p.text for p in self.pins], summary=self.summary if left_out else "",
+                               pins=[p.text for p in self.pins], summary=self.summary_to_send(left_out),
                                persona=persona, lorebooks=self.chat_lorebooks(), authors_note=self.authors_note,
                                scan_turns=self.spoken_turns(style, branch))
         if left_out:

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 from haruhi_tui.core.engine import DEFAULT_N_CTX, Engine, Sampling, interactive_threads, open_gguf
 from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.services.bundled_model import BUNDLED_NAME, default_gguf
+from haruhi_tui.services.bundled_model import BUNDLED_NAME, default_gguf, is_bundled
 from haruhi_tui.services.local_models import LocalModel, list_local_models
 from haruhi_tui.store import Store, StoreError
 
@@ -51,6 +51,11 @@ class ModelService:
     @property
     def ready(self) -> bool:
         return self.engine is not None and not self.loading
+
+    @property
+    def demo(self) -> bool:
+        """The chat's model is the bundled Gemma 3 270M: a small demo model whose replies often wander."""
+        return self.engine is not None and is_bundled(self.engine.path)
 
     def label(self) -> str:
         if self.loading:

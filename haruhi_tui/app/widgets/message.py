@@ -18,6 +18,7 @@ STATUS_NOTES = {
     "stopped": "stopped",
     "error": "failed",
 }
+WAITING_NOTE = "waiting for the first words… (Esc stops)"  # on its way: not "incomplete", which means cut off
 
 
 def character_color(folder: str) -> str:
@@ -41,7 +42,7 @@ class MessageView(Vertical):
 
     def __init__(self, role: str, speaker: str, content: str = "", *, analysis: str = "", status: str = "complete",
                  color: str = "", message_id: int | None = None, show_thinking: bool = False,
-                 caption: str = "") -> None:
+                 caption: str = "", waiting: bool = False, version: tuple[int, int] = (1, 1)) -> None:
         super().__init__(classes=role)
         self.role = role
         self.speaker = speaker
@@ -52,21 +53,36 @@ class MessageView(Vertical):
         self.message_id = message_id
         self.show_thinking = show_thinking
         self.caption = caption  # a note under the text when there is no status to show (a greeting's origin)
+        self.waiting = waiting  # generating and nothing shown yet: not "incomplete", which means cut off
+        self.version = version  # (n, count) among its alternatives; "n/count" shows when there are several
         self._stream: MarkdownStream | None = None
         self.deltas_shown = 0
         self.first_shown_at = 0.0
         self.last_shown_at = 0.0
 
     def compose(self) -> ComposeResult:
-        label = Text(self.speaker, style=f"bold {self.color}" if self.color else "bold")
-        yield Static(label, classes="speaker")
-        thinking = Collapsible(Static(self.analysis, classes="analysis"), title="thinking", collapsed=not self.show_thinking)
+        yield Static(self._speaker_label(), classes="speaker")
+        thinking = Collapsible(Static(self.analysis, classes="analysis"), title="thinking",
+                               collapsed=not self.show_thinking)
         thinking.display = bool(self.analysis)
         yield thinking
         yield Markdown(self.content, classes="body")
-        note = Static(STATUS_NOTES.get(self.status, self.caption), classes="note")
-        note.display = self.status in STATUS_NOTES or bool(self.caption)
+        note = Static(WAITING_NOTE if self.waiting else STATUS_NOTES.get(self.status, self.caption), classes="note")
+        note.display = self.waiting or self.status in STATUS_NOTES or bool(self.caption)
         yield note
+
+    def _speaker_label(self) -> Text:
+        label = Text(self.speaker, style=f"bold {self.color}" if self.color else "bold")
+        n, count = self.version
+        if count > 1 and not self.caption:  # a greeting's caption says which of them it is
+            label.append(f"  {n}/{count}", style="dim")
+        return label
+
+    def set_version(self, n: int, count: int) -> None:
+        """Which alternative this is (a regenerated reply, an edited line): "2/2" beside the speaker."""
+        self.version = (n, count)
+        if self.is_mounted:
+            self.query_one(".speaker", Static).update(self._speaker_label())
 
     @property
     def markdown(self) -> Markdown:
@@ -79,6 +95,9 @@ class MessageView(Vertical):
             self.first_shown_at = now
         self.last_shown_at = now
         self.deltas_shown += 1
+        if self.waiting:
+            self.waiting = False
+            self.query_one(".note", Static).display = False
         if channel == "final":
             self.content += text
             if self._stream is None:
@@ -96,6 +115,7 @@ class MessageView(Vertical):
             await self._stream.stop()
             self._stream = None
         self.status = status
+        self.waiting = False
         if message_id is not None:
             self.message_id = message_id
         if content != self.content or not content:
@@ -106,8 +126,8 @@ class MessageView(Vertical):
         box.display = bool(analysis)
         box.query_one(".analysis", Static).update(analysis)
         note = self.query_one(".note", Static)
-        note.update(STATUS_NOTES.get(status, ""))
-        note.display = status in STATUS_NOTES
+        note.update(STATUS_NOTES.get(status, self.caption))
+        note.display = status in STATUS_NOTES or bool(self.caption)
 
     def set_thinking(self, show: bool) -> None:
         self.show_thinking = show
