@@ -34,8 +34,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-ctx", type=int, default=DEFAULT_N_CTX, metavar="TOKENS",
                    help=f"context length for the model (default {DEFAULT_N_CTX})")
     p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads for generating (default: all cores but one on a small machine, so the "
-                        "screen stays smooth; prompt evaluation always uses every core)")
+                   help="CPU threads for generating (default: measured while generating: all cores, or half of "
+                        "them when that is faster because other programs keep the cores busy)")
     return p
 
 

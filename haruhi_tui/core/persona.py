@@ -4,12 +4,15 @@ Dataset building, chat and evaluation all call :class:`PersonaBuilder`, so a mod
 exactly the shape of prompt it later sees. The layout puts what is stable first and what changes
 last, so llama.cpp can reuse the prefix from its KV cache turn after turn::
 
-    system:  role prompt | classic scenes (sticky) | pinned facts | rolling summary
+    system:  role prompt | pinned facts | rolling summary | classic scenes (sticky)
     turns:   history (oldest cut first) ... | the current message
 
 Scenes are retrieved for the current message but *sticky*: a chat keeps its scenes while they stay
 relevant and swaps them only on a change of topic, which keeps the system block (and the KV cache)
-stable across most turns. Every block carries its token count and what was cut, for the context view.
+stable across most turns. They change more often than the pins and the summary, so they come last in
+the system block, and scenes that stay keep their places ahead of new ones (``scene_order``): a change
+of topic re-evaluates only from the first scene that left. Every block carries its token count and what
+was cut, for the context view.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal, Sequence
 
 from .characters import Character, Line, Scene, format_line
-from .retrieval import BM25Index
+from .retrieval import BM25Index, tokenize
 
 TokenCounter = Callable[[str], int]
 Role = Literal["user", "assistant"]
@@ -42,6 +45,12 @@ def estimate_tokens(text: str) -> int:
         return 0
     cjk = len(_CJK.findall(text))
     return cjk + (len(text) - cjk + 3) // 4
+
+
+def names_a_topic(text: str) -> bool:
+    """Whether a line (one still being typed) says enough to pick scenes for: two words of two characters or
+    more. A shorter one shares a word with some scene by chance (``我觉`` with any scene that has ``觉``)."""
+    return sum(len(word) >= 2 for word in tokenize(text)) >= 2
 
 
 @dataclass(frozen=True)
@@ -131,13 +140,17 @@ class PersonaBuilder:
         *,
         exclude_ids: Iterable[str] = (),
         sticky_ids: Sequence[str] = (),
+        scene_order: Sequence[str] = (),
     ) -> list[Scene]:
-        """Scenes for ``query`` within the scene budget, best first.
+        """Scenes for ``query`` within the scene budget: those in ``scene_order`` (default ``sticky_ids``)
+        first, in that order, then new ones best first.
 
         ``sticky_ids`` (the previous turn's choice) are kept while one of them still shares a word with
         ``query``, or ``query`` matches nothing: the topic has not changed. Chat lines are short and
         per-line rankings jump around, so "still relevant" rather than "still the best" is what keeps
-        the system block (and llama.cpp's KV cache) stable over a conversation.
+        the system block (and llama.cpp's KV cache) stable over a conversation. ``scene_order`` is the
+        order of the prompt llama.cpp evaluated last: a scene that stays keeps its place, so the cached
+        prompt stays usable up to the first scene that left.
         """
         excluded = {self._scene_pos[s] for s in exclude_ids if s in self._scene_pos}
         ranked = self.index.rank(query, exclude=excluded)
@@ -145,7 +158,7 @@ class PersonaBuilder:
         if sticky:
             matched = self.index.scores(query)
             if not matched or any(matched.get(i, 0.0) > 0 for i in sticky):
-                return [self.character.scenes[i] for i in sticky]
+                return self._in_order([self.character.scenes[i] for i in sticky], scene_order or sticky_ids)
         chosen: list[Scene] = []
         used = 0
         for i in itertools.islice(ranked, 8 * self.budget.max_scenes):
@@ -158,7 +171,13 @@ class PersonaBuilder:
                 continue
             chosen.append(self.character.scenes[i])
             used += cost
-        return chosen
+        return self._in_order(chosen, scene_order or sticky_ids)
+
+    @staticmethod
+    def _in_order(scenes: list[Scene], order: Sequence[str]) -> list[Scene]:
+        """``scenes`` that are in ``order`` first, in that order; the others after them as they were."""
+        place = {scene_id: i for i, scene_id in enumerate(order)}
+        return sorted(scenes, key=lambda s: place.get(s.scene_id, len(place)))
 
     # -- the prompt ---------------------------------------------------------------------------
     def build(
@@ -169,6 +188,7 @@ class PersonaBuilder:
         query: str | None = None,
         exclude_scene_ids: Iterable[str] = (),
         sticky_scene_ids: Sequence[str] = (),
+        scene_order: Sequence[str] = (),
         pins: Sequence[str] = (),
         summary: str = "",
         user_name: str | None = None,
@@ -176,7 +196,8 @@ class PersonaBuilder:
         """Build the prompt for ``history`` followed by ``message`` (the turn the model answers).
 
         ``query`` is what scenes are retrieved for (default: the message, else the last history turn);
-        ``exclude_scene_ids`` keeps a sample's own scene out of its prompt (no leakage in datasets).
+        ``exclude_scene_ids`` keeps a sample's own scene out of its prompt (no leakage in datasets);
+        ``sticky_scene_ids`` and ``scene_order``: see :meth:`select_scenes`.
         """
         c, b = self.character, self.budget
         blocks: list[Block] = []
@@ -184,35 +205,39 @@ class PersonaBuilder:
         role_text, role_cut = self._fit(c.role_prompt.strip(), b.role)
         blocks.append(Block("role", "Role prompt", role_text, self.count_tokens(role_text), role_cut))
 
-        if query is None:
-            source = message or (history[-1] if history else None)
-            query = source.text if source else ""
-        scenes = self.select_scenes(query, exclude_ids=exclude_scene_ids, sticky_ids=sticky_scene_ids)
-        scenes_text = ""
-        if scenes:
-            scenes_text = SCENES_HEADER + "\n" + SCENE_SEPARATOR.join(self._scene_texts[self._scene_pos[s.scene_id]] for s in scenes)
-            blocks.append(
-                Block("scenes", f"Classic scenes ({len(scenes)})", scenes_text, self.count_tokens(scenes_text))
-            )
-
         pins_text = ""
         kept_pins = [p.strip() for p in pins if p.strip()]
         if kept_pins:
             pins_text, pins_cut = self._fit(PINS_HEADER + "\n" + "\n".join(f"- {p}" for p in kept_pins), b.pins)
-            blocks.append(Block("pins", f"Pinned facts ({len(kept_pins)})", pins_text, self.count_tokens(pins_text), pins_cut))
+            blocks.append(Block("pins", f"Pinned facts ({len(kept_pins)})", pins_text, self.count_tokens(pins_text),
+                                pins_cut))
 
         summary_text = ""
         if summary.strip():
             summary_text, summary_cut = self._fit(SUMMARY_HEADER + "\n" + summary.strip(), b.summary)
             blocks.append(Block("summary", "Summary", summary_text, self.count_tokens(summary_text), summary_cut))
 
-        system = "\n\n".join(part for part in (role_text, scenes_text, pins_text, summary_text) if part)
+        if query is None:
+            source = message or (history[-1] if history else None)
+            query = source.text if source else ""
+        scenes = self.select_scenes(query, exclude_ids=exclude_scene_ids, sticky_ids=sticky_scene_ids,
+                                    scene_order=scene_order)
+        scenes_text = ""
+        if scenes:
+            scenes_text = SCENES_HEADER + "\n" + SCENE_SEPARATOR.join(
+                self._scene_texts[self._scene_pos[s.scene_id]] for s in scenes)
+            blocks.append(
+                Block("scenes", f"Classic scenes ({len(scenes)})", scenes_text, self.count_tokens(scenes_text))
+            )
+
+        system = "\n\n".join(part for part in (role_text, pins_text, summary_text, scenes_text) if part)
 
         kept, dropped = self._fit_history(history)
         if kept or dropped:
             history_text = "\n".join(t.as_line() for t in kept)
             cut = f"{dropped} older turn(s) left out" if dropped else ""
-            blocks.append(Block("history", f"History ({len(kept)} turns)", history_text, self.count_tokens(history_text), cut))
+            blocks.append(Block("history", f"History ({len(kept)} turns)", history_text,
+                                self.count_tokens(history_text), cut))
         turns = list(kept)
         if message is not None:
             turns.append(message)
