@@ -58,7 +58,7 @@ class GenerationStats:
     first_token_seconds: float = 0.0
     decode_seconds: float = 0.0
     stop_reason: str = ""
-    threads: int = 0  # the thread count decoding ended with (chosen by measurement unless fixed)
+    threads: int = 0  # the decode thread count in use at the end (chosen by measurement unless fixed)
 
     @property
     def tokens_per_second(self) -> float:
@@ -321,7 +321,7 @@ class Engine:
                 stats.stop_reason = "end"
         finally:
             generator.close()
-            stats.threads = threads
+            stats.threads = self.threads.current
             if first_at:
                 stats.decode_seconds = time.perf_counter() - first_at
         tail = decoder.decode(b"", final=True)

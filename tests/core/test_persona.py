@@ -10,7 +10,8 @@ def _haruhi(characters_dir, **budget):
 def test_layout_stable_first_and_blocks_counted(characters_dir):
     b = _haruhi(characters_dir)
     history = [Turn("user", "今天社团活动做什么？", "阿虚"), Turn("assistant", "去找外星人！", "春日")]
-    prompt = b.build(history, Turn("user", "棒球比赛的事情怎么办？", "阿虚"), pins=["阿虚讨厌早起"], summary="他们约好周六集合。")
+    prompt = b.build(history, Turn("user", "棒球比赛的事情怎么办？", "阿虚"), pins=["阿虚讨厌早起"],
+                     summary="他们约好周六集合。")
     kinds = [blk.kind for blk in prompt.blocks]
     assert kinds == ["role", "pins", "summary", "scenes", "history", "message"]  # scenes change most: last
     assert prompt.system.startswith(b.character.role_prompt[:20])
@@ -91,7 +92,8 @@ def test_role_prompt_cut_is_reported(characters_dir):
 
 def test_formats_share_conventions(characters_dir):
     b = _haruhi(characters_dir)
-    prompt = b.build([Turn("user", "早", "阿虚"), Turn("assistant", "你迟到了！", "春日")], Turn("user", "抱歉", "阿虚"))
+    prompt = b.build([Turn("user", "早", "阿虚"), Turn("assistant", "你迟到了！", "春日")],
+                     Turn("user", "抱歉", "阿虚"))
     conv = Conversation.from_prompt(prompt)
     msgs = to_messages(conv)
     assert msgs[0]["role"] == "system" and msgs[-1] == {"role": "user", "content": "阿虚:「抱歉」"}
