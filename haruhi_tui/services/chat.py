@@ -301,8 +301,9 @@ class ChatSession:
         """
         if self.leaf is None or self.leaf.role != "user":
             raise ValueError("nothing to reply to: send a message first")
-        context = self.build_context(engine)
-        self._scene_order = list(context.prompt.scene_ids)
+        with self._lock:  # not while a warm-up builds its prompt
+            context = self.build_context(engine)
+            self._scene_order = list(context.prompt.scene_ids)
         if context.prompt.scene_ids != self.chat.scene_ids:
             self.chat.scene_ids = list(context.prompt.scene_ids)
             _quiet(lambda: self.store.update_chat(self.chat.id, scene_ids=self.chat.scene_ids), self._error)
@@ -348,12 +349,13 @@ class ChatSession:
         name a topic keeps the chat's scenes. Gives way to any reply (:meth:`Engine.prefill`). Returns the
         prompt it evaluated (``prefilled`` says how many tokens were new), None when there is nothing to do."""
         text = draft.strip()
-        leaf = self.leaf
-        if not text or (leaf is not None and leaf.role == "user"):
-            return None
-        typed = Message(0, self.chat.id, leaf.id if leaf else None, "user", text)
-        context = self.build_context(engine, [*self.messages, typed], query=None if names_a_topic(text) else "")
-        self._scene_order = list(context.prompt.scene_ids)
+        with self._lock:
+            leaf = self.leaf
+            if not text or (leaf is not None and leaf.role == "user"):  # a reply is on its way
+                return None
+            typed = Message(0, self.chat.id, leaf.id if leaf else None, "user", text)
+            context = self.build_context(engine, [*self.messages, typed], query=None if names_a_topic(text) else "")
+            self._scene_order = list(context.prompt.scene_ids)
         context.prefilled = engine.prefill(context.text, cancel)
         return context
 

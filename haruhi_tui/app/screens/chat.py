@@ -27,7 +27,7 @@ from .chat_view import ChatView
 from .context import ContextScreen
 from .dialogs import RenameDialog
 
-WARM_DELAY = 0.15  # seconds of no typing before the line being typed is evaluated
+WARM_DELAY = 0.05  # seconds a warm-up waits for more keys before it evaluates the line being typed
 
 
 class ChatScreen(ChatView):
@@ -76,7 +76,10 @@ class ChatScreen(ChatView):
     def __init__(self, services: Services) -> None:
         super().__init__(services)
         self.cancel = threading.Event()
-        self._warm_cancel = threading.Event()
+        self._draft = ""  # the line being typed, for the warm-up ("": nothing to evaluate)
+        self._warm_lock = threading.Lock()  # guards _draft and _warming between the UI and the warm-up worker
+        self._warming = False
+        self._warm_stop = threading.Event()  # set on quit: the warm-up stops between two chunks
         self._reply_view: MessageView | None = None
         self.turns_done = 0
         self.submitted_at = 0.0  # perf_counter of the last Enter/ctrl+r: first-token latency as the user sees it
@@ -105,23 +108,36 @@ class ChatScreen(ChatView):
 
     @on(PromptInput.Changed, "#prompt")
     def _draft_changed(self, event: PromptInput.Changed) -> None:
-        self._warm_cancel.set()
         models = self.services.models
-        if self.session is None or self.generating or not models.ready or not event.value.strip():
-            return
-        self._warm_cancel = threading.Event()
-        self.warm_up(self.session, models.engine, event.value, self._warm_cancel)
+        usable = self.session is not None and not self.generating and models.ready
+        with self._warm_lock:
+            self._draft = event.value.strip() if usable else ""
+            start = bool(self._draft) and not self._warming
+            self._warming = self._warming or start
+        if start:
+            self.warm_up(self.session, models.engine)
 
     @work(thread=True, group="warm", exit_on_error=False)
-    def warm_up(self, session: ChatSession, engine, draft: str, cancel: threading.Event) -> None:
-        """Evaluate the prompt for the line being typed (:meth:`ChatSession.warm`) once typing pauses for
-        :data:`WARM_DELAY`; a newer keystroke, Enter or any reply stops it between two chunks."""
-        if cancel.wait(WARM_DELAY):
-            return
-        try:
-            session.warm(engine, draft, cancel)
-        except Exception:  # noqa: BLE001 - only a head start: the reply itself reports what is wrong
-            pass
+    def warm_up(self, session: ChatSession, engine) -> None:
+        """Evaluate the prompt of the line being typed (:meth:`ChatSession.warm`), then of the newest line
+        typed since, until it has caught up. A keystroke does not stop a prompt being evaluated (what follows
+        mostly shares its start); Enter does, between two chunks, as any reply does."""
+        done = ""
+        while True:
+            self._warm_stop.wait(WARM_DELAY)  # let a burst of keys land
+            with self._warm_lock:
+                draft = self._draft
+                if not draft or draft == done or self.generating or session is not self.session \
+                        or self._warm_stop.is_set():
+                    self._warming = False
+                    return
+            try:
+                session.warm(engine, draft, self._warm_stop)
+            except Exception:  # noqa: BLE001 - only a head start: the reply itself reports what is wrong
+                with self._warm_lock:
+                    self._warming = False
+                return
+            done = draft
 
     def action_regenerate(self) -> None:
         if self.session is None or not self.session.messages:
@@ -209,18 +225,20 @@ class ChatScreen(ChatView):
     @on(TurnDone)
     async def _turn_done(self, event: TurnDone) -> None:
         self.generating = False
-        self.turns_done += 1
         view, self._reply_view = self._reply_view, None
         reply = event.reply
-        if view is not None and reply is not None:
-            await view.finish(reply.content, reply.analysis, reply.status, reply.id)
-        if event.error:
-            self.services.report(event.error, timeout=10)
-            self.set_status(event.error)
-        elif reply is not None:
-            self.set_status(self.stats_line(reply))
-        self.refresh_chats()
-        self.update_title()
+        try:
+            if view is not None and reply is not None:
+                await view.finish(reply.content, reply.analysis, reply.status, reply.id)
+            if event.error:
+                self.services.report(event.error, timeout=10)
+                self.set_status(event.error)
+            elif reply is not None:
+                self.set_status(self.stats_line(reply))
+            self.refresh_chats()
+            self.update_title()
+        finally:
+            self.turns_done += 1  # last: the reply is on screen as it was saved
 
     def stats_line(self, reply: Message) -> str:
         s = reply.stats or {}
@@ -233,10 +251,11 @@ class ChatScreen(ChatView):
         return " · ".join(parts)
 
     async def stop_and_wait(self) -> None:
-        """Stop a reply in progress and let it be saved as stopped (on quit)."""
+        """Stop a reply in progress and let it be saved as stopped, and any warm-up (on quit)."""
+        self._warm_stop.set()
         if self.generating:
             self.cancel.set()
-            await self.app.workers.wait_for_complete([w for w in self.app.workers if w.group == "generate"])
+        await self.app.workers.wait_for_complete([w for w in self.app.workers if w.group in ("generate", "warm")])
 
     # -- memory, branches, compare -----------------------------------------------------------------
     def _refuse_while_generating(self) -> bool:
