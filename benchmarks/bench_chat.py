@@ -92,18 +92,32 @@ def raw_decode(engine, tokens: int = 128) -> float:
     return tokens / (time.perf_counter() - start)
 
 
-def raw_speeds(model: Path, counts: tuple[int, ...], repeats: int = 2) -> dict[int, float]:
-    """Raw decode tokens/s per fixed thread count (median of ``repeats``)."""
+def raw_prompt(engine, tokens: int = 512) -> float:
+    """llama.cpp's prompt evaluation speed: one batch of ``tokens`` tokens, tokens/s."""
+    llama = engine.llama
+    text = "".join(LINES) * 40
+    prompt = llama.tokenize(text.encode(), add_bos=True)[:tokens]
+    llama.reset()
+    start = time.perf_counter()
+    llama.eval(prompt)
+    return len(prompt) / (time.perf_counter() - start)
+
+
+def raw_speeds(model: Path, counts: tuple[int, ...], repeats: int = 2) -> tuple[dict[int, float], float]:
+    """Raw decode tokens/s per fixed thread count (median of ``repeats``), and prompt evaluation tokens/s with
+    the most threads."""
     from haruhi_tui.core.engine import open_gguf
 
-    speeds = {}
+    speeds, prompt = {}, 0.0
     for count in counts:
-        engine = open_gguf(model, n_ctx=512, n_threads=count)
+        engine = open_gguf(model, n_ctx=1024, n_threads=count)
         try:
             speeds[count] = statistics.median(raw_decode(engine) for _ in range(repeats))
+            if count == max(counts):
+                prompt = statistics.median(raw_prompt(engine) for _ in range(repeats))
         finally:
             engine.close()
-    return speeds
+    return speeds, prompt
 
 
 async def drive_app(args, engine) -> list[dict]:
@@ -234,15 +248,16 @@ def report(run: int, rows: list[dict], raw: dict[int, list[float]], loads: tuple
         f"{rows[0]['first_token_s']:.3f} s",
         f"- UI thread while a reply streams: {s['ui_share']:.1%} of a core, {s['ui_ms']:.2f} ms a token (median)",
         "",
-        "| turn | typed (s) | prompt tok | from cache | generated | threads | first token (s) | on-screen tok/s "
-        "| engine tok/s | UI % | scenes (relevance; plain rule's set?) | reply |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| turn | typed (s) | prompt tok | from cache | left at Enter | generated | threads | first token (s) "
+        "| on-screen tok/s | engine tok/s | UI % | scenes (relevance; plain rule's set?) | reply |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
         scenes = ", ".join(x.split("/")[-1].removesuffix(".txt").replace("Haruhi_", "") for x in r["scenes"])
         same = "same" if r["plain_rule_same_set"] else "DIFFERENT"
         reply = r["reply"].replace("|", "\\|")[:24]
         lines.append(f"| {r['turn']} | {r['typed_s']:.1f} | {r['prompt_tokens']} | {r['reused_tokens']} | "
+                     f"{r['prompt_tokens'] - r['reused_tokens']} | "
                      f"{r['generated_tokens']} | {r['threads']} | {r['first_token_s']:.3f} | "
                      f"{r['streamed_tok_s']:.1f} | "
                      f"{r['engine_tok_s']:.1f} | {100 * r['ui_cpu_share']:.1f} | {scenes} ({r['relevance']:.1f}; "
@@ -281,16 +296,20 @@ def main() -> None:
     engine = None
     for run in range(1, args.repeat + 1):
         load_before = load()
-        raw = {c: [v] for c, v in raw_speeds(model, counts).items()}
-        print("raw llama.cpp decode: " + ", ".join(f"{v[0]:.1f} tok/s with {c} thread(s)" for c, v in raw.items()),
-              flush=True)
+        speeds, prompt_before = raw_speeds(model, counts)
+        raw = {c: [v] for c, v in speeds.items()}
+        print("raw llama.cpp decode: " + ", ".join(f"{v[0]:.1f} tok/s with {c} thread(s)" for c, v in raw.items())
+              + f"; prompt evaluation {prompt_before:.0f} tok/s", flush=True)
         engine = open_gguf(model, n_ctx=args.n_ctx, n_threads=args.threads)
         rows = asyncio.run(drive_app(args, engine))
         chooser = engine.threads
         engine.close()
-        for c, v in raw_speeds(model, counts).items():
+        speeds, prompt_after = raw_speeds(model, counts)
+        for c, v in speeds.items():
             raw[c].append(v)
         text, s = report(run, rows, raw, (load_before, load()))
+        text += (f"\n\nraw prompt evaluation with all cores, before / after the app: {prompt_before:.0f} / "
+                 f"{prompt_after:.0f} tokens/s (what a turn left to evaluate at Enter costs: see the table)")
         text += (f"\n\nthe app's thread count: {'fixed' if chooser.fixed else 'measured'}, ended at {chooser.current}; "
                  f"{chooser.probes} tries of another count, {chooser.switches} switch(es)")
         print(text, flush=True)

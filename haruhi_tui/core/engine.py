@@ -199,12 +199,12 @@ class Engine:
             self._holder = ""
             self._lock.release()
 
-    def prefill(self, prompt: str, cancel: threading.Event | None = None) -> int:
+    def prefill(self, prompt: str, stop: Callable[[], bool] | None = None) -> int:
         """Evaluate ``prompt`` into the KV cache now, so that a reply to a prompt starting with it later only
         evaluates the rest (the chat calls this while the user types). Returns how many tokens it evaluated.
 
         Never in a reply's way: it does nothing while the model is busy, and stops between two chunks of
-        :data:`PREFILL_CHUNK` tokens when a reply starts or ``cancel`` is set; what it evaluated stays cached.
+        :data:`PREFILL_CHUNK` tokens when a reply starts or ``stop()`` says so; what it evaluated stays cached.
         """
         with self._state:
             if not self._lock.acquire(blocking=False):
@@ -218,7 +218,7 @@ class Engine:
             start = self._reuse_prefix(tokens)
             self._use_threads(self.threads.current)
             for i in range(start, len(tokens), PREFILL_CHUNK):
-                if self._give_way.is_set() or (cancel is not None and cancel.is_set()):
+                if self._give_way.is_set() or (stop is not None and stop()):
                     break
                 chunk = tokens[i: i + PREFILL_CHUNK]
                 self.llama.eval(chunk)

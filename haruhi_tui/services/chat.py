@@ -343,21 +343,27 @@ class ChatSession:
                        stats=stats.as_dict())
         return reply
 
-    def warm(self, engine: Engine, draft: str, cancel: threading.Event | None = None) -> ContextSnapshot | None:
+    def warm(self, engine: Engine, draft: str, stop: Callable[[], bool] | None = None) -> ContextSnapshot | None:
         """Evaluate the prompt ``draft`` would get while the user is still typing it, so the reply after Enter
         starts from llama.cpp's cache: a change of topic (new scenes) is paid for here. A draft too short to
-        name a topic keeps the chat's scenes. Gives way to any reply (:meth:`Engine.prefill`). Returns the
-        prompt it evaluated (``prefilled`` says how many tokens were new), None when there is nothing to do."""
+        name a topic keeps the chat's scenes (:meth:`scenes_for`). Gives way to any reply and to ``stop()``
+        (:meth:`Engine.prefill`). Returns the prompt it evaluated (``prefilled`` says how many tokens were new),
+        None when there is nothing to do."""
         text = draft.strip()
         with self._lock:
             leaf = self.leaf
             if not text or (leaf is not None and leaf.role == "user"):  # a reply is on its way
                 return None
             typed = Message(0, self.chat.id, leaf.id if leaf else None, "user", text)
-            context = self.build_context(engine, [*self.messages, typed], query=None if names_a_topic(text) else "")
+            context = self.build_context(engine, [*self.messages, typed], query=_draft_query(text))
             self._scene_order = list(context.prompt.scene_ids)
-        context.prefilled = engine.prefill(context.text, cancel)
+        context.prefilled = engine.prefill(context.text, stop)
         return context
+
+    def scenes_for(self, engine: Engine, draft: str) -> set[str]:
+        """The scenes a warm-up of ``draft`` would put in the prompt (cheap: no prompt is built)."""
+        builder = self.builder(engine)
+        return {s.scene_id for s in builder.select_scenes(_draft_query(draft.strip()), sticky_ids=self.chat.scene_ids)}
 
     def send(self, engine: Engine, text: str, **kwargs: Any) -> Message:
         """``add_user_message`` then ``reply``: one turn."""
@@ -509,6 +515,12 @@ class ChatSession:
         prefs = _quiet(lambda: self.store.pref(key, {}), {}) or {}
         prefs["reasoning_effort"] = effort
         _quiet(lambda: self.store.set_pref(key, prefs), self._error)
+
+
+def _draft_query(draft: str) -> str:
+    """What scenes are picked for while a line is typed: the line once it names a topic, else nothing (the
+    chat's scenes stay: a word half typed shares a character with some scene by chance)."""
+    return draft if names_a_topic(draft) else ""
 
 
 def _quiet(fn: Callable[[], Any], on_error: ErrorCallback | Any = None) -> Any:

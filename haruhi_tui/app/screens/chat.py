@@ -120,24 +120,34 @@ class ChatScreen(ChatView):
     @work(thread=True, group="warm", exit_on_error=False)
     def warm_up(self, session: ChatSession, engine) -> None:
         """Evaluate the prompt of the line being typed (:meth:`ChatSession.warm`), then of the newest line
-        typed since, until it has caught up. A keystroke does not stop a prompt being evaluated (what follows
-        mostly shares its start); Enter does, between two chunks, as any reply does."""
+        typed since, until it has caught up. Typing on stops a prompt being evaluated only when the newest line
+        gets other scenes (otherwise most of it is still to be had); Enter stops it, as any reply does."""
         done = ""
-        while True:
-            self._warm_stop.wait(WARM_DELAY)  # let a burst of keys land
-            with self._warm_lock:
-                draft = self._draft
-                if not draft or draft == done or self.generating or session is not self.session \
-                        or self._warm_stop.is_set():
-                    self._warming = False
-                    return
-            try:
-                session.warm(engine, draft, self._warm_stop)
-            except Exception:  # noqa: BLE001 - only a head start: the reply itself reports what is wrong
+        try:
+            while True:
+                self._warm_stop.wait(WARM_DELAY)  # let a burst of keys land
                 with self._warm_lock:
-                    self._warming = False
-                return
-            done = draft
+                    draft = self._draft
+                    if not draft or draft == done or self.generating or session is not self.session \
+                            or self._warm_stop.is_set():
+                        self._warming = False
+                        return
+                scenes = session.scenes_for(engine, draft)
+                seen = {draft: scenes}
+
+                def stop() -> bool:
+                    newest = self._draft
+                    if self._warm_stop.is_set() or not newest:
+                        return True
+                    if newest not in seen:
+                        seen[newest] = session.scenes_for(engine, newest)
+                    return seen[newest] != scenes
+
+                session.warm(engine, draft, stop)
+                done = draft
+        except Exception:  # noqa: BLE001 - only a head start: the reply itself reports what is wrong
+            with self._warm_lock:
+                self._warming = False
 
     def action_regenerate(self) -> None:
         if self.session is None or not self.session.messages:
