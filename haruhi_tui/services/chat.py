@@ -21,9 +21,8 @@ from typing import Any, Callable
 from haruhi_tui.core import harmony
 from haruhi_tui.core.characters import Character
 from haruhi_tui.core.engine import Engine, GenerationStats, Sampling
-from haruhi_tui.core.errors import ModelError
 from haruhi_tui.core.harmony import Delta
-from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, PromptBudget, Turn, names_a_topic
+from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, PromptBudget, Turn
 from haruhi_tui.core.prompt_format import Conversation
 from haruhi_tui.store import Chat, Message, Pin, Store, StoreError
 
@@ -63,7 +62,6 @@ class ContextSnapshot:
     prompt_tokens: int
     model: str
     stats: GenerationStats | None = None
-    prefilled: int = 0  # tokens a warm-up (ChatSession.warm) evaluated for it ahead of the reply
 
 
 def budget_for(n_ctx: int, max_tokens: int, base: PromptBudget | None = None) -> PromptBudget:
@@ -100,7 +98,7 @@ class ChatSession:
         self.on_error = on_error
         self.messages: list[Message] = store.branch(chat.id) if chat.id > 0 else []
         self.last_context: ContextSnapshot | None = None
-        self._scene_order: list[str] = []  # scene order of the prompt llama.cpp evaluated last (reply or warm-up)
+        self.scene_order: list[str] = []  # scene order of the prompt llama.cpp evaluated last (reply or warm-up)
         self._builders: dict[int, tuple[Engine, PersonaBuilder]] = {}
         self.pins: list[Pin] = _quiet(lambda: store.pins(chat.id), []) if chat.id > 0 else []
         self._window_start: int | None = None  # id of the oldest message in the history window
@@ -193,9 +191,8 @@ class ChatSession:
 
     def build_context(self, engine: Engine, branch: list[Message] | None = None, *,
                       query: str | None = None) -> ContextSnapshot:
-        """The prompt for replying to the last user message of ``branch`` (default: the current branch);
-        with no user message pending, the prompt as it stands (for the context view). ``query``: what scenes
-        are picked for (default: that message)."""
+        """The prompt for replying to the last user message of ``branch`` (default: the current branch; scenes
+        picked for ``query``, default that message); with no user message pending, the prompt as it stands."""
         branch = self.messages if branch is None else branch
         message = branch[-1] if branch and branch[-1].role == "user" else None
         history = branch[:-1] if message is not None else branch
@@ -203,8 +200,7 @@ class ChatSession:
         turns, left_out = self._history(history, engine.style, builder)
         turn = self._turn(message, engine.style) if message is not None else None
         prompt = builder.build(turns, turn, query=query, sticky_scene_ids=self.chat.scene_ids,
-                               scene_order=self._scene_order or self.chat.scene_ids,
-                               user_name=self.settings.user_name,
+                               scene_order=self.scene_order or self.chat.scene_ids, user_name=self.settings.user_name,
                                pins=[p.text for p in self.pins], summary=self.summary if left_out else "")
         if left_out:
             prompt.dropped_turns += left_out
@@ -301,9 +297,8 @@ class ChatSession:
         """
         if self.leaf is None or self.leaf.role != "user":
             raise ValueError("nothing to reply to: send a message first")
-        with self._lock:  # not while a warm-up builds its prompt
-            context = self.build_context(engine)
-            self._scene_order = list(context.prompt.scene_ids)
+        context = self.build_context(engine)
+        self.scene_order = list(context.prompt.scene_ids)
         if context.prompt.scene_ids != self.chat.scene_ids:
             self.chat.scene_ids = list(context.prompt.scene_ids)
             _quiet(lambda: self.store.update_chat(self.chat.id, scene_ids=self.chat.scene_ids), self._error)
@@ -330,9 +325,6 @@ class ChatSession:
                     last_save = time.monotonic()
             if engine.last_stats.stop_reason == "cancelled":
                 status = "stopped"
-        except ModelError:
-            status = "error"
-            raise
         except BaseException:
             status = "error"
             raise
@@ -342,28 +334,6 @@ class ChatSession:
             self._save(reply, content="".join(final).strip(), analysis="".join(analysis).strip(), status=status,
                        stats=stats.as_dict())
         return reply
-
-    def warm(self, engine: Engine, draft: str, stop: Callable[[], bool] | None = None) -> ContextSnapshot | None:
-        """Evaluate the prompt ``draft`` would get while the user is still typing it, so the reply after Enter
-        starts from llama.cpp's cache: a change of topic (new scenes) is paid for here. A draft too short to
-        name a topic keeps the chat's scenes (:meth:`scenes_for`). Gives way to any reply and to ``stop()``
-        (:meth:`Engine.prefill`). Returns the prompt it evaluated (``prefilled`` says how many tokens were new),
-        None when there is nothing to do."""
-        text = draft.strip()
-        with self._lock:
-            leaf = self.leaf
-            if not text or (leaf is not None and leaf.role == "user"):  # a reply is on its way
-                return None
-            typed = Message(0, self.chat.id, leaf.id if leaf else None, "user", text)
-            context = self.build_context(engine, [*self.messages, typed], query=_draft_query(text))
-            self._scene_order = list(context.prompt.scene_ids)
-        context.prefilled = engine.prefill(context.text, stop)
-        return context
-
-    def scenes_for(self, engine: Engine, draft: str) -> set[str]:
-        """The scenes a warm-up of ``draft`` would put in the prompt (cheap: no prompt is built)."""
-        builder = self.builder(engine)
-        return {s.scene_id for s in builder.select_scenes(_draft_query(draft.strip()), sticky_ids=self.chat.scene_ids)}
 
     def send(self, engine: Engine, text: str, **kwargs: Any) -> Message:
         """``add_user_message`` then ``reply``: one turn."""
@@ -515,12 +485,6 @@ class ChatSession:
         prefs = _quiet(lambda: self.store.pref(key, {}), {}) or {}
         prefs["reasoning_effort"] = effort
         _quiet(lambda: self.store.set_pref(key, prefs), self._error)
-
-
-def _draft_query(draft: str) -> str:
-    """What scenes are picked for while a line is typed: the line once it names a topic, else nothing (the
-    chat's scenes stay: a word half typed shares a character with some scene by chance)."""
-    return draft if names_a_topic(draft) else ""
 
 
 def _quiet(fn: Callable[[], Any], on_error: ErrorCallback | Any = None) -> Any:

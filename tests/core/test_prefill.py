@@ -13,6 +13,7 @@ from haruhi_tui.core.decode_threads import candidate_counts
 from haruhi_tui.core.engine import Sampling, default_threads, open_gguf
 from haruhi_tui.services.bundled_model import default_gguf
 from haruhi_tui.services.chat import ChatSession
+from haruhi_tui.services.warmup import warm
 from haruhi_tui.store import MEMORY, Store
 
 GREEDY = Sampling(temperature=0.0, max_tokens=16, repeat_penalty=1.0)
@@ -28,8 +29,8 @@ def test_the_reply_to_a_line_evaluated_while_it_was_typed_starts_from_the_cache(
     session = ChatSession.start(Store(MEMORY), haruhi)
     session.send(engine, "你好，今天SOS团有什么活动？", sampling=GREEDY)
     line = "那我们要去哪里找外星人？"
-    assert session.warm(engine, line[:4]).prefilled > 0  # typing goes on: each pause evaluates what is new
-    assert session.warm(engine, line).prefilled > 0
+    assert warm(session, engine, line[:4])[1] > 0  # typing goes on: each pause evaluates what is new
+    assert warm(session, engine, line)[1] > 0
     session.send(engine, line, sampling=GREEDY)
     stats = engine.last_stats
     assert stats.reused_tokens == stats.prompt_tokens - 1  # all but the token that gives fresh logits
@@ -41,7 +42,7 @@ def test_a_change_of_topic_is_evaluated_before_enter_with_the_scenes_the_line_ge
     session.send(engine, "你好，今天SOS团有什么活动？", sampling=GREEDY)
     before = list(session.chat.scene_ids)
     line = "你为什么总是这么有精神？"  # no word in common with the scenes about the SOS brigade's plans
-    warmed = session.warm(engine, line)
+    warmed, _ = warm(session, engine, line)
     reply = session.send(engine, line, sampling=GREEDY)
     assert warmed.prompt.scene_ids == session.chat.scene_ids
     stats = engine.last_stats
@@ -57,7 +58,7 @@ def test_a_draft_too_short_to_name_a_topic_keeps_the_cached_scenes(engine, haruh
     session.send(engine, "棒球比赛我们一定能赢吗？", sampling=GREEDY)
     scenes = list(session.chat.scene_ids)
     assert session.builder(engine).select_scenes("我觉", sticky_ids=scenes) != scenes  # 觉 is in other scenes
-    assert session.warm(engine, "我觉").prompt.scene_ids == scenes
+    assert warm(session, engine, "我觉")[0].prompt.scene_ids == scenes
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from textual.message import Message as TMessage
 from haruhi_tui.app.services import Services
 from haruhi_tui.app.widgets import MessageView, PromptInput
 from haruhi_tui.core.errors import HaruhiError
+from haruhi_tui.services import warmup
 from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.store import Message
 
@@ -119,9 +120,10 @@ class ChatScreen(ChatView):
 
     @work(thread=True, group="warm", exit_on_error=False)
     def warm_up(self, session: ChatSession, engine) -> None:
-        """Evaluate the prompt of the line being typed (:meth:`ChatSession.warm`), then of the newest line
-        typed since, until it has caught up. Typing on stops a prompt being evaluated only when the newest line
-        gets other scenes (otherwise most of it is still to be had); Enter stops it, as any reply does."""
+        """Evaluate the prompt of the line being typed (:func:`~haruhi_tui.services.warmup.warm`), then of the
+        newest line typed since, until it has caught up. Typing on stops a prompt being evaluated only when the
+        newest line gets other scenes (otherwise most of it is still to be had); Enter stops it, as any reply
+        does."""
         done = ""
         try:
             while True:
@@ -132,7 +134,7 @@ class ChatScreen(ChatView):
                             or self._warm_stop.is_set():
                         self._warming = False
                         return
-                scenes = session.scenes_for(engine, draft)
+                scenes = warmup.scenes_for(session, engine, draft)
                 seen = {draft: scenes}
 
                 def stop() -> bool:
@@ -140,10 +142,10 @@ class ChatScreen(ChatView):
                     if self._warm_stop.is_set() or not newest:
                         return True
                     if newest not in seen:
-                        seen[newest] = session.scenes_for(engine, newest)
+                        seen[newest] = warmup.scenes_for(session, engine, newest)
                     return seen[newest] != scenes
 
-                session.warm(engine, draft, stop)
+                warmup.warm(session, engine, draft, stop)
                 done = draft
         except Exception:  # noqa: BLE001 - only a head start: the reply itself reports what is wrong
             with self._warm_lock:
