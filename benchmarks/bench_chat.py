@@ -265,6 +265,18 @@ def report(run: int, rows: list[dict], raw: dict[int, list[float]], loads: tuple
     return "\n".join(lines), s
 
 
+def kept_sections(path: Path) -> str:
+    """The hand-written ``## `` sections of an earlier results file (notes, other machines): a new run keeps
+    them below its own numbers."""
+    try:
+        old = path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    lines = old.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.startswith("## ")), None)
+    return "".join(lines[start:]) if start is not None else ""
+
+
 def main() -> None:
     from haruhi_tui.core.decode_threads import candidate_counts
     from haruhi_tui.core.engine import default_threads, open_gguf
@@ -340,7 +352,8 @@ def main() -> None:
         *[section + "\n" for section in sections],
     ])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    kept = kept_sections(args.out)
+    args.out.write_text(text + ("\n" + kept if kept else ""), encoding="utf-8")
     print(f"written {args.out}")
 
 

@@ -430,9 +430,9 @@ class ChatScreen(ChatView):
 class _DeltaBatcher:
     """Groups streamed pieces into at most ~10 screen updates a second (the first one at once).
 
-    llama.cpp decodes on every core, so each millisecond the UI spends on an update is taken from it; one
-    update per token cost ~10-15 ms of UI time a token (relayout and Markdown), which at ~35 tokens/s is a
-    third of a core. Ten plain-text updates a second read as a smooth stream and cost ~3 % of one.
+    llama.cpp decodes on every core, so each millisecond the UI spends on an update is taken from it; an
+    update per token cost 8-15 ms of UI time a token (relayout and streaming Markdown), a third of a core at
+    ~35 tokens/s. Ten plain-text updates a second read as a smooth stream and cost 3-4 % of a core.
     """
 
     INTERVAL = 0.1

@@ -5,7 +5,7 @@ A reply that is still coming in is plain text (:class:`StreamingText`); it is re
 when it is complete. What a screen update costs is mostly laying out the whole conversation again
 (measured on a 2-core machine with 40 messages on screen: 14 ms an update, 3 ms without the layout), and
 every millisecond of it is taken from llama.cpp's threads; so streamed text is only repainted while it fits
-its lines, and laid out when it wraps onto a new one.
+the lines it has, and laid out again only every few lines.
 """
 
 from __future__ import annotations
