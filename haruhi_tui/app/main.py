@@ -54,8 +54,8 @@ def start(
     n_ctx: int = typer.Option(DEFAULT_N_CTX, "--n-ctx", metavar="TOKENS", help="Context length for the model."),
     threads: Optional[int] = typer.Option(
         None, "--threads", metavar="N",
-        help="CPU threads for generating (default: all cores but one on a small machine, so the screen stays "
-             "smooth; prompt evaluation always uses every core)."),
+        help="CPU threads for generating (default: measured while generating: all cores, or half of them when "
+             "that is faster because other programs keep the cores busy)."),
 ) -> None:
     if characters is None and os.environ.get("HARUHI_CHARACTERS"):
         characters = Path(os.environ["HARUHI_CHARACTERS"])

@@ -197,3 +197,18 @@ def test_a_group_reply_is_continued_by_the_character_who_said_it(engine, store, 
     assert reply.character == "nagato" and reply.content.startswith("一本书，")
     assert session.speaker.name == "长门" and session.last_context.prompt.character == "长门"
     assert session.last_context.prompt.system.startswith(NAGATO_PROMPT.replace("{{user}}", "阿虚"))
+
+
+@pytest.mark.slow
+def test_a_line_typed_in_a_group_is_warmed_up_as_the_member_who_will_answer_it(engine, store, cast):
+    from haruhi_tui.services.warmup import warm
+
+    session = GroupSession.start_group(store, [cast["haruhi"], cast["nagato"], cast["koizumi"]])
+    assert session.speaker.name == "古泉"  # in turn after 长门's greeting
+    assert warm(session, engine, "@长门 你在读什么书？") is None  # 长门's prompt, not the one built now
+    line = "大家好，今天做什么？"
+    warmed, _ = warm(session, engine, line)
+    assert warmed.prompt.character == "古泉" and warmed.prompt.system.startswith(KOIZUMI_PROMPT)
+    reply = session.send(engine, line, sampling=Sampling(temperature=0.0, max_tokens=8, repeat_penalty=1.0))
+    stats = engine.last_stats
+    assert reply.character == "koizumi" and stats.reused_tokens == stats.prompt_tokens - 1
