@@ -1,18 +1,24 @@
-"""How fast the chat feels: tokens/s streamed to the screen and first-token latency on a follow-up turn.
+"""How fast the chat feels on a small CPU: tokens/s streamed to the screen against raw llama.cpp decode, and
+first-token latency on follow-up turns, with the scenes each turn got.
 
 Runs the real app (Textual pilot, headless, 80x24) with the bundled Gemma 3 270M on llama.cpp, picks a
-character, and sends a few lines. For every reply it measures, on the UI side (when the text reaches the
-message widget):
+character, and types a few lines as a person would (``--typing-cps`` characters a second, then Enter at
+once; 0 pastes the line), so the app can evaluate the prompt while the line is typed. For every reply it
+measures, on the UI side (when the text reaches the message widget):
 
 * streamed tokens/s: (generated tokens - 1) / (time of the last shown piece - time of the first);
-* first-token latency: Enter pressed -> first piece shown (turn 1 evaluates the whole persona prompt;
-  later turns reuse the persona prefix from llama.cpp's KV cache, which the engine's stats confirm).
+* first-token latency: Enter -> first piece shown;
+* what the UI thread spent while the reply streamed (CPU time of the app's thread: every millisecond of it
+  is taken from llama.cpp's threads, which decode on every core);
+* the scenes the prompt got, their BM25 relevance to the line, and whether the set is the one the plain
+  sticky rule picks for the line (what the app chose before prompts were evaluated while typing).
 
-A raw llama.cpp decode loop on the same model and thread count is measured first, for comparison.
-Results are printed and written to benchmarks/results/chat.md (or --out).
+Raw llama.cpp decode (a bare ``Llama.generate`` loop, no app) is measured in the same run, before and after
+the app, with every core and with half of them; the targets compare against every core. The machine may
+be shared: compare within one run and look at the load average; ``--repeat`` runs it all again.
 
-    .venv/bin/python benchmarks/bench_chat.py                 # haruhi, 6 turns
-    .venv/bin/python benchmarks/bench_chat.py --character weixiaobao --turns 8
+    python benchmarks/bench_chat.py --turns 6                 # haruhi, results in benchmarks/results/chat.md
+    python benchmarks/bench_chat.py --turns 8 --repeat 3 --typing-cps 0
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ LINES = [
     "明天还要继续吗？",
     "最后一个问题：你到底在找什么？",
 ]
+STREAM_TARGET = 0.90  # streamed tokens/s as a share of raw llama.cpp decode with every core
+FIRST_TOKEN_TARGET = 1.0  # seconds, worst follow-up turn
 
 
 def machine() -> str:
@@ -70,12 +78,12 @@ def load() -> str:
 
 def raw_decode(engine, tokens: int = 128) -> float:
     """llama.cpp's own speed: greedy decode of ``tokens`` tokens after a short prompt, no UI, no parsing
-    (with the engine's thread count)."""
+    (with the thread count the engine's llama.cpp context has)."""
     llama = engine.llama
     prompt = llama.tokenize("凉宫春日说：".encode(), add_bos=True)
     llama.reset()
     start, n = 0.0, 0
-    for token in llama.generate(prompt, temp=0.0, repeat_penalty=1.0, reset=True):
+    for _ in llama.generate(prompt, temp=0.0, repeat_penalty=1.0, reset=True):
         n += 1
         if n == 1:
             start = time.perf_counter()
@@ -84,18 +92,59 @@ def raw_decode(engine, tokens: int = 128) -> float:
     return tokens / (time.perf_counter() - start)
 
 
+def raw_prompt(engine, tokens: int = 512) -> float:
+    """llama.cpp's prompt evaluation speed: one batch of ``tokens`` tokens, tokens/s."""
+    llama = engine.llama
+    text = "".join(LINES) * 40
+    prompt = llama.tokenize(text.encode(), add_bos=True)[:tokens]
+    llama.reset()
+    start = time.perf_counter()
+    llama.eval(prompt)
+    return len(prompt) / (time.perf_counter() - start)
+
+
+def raw_speeds(model: Path, counts: tuple[int, ...], repeats: int = 2) -> tuple[dict[int, float], float]:
+    """Raw decode tokens/s per fixed thread count (median of ``repeats``), and prompt evaluation tokens/s with
+    the most threads."""
+    from haruhi_tui.core.engine import open_gguf
+
+    speeds, prompt = {}, 0.0
+    for count in counts:
+        engine = open_gguf(model, n_ctx=1024, n_threads=count)
+        try:
+            speeds[count] = statistics.median(raw_decode(engine) for _ in range(repeats))
+            if count == max(counts):
+                prompt = statistics.median(raw_prompt(engine) for _ in range(repeats))
+        finally:
+            engine.close()
+    return speeds, prompt
+
+
 async def drive_app(args, engine) -> list[dict]:
+    from textual import events
+
     from haruhi_tui.app.app import HaruhiApp
     from haruhi_tui.app.screens.pick import CharacterPicker
     from haruhi_tui.app.widgets import PromptInput
     from haruhi_tui.core.engine import Sampling
 
-    async def wait(pilot, predicate, timeout=300.0):
+    async def wait(predicate, timeout=600.0):
         deadline = time.monotonic() + timeout
         while not predicate():
             if time.monotonic() > deadline:
                 raise TimeoutError("the app did not get there in time")
-            await pilot.pause(0.1)  # polling costs CPU that llama.cpp would otherwise get
+            await asyncio.sleep(0.05)  # plain sleeps: the pilot's pause walks the whole screen every time
+
+    ui_samples: list[tuple[float, float]] = []
+
+    async def sample_ui_thread():  # (wall, CPU time of this thread, which is the app's)
+        while True:
+            ui_samples.append((time.perf_counter(), time.thread_time()))
+            await asyncio.sleep(0.05)
+
+    def ui_cpu(start: float, end: float) -> float:
+        inside = [s for s in ui_samples if start <= s[0] <= end]
+        return inside[-1][1] - inside[0][1] if len(inside) > 1 else float("nan")
 
     sampling = Sampling(temperature=args.temperature, max_tokens=args.max_tokens, repeat_penalty=1.1, seed=0)
     home = tempfile.mkdtemp(prefix="bench_chat_")
@@ -104,41 +153,133 @@ async def drive_app(args, engine) -> list[dict]:
                     n_ctx=args.n_ctx)
     rows = []
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait(pilot, lambda: isinstance(app.screen, CharacterPicker))
+        await wait(lambda: isinstance(app.screen, CharacterPicker))
         await pilot.press(*args.character)
         await pilot.press("enter")
-        await wait(pilot, lambda: app.chat_screen.session is not None and app.screen is app.chat_screen)
+        await wait(lambda: app.chat_screen.session is not None and app.screen is app.chat_screen)
         screen = app.chat_screen
+        session = screen.session
+        builder = session.builder(engine)
+        place = {scene.scene_id: i for i, scene in enumerate(session.character.scenes)}
+        sampler = asyncio.create_task(sample_ui_thread())
+        previous: list[str] = []
         for turn, line in enumerate(LINES[: args.turns], start=1):
             box = screen.query_one(PromptInput)
-            box.value = line
             before = screen.turns_done
-            await pilot.press("enter")
-            await wait(pilot, lambda: screen.turns_done > before)
+            typing_started = time.perf_counter()
+            if args.typing_cps > 0:
+                for ch in line:
+                    app.post_message(events.Key(ch, ch))
+                    await asyncio.sleep(1 / args.typing_cps)
+            else:
+                box.value = line
+            await wait(lambda: box.value == line, timeout=30)
+            typed = time.perf_counter() - typing_started
+            enter_at = time.perf_counter()
+            app.post_message(events.Key("enter", None))
+            await wait(lambda: screen.turns_done > before)
             view = screen.views()[-1]
             stats = engine.last_stats
             streamed = view.last_shown_at - view.first_shown_at
+            chosen = list(session.chat.scene_ids)
+            plain = [s.scene_id for s in builder.select_scenes(line, sticky_ids=previous)]
+            scores = builder.index.scores(line)
+            previous = chosen
+            cpu = ui_cpu(view.first_shown_at, view.last_shown_at)
             rows.append({
                 "turn": turn,
+                "typed_s": typed,
                 "prompt_tokens": stats.prompt_tokens,
                 "reused_tokens": stats.reused_tokens,
                 "generated_tokens": stats.generated_tokens,
+                "threads": stats.threads,
                 "pieces_shown": view.deltas_shown,
-                "first_token_s": view.first_shown_at - screen.submitted_at if view.first_shown_at else float("nan"),
+                "first_token_s": view.first_shown_at - enter_at if view.first_shown_at else float("nan"),
                 "streamed_tok_s": ((stats.generated_tokens - 1) / streamed
                                    if streamed > 0 and stats.generated_tokens > 1 else float("nan")),
                 "engine_tok_s": stats.tokens_per_second,
+                "ui_cpu_share": cpu / streamed if streamed > 0 else float("nan"),
+                "ui_ms_per_token": 1000 * cpu / max(1, stats.generated_tokens - 1),
+                "scenes": chosen,
+                "relevance": sum(scores.get(place[s], 0.0) for s in chosen),
+                "plain_rule_same_set": sorted(plain) == sorted(chosen),
                 "reply": view.content,
             })
-            print(f"turn {turn}: {rows[-1]['first_token_s']:.3f} s to first token, "
-                  f"{rows[-1]['streamed_tok_s']:.1f} tok/s on screen, {stats.reused_tokens}/{stats.prompt_tokens} "
-                  f"prompt tokens from cache, {stats.generated_tokens} generated", flush=True)
+            r = rows[-1]
+            print(f"turn {turn}: typed in {typed:.1f} s, {r['first_token_s']:.3f} s to first token, "
+                  f"{r['streamed_tok_s']:.1f} tok/s on screen ({stats.threads} thread(s)), UI thread "
+                  f"{100 * r['ui_cpu_share']:.1f}% of a core while streaming, {stats.reused_tokens}/"
+                  f"{stats.prompt_tokens} prompt tokens from cache, {stats.generated_tokens} generated", flush=True)
+        sampler.cancel()
         await pilot.press("ctrl+q")
     return rows
 
 
+def summarize(rows: list[dict], raw_all: float) -> dict:
+    counted = [r for r in rows if r["generated_tokens"] > 1 and r["streamed_tok_s"] > 0]
+    streamed = sum(r["generated_tokens"] - 1 for r in counted) / sum(
+        (r["generated_tokens"] - 1) / r["streamed_tok_s"] for r in counted)
+    follow = [r for r in rows[1:] if r["generated_tokens"] > 0]
+    return {
+        "streamed": streamed,
+        "share": streamed / raw_all,
+        "first_median": statistics.median(r["first_token_s"] for r in follow) if follow else float("nan"),
+        "first_worst": max((r["first_token_s"] for r in follow), default=float("nan")),
+        "ui_share": statistics.median(r["ui_cpu_share"] for r in counted) if counted else float("nan"),
+        "ui_ms": statistics.median(r["ui_ms_per_token"] for r in counted) if counted else float("nan"),
+    }
+
+
+def report(run: int, rows: list[dict], raw: dict[int, list[float]], loads: tuple[str, str]) -> tuple[str, dict]:
+    all_cores = max(raw)
+    raw_all = statistics.median(raw[all_cores])
+    s = summarize(rows, raw_all)
+    raw_text = ", ".join(f"{statistics.median(v):.1f} with {c} thread(s) (before / after the app: "
+                         f"{' / '.join(f'{x:.1f}' for x in v)})" for c, v in sorted(raw.items(), reverse=True))
+    ok = "met" if s["share"] >= STREAM_TARGET else "NOT met"
+    ok_first = "met" if s["first_worst"] <= FIRST_TOKEN_TARGET else "NOT met"
+    lines = [
+        f"### Run {run} (load average before / after: {loads[0]} / {loads[1]})",
+        "",
+        f"- streamed to the screen: **{s['streamed']:.1f} tokens/s = {s['share']:.0%} of raw llama.cpp decode "
+        f"with all {all_cores} cores** (target >= {STREAM_TARGET:.0%}: {ok}); raw decode: {raw_text}",
+        f"- first token on follow-up turns: median {s['first_median']:.3f} s, **worst {s['first_worst']:.3f} s** "
+        f"(target <= {FIRST_TOKEN_TARGET:.0f} s: {ok_first}); turn 1 (cold persona prompt): "
+        f"{rows[0]['first_token_s']:.3f} s",
+        f"- UI thread while a reply streams: {s['ui_share']:.1%} of a core, {s['ui_ms']:.2f} ms a token (median)",
+        "",
+        "| turn | typed (s) | prompt tok | from cache | left at Enter | generated | threads | first token (s) "
+        "| on-screen tok/s | engine tok/s | UI % | scenes (relevance; plain rule's set?) | reply |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in rows:
+        scenes = ", ".join(x.split("/")[-1].removesuffix(".txt").replace("Haruhi_", "") for x in r["scenes"])
+        same = "same" if r["plain_rule_same_set"] else "DIFFERENT"
+        reply = r["reply"].replace("|", "\\|")[:24]
+        lines.append(f"| {r['turn']} | {r['typed_s']:.1f} | {r['prompt_tokens']} | {r['reused_tokens']} | "
+                     f"{r['prompt_tokens'] - r['reused_tokens']} | "
+                     f"{r['generated_tokens']} | {r['threads']} | {r['first_token_s']:.3f} | "
+                     f"{r['streamed_tok_s']:.1f} | "
+                     f"{r['engine_tok_s']:.1f} | {100 * r['ui_cpu_share']:.1f} | {scenes} ({r['relevance']:.1f}; "
+                     f"{same}) | {reply} |")
+    return "\n".join(lines), s
+
+
+def kept_sections(path: Path) -> str:
+    """The hand-written ``## `` sections of an earlier results file (notes, other machines): a new run keeps
+    them below its own numbers."""
+    try:
+        old = path.read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    lines = old.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.startswith("## ")), None)
+    return "".join(lines[start:]) if start is not None else ""
+
+
 def main() -> None:
-    from haruhi_tui.core.engine import default_threads, interactive_threads, open_gguf
+    from haruhi_tui.core.decode_threads import candidate_counts
+    from haruhi_tui.core.engine import default_threads, open_gguf
     from haruhi_tui.core.paths import bundled_characters_dir
     from haruhi_tui.services.bundled_model import default_gguf
 
@@ -150,7 +291,10 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--threads", type=int, default=None,
-                   help="decode threads (default: what the app uses, haruhi_tui.core.engine.interactive_threads())")
+                   help="decode threads for the app (default: what the app does, measured while decoding)")
+    p.add_argument("--typing-cps", type=float, default=3.0,
+                   help="characters typed a second (default 3, a quick pinyin typist); 0 pastes each line")
+    p.add_argument("--repeat", type=int, default=1, help="run raw decode and the app this many times")
     p.add_argument("--model", type=Path, default=None, help="GGUF (default: the bundled Gemma 3 270M)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "chat.md")
     args = p.parse_args()
@@ -158,65 +302,58 @@ def main() -> None:
     import llama_cpp
     import textual
 
-    load_before = load()
     model = args.model or default_gguf()
-    threads = args.threads or interactive_threads()
-    engine = open_gguf(model, n_ctx=args.n_ctx, n_threads=threads)
-    raw = statistics.median(raw_decode(engine) for _ in range(3))
-    all_cores = default_threads()
-    if all_cores != threads:
-        full = open_gguf(model, n_ctx=512, n_threads=all_cores)
-        raw_all = statistics.median(raw_decode(full) for _ in range(3))
-        full.close()
-    else:
-        raw_all = raw
-    print(f"raw llama.cpp decode: {raw:.1f} tok/s with {threads} thread(s), {raw_all:.1f} with {all_cores}", flush=True)
-    rows = asyncio.run(drive_app(args, engine))
-    load_after = load()
+    counts = candidate_counts(default_threads())
+    sections, summaries = [], []
+    engine = None
+    for run in range(1, args.repeat + 1):
+        load_before = load()
+        speeds, prompt_before = raw_speeds(model, counts)
+        raw = {c: [v] for c, v in speeds.items()}
+        print("raw llama.cpp decode: " + ", ".join(f"{v[0]:.1f} tok/s with {c} thread(s)" for c, v in raw.items())
+              + f"; prompt evaluation {prompt_before:.0f} tok/s", flush=True)
+        engine = open_gguf(model, n_ctx=args.n_ctx, n_threads=args.threads)
+        rows = asyncio.run(drive_app(args, engine))
+        chooser = engine.threads
+        engine.close()
+        speeds, prompt_after = raw_speeds(model, counts)
+        for c, v in speeds.items():
+            raw[c].append(v)
+        text, s = report(run, rows, raw, (load_before, load()))
+        text += (f"\n\nraw prompt evaluation with all cores, before / after the app: {prompt_before:.0f} / "
+                 f"{prompt_after:.0f} tokens/s (what a turn left to evaluate at Enter costs: see the table)")
+        text += (f"\n\nthe app's thread count: {'fixed' if chooser.fixed else 'measured'}, ended at {chooser.current}; "
+                 f"{chooser.probes} tries of another count, {chooser.switches} switch(es)")
+        print(text, flush=True)
+        sections.append(text)
+        summaries.append(s)
 
-    follow = [r for r in rows[1:] if r["generated_tokens"] > 1]
-    streamed = sum(r["generated_tokens"] - 1 for r in rows if r["generated_tokens"] > 1) / sum(
-        (r["generated_tokens"] - 1) / r["streamed_tok_s"]
-        for r in rows if r["generated_tokens"] > 1 and r["streamed_tok_s"] > 0)
-    first_follow = statistics.median(r["first_token_s"] for r in follow) if follow else float("nan")
-    worst_follow = max((r["first_token_s"] for r in follow), default=float("nan"))
-    reuse = statistics.median(r["reused_tokens"] / r["prompt_tokens"] for r in rows[1:]) if len(rows) > 1 else 0.0
-    summary = (
-        f"tokens/s streamed to the screen (all turns, token-weighted): **{streamed:.1f}** (target >= 40; raw llama.cpp "
-        f"decode, no app: {raw:.1f} with {threads} thread(s), {raw_all:.1f} with all {all_cores} cores)\n"
-        f"first-token latency on follow-up turns: median **{first_follow:.3f} s**, worst {worst_follow:.3f} s "
-        f"(target <= 1 s); turn 1 (cold persona prompt): {rows[0]['first_token_s']:.3f} s\n"
-        f"persona prefix reused from the KV cache on follow-ups: median {reuse:.0%} of the prompt tokens"
-    )
-    print(summary)
-    table = ["| turn | prompt tok | from cache | generated | first token (s) | on-screen tok/s | engine tok/s "
-             "| reply |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    for r in rows:
-        reply = r["reply"].replace("|", "\\|")[:40]
-        table.append(f"| {r['turn']} | {r['prompt_tokens']} | {r['reused_tokens']} | {r['generated_tokens']} | "
-                     f"{r['first_token_s']:.3f} | {r['streamed_tok_s']:.1f} | {r['engine_tok_s']:.1f} | {reply} |")
+    shares = [s["share"] for s in summaries]
+    worst = [s["first_worst"] for s in summaries]
     command = "python benchmarks/bench_chat.py " + " ".join(sys.argv[1:])
+    typing = f"typed at {args.typing_cps:g} characters/s, Enter at once" if args.typing_cps > 0 else "pasted"
     text = "\n".join([
         "# Chat speed (benchmarks/bench_chat.py)",
         "",
         f"- date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- machine: {machine()}",
-        f"- load average before / after: {load_before} / {load_after} (other work on the machine slows every number)",
         f"- command: `{command.strip()}`",
         f"- versions: Python {platform.python_version()}, llama-cpp-python {llama_cpp.__version__}, "
         f"textual {textual.__version__}",
         f"- model: {engine.name} ({model.name}), {engine.style} style, n_ctx {engine.n_ctx}, "
-        f"character {args.character}, "
-        f"greedy={args.temperature == 0}, max_tokens {args.max_tokens}, decode threads {threads} (prompt: all cores)",
+        f"character {args.character}, greedy={args.temperature == 0}, max_tokens {args.max_tokens}, lines {typing}, "
+        f"decode threads {args.threads or 'measured (' + ' or '.join(map(str, counts)) + ')'}",
         "",
-        *[f"{line}  " for line in summary.splitlines()],
+        f"**Streamed / raw decode with every core: {', '.join(f'{x:.0%}' for x in shares)}** (target >= "
+        f"{STREAM_TARGET:.0%}); **worst first token on follow-ups: {', '.join(f'{x:.2f} s' for x in worst)}** "
+        f"(target <= {FIRST_TOKEN_TARGET:.0f} s). Other work on the machine slows every number: see the load "
+        "averages.",
         "",
-        *table,
-        "",
+        *[section + "\n" for section in sections],
     ])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text, encoding="utf-8")
+    kept = kept_sections(args.out)
+    args.out.write_text(text + ("\n" + kept if kept else ""), encoding="utf-8")
     print(f"written {args.out}")
 
 

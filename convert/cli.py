@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from haruhi_tui.core.cli_style import cli_app
 from haruhi_tui.core.errors import HaruhiError, friendly_errors
 
 HELP = """Merge a LoRA adapter into its base model and write one GGUF that llama.cpp runs
@@ -18,18 +19,18 @@ HELP = """Merge a LoRA adapter into its base model and write one GGUF that llama
 
 \b
 Examples:
-  haruhi-convert --base gpt-oss-20b/ --adapter runs/haruhi/adapter/ --out haruhi.gguf
-  haruhi-convert --base gpt-oss-20b/ --adapter runs/haruhi/adapter/ --out haruhi.gguf --type q8_0 --verify
-  haruhi-convert --base gemma-3-270m-hf/ --out gemma.gguf --type bf16
-  haruhi-convert --base gpt-oss-20b/ --adapter runs/haruhi/adapter/ --adapter-only --out haruhi-lora.gguf
+  haruhi-convert -b gpt-oss-20b/ -a runs/haruhi/adapter/ -o haruhi.gguf
+  haruhi-convert -b gpt-oss-20b/ -a runs/haruhi/adapter/ -o haruhi.gguf \\
+      --type q8_0 --verify
+  haruhi-convert -b gemma-3-270m-hf/ -o gemma.gguf --type bf16
+  haruhi-convert -b gpt-oss-20b/ -a runs/haruhi/adapter/ --adapter-only \\
+      -o haruhi-lora.gguf
 
-\b
 Architectures: gpt-oss (GptOssForCausalLM; bf16 or the original MXFP4 checkpoint), Gemma 3,
 Llama, Qwen2, Qwen3. The adapter is a PEFT LoRA folder; for gpt-oss it may target attention
 (q/k/v/o) and the 3-D expert weights (target_parameters). Tensors are merged and written one at a
 time, so memory stays about 1 GB whatever the model size. The output appears only when complete.
 
-\b
 --adapter-only writes a GGUF LoRA adapter instead (llama.cpp --lora / Llama(lora_path=...)), on top
 of a GGUF of the same base. llama.cpp applies LoRA to gpt-oss experts too (per selected expert), so
 attention and expert LoRA both export; adapters with full module copies (modules_to_save),
@@ -39,10 +40,11 @@ embedding LoRA or LoRA biases must be merged instead.
 TYPE_HELP = (
     "auto: mxfp4 for gpt-oss, q8_0 otherwise. f32/bf16/f16: unquantized. q8_0: 8-bit everywhere. "
     "mxfp4 (gpt-oss): experts in MXFP4 as OpenAI ships them, other matrices q8_0. q4_k_m: llama.cpp's "
-    "4-bit K-quant mix (quantized by llama.cpp from a bf16 intermediate). With --adapter-only: f16 (default), bf16, f32."
+    "4-bit K-quant mix (quantized by llama.cpp from a bf16 intermediate). With --adapter-only: f16 (default), bf16, "
+    "f32."
 )
 
-app = typer.Typer(add_completion=False, help=HELP, rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
+app = cli_app(help=HELP)
 console = Console(stderr=True)
 
 
@@ -55,15 +57,23 @@ def _fmt_bytes(n: int) -> str:
 
 @app.command(help=HELP)
 def convert_command(
-    base: Path = typer.Option(..., "--base", "-b", help="Hugging Face model folder: config.json, *.safetensors, tokenizer.json."),
+    base: Path = typer.Option(..., "--base", "-b",
+                              help="Hugging Face model folder: config.json, *.safetensors, tokenizer.json."),
     out: Path = typer.Option(..., "--out", "-o", help="The GGUF file to write (replaced atomically if it exists)."),
-    adapter: Optional[Path] = typer.Option(None, "--adapter", "-a", help="PEFT LoRA adapter folder to merge (leave out to convert the base alone)."),
+    adapter: Optional[Path] = typer.Option(
+        None, "--adapter", "-a", help="PEFT LoRA adapter folder to merge (leave out to convert the base alone)."),
     out_type: str = typer.Option("auto", "--type", "-t", help=TYPE_HELP),
-    adapter_only: bool = typer.Option(False, "--adapter-only", help="Write the LoRA as a GGUF adapter instead of merging it."),
-    verify: bool = typer.Option(False, "--verify", help="Afterwards run the same tokens through the GGUF (llama.cpp) and the merged model (transformers) and compare logits; fails if they disagree beyond what --type explains."),
-    base_gguf: Optional[Path] = typer.Option(None, "--base-gguf", help="With --adapter-only --verify: a GGUF of the base to apply the adapter to."),
-    name: Optional[str] = typer.Option(None, "--name", help="general.name stored in the GGUF (default: the adapter's or model's folder name)."),
-    events: Optional[Path] = typer.Option(None, "--events", help="Folder to append progress events (events.jsonl) to, for the TUI launcher."),
+    adapter_only: bool = typer.Option(False, "--adapter-only",
+                                      help="Write the LoRA as a GGUF adapter instead of merging it."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Afterwards run the same tokens through the GGUF (llama.cpp) and the merged model "
+        "(transformers) and compare logits; fails if they disagree beyond what --type explains."),
+    base_gguf: Optional[Path] = typer.Option(
+        None, "--base-gguf", help="With --adapter-only --verify: a GGUF of the base to apply the adapter to."),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="general.name stored in the GGUF (default: the adapter's or model's folder name)."),
+    events: Optional[Path] = typer.Option(
+        None, "--events", help="Folder to append progress events (events.jsonl) to, for the TUI launcher."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for merging/quantizing (default: all)."),
 ) -> None:
     from haruhi_tui.core.events import EventLog
@@ -79,8 +89,9 @@ def convert_command(
         log.start(config, None, "tensor")
     started_at = [None]
     try:
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[tensor]}"),
-                      TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[tensor]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                      console=console, transient=False,
                       disable=not console.is_terminal and os.environ.get("HARUHI_PROGRESS") != "1") as bar:
             task = bar.add_task("writing tensors", total=None, tensor="")
 
@@ -103,7 +114,8 @@ def convert_command(
             from .verify import verify_gguf
 
             console.print("verifying: llama.cpp vs transformers on the same tokens …")
-            report = verify_gguf(summary.output, base, adapter, summary.out_type, adapter_only=adapter_only, base_gguf=base_gguf)
+            report = verify_gguf(summary.output, base, adapter, summary.out_type, adapter_only=adapter_only,
+                                 base_gguf=base_gguf)
         _print_summary(summary, report)
         if report is not None and not report.ok:
             if log:
@@ -130,10 +142,12 @@ def _print_summary(summary, report) -> None:
     table.add_row("written", str(summary.output))
     table.add_row("architecture", summary.architecture)
     table.add_row("type", summary.out_type)
-    table.add_row("tensors", f"{summary.tensors} (" + ", ".join(f"{k} {v}" for k, v in sorted(summary.types.items())) + ")")
+    types = ", ".join(f"{k} {v}" for k, v in sorted(summary.types.items()))
+    table.add_row("tensors", f"{summary.tensors} ({types})")
     table.add_row("size", _fmt_bytes(summary.size_bytes))
     if summary.merged_targets:
-        table.add_row("LoRA", f"{summary.merged_targets} weights " + ("exported" if summary.out_type.startswith("lora") else "merged"))
+        done = "exported" if summary.out_type.startswith("lora") else "merged"
+        table.add_row("LoRA", f"{summary.merged_targets} weights {done}")
     table.add_row("time", f"{summary.seconds:.1f} s")
     table.add_row("peak memory", _fmt_bytes(summary.peak_rss_bytes))
     for note in summary.notes:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 
 from haruhi_tui.core.errors import HaruhiError, friendly_errors
 
@@ -25,51 +26,64 @@ micro-batches when the card's memory is short; gradient checkpointing only where
 (`haruhi data build -o data/`). Unsloth trains on CUDA (bf16 base; --load-in-4bit for QLoRA);
 without CUDA the same recipe runs on transformers + PEFT.
 
-Only the character's replies (and the token that ends each) carry the loss. Samples are packed into
-rows without attending across samples, or length-grouped where the attention kernel cannot keep them apart.
+Only the character's replies carry the loss. Writes OUTPUT/events.jsonl (progress), OUTPUT/checkpoint-N
+(every --save-steps, at the end and on Ctrl-C) and OUTPUT/adapter (for haruhi-convert --adapter and haruhi
+eval --adapter). Ctrl-C saves a checkpoint and stops; --resume continues from it.
 
-Writes OUTPUT/events.jsonl (progress), OUTPUT/checkpoint-N (every --save-steps, at the end and on
-Ctrl-C) and OUTPUT/adapter (PEFT adapter + tokenizer, for haruhi-convert --adapter and haruhi eval
---adapter). Ctrl-C saves a checkpoint and stops; --resume continues from the last one.
-
-Settings come from defaults, then --config FILE (TOML with sections model, data, lora, train and
-output; --print-config writes one), then flags.
-
-Multi-GPU: --gpus N runs N data-parallel processes through torchrun (NCCL). Several machines: run the
-same command on each with --nnodes, --node-rank, --master-addr and --master-port (the output folder must
-be on storage they share). --gpus N --cpu-processes runs N CPU processes (gloo), to test without GPUs.
+Settings come from the defaults, then --config FILE (TOML; --print-config writes one), then the flags
+below. Several GPUs: --gpus N; several machines: the Multi-node options on each.
 
 \b
 Examples:
-  haruhi train                                   # the reference recipe on data/haruhi_train.json
-  haruhi train --gpus 8 --output runs/haruhi-8gpu
-  haruhi train --base ./gemma-3-270m-hf --dataset data:haruhi_train --epochs 1
-  haruhi train --config train.toml --lr 2e-4 --print-config
-  haruhi train --resume --output runs/haruhi-lora
+  haruhi train                          # the reference recipe
+  haruhi train --gpus 8 -o runs/haruhi-8gpu
+  haruhi train --base ./gemma-3-270m-hf --epochs 1
+  haruhi train --config train.toml --lr 2e-4
+  haruhi train --resume -o runs/haruhi-lora
 """
 
 SECTION_PANELS = {"model": "Model", "data": "Data", "lora": "LoRA", "train": "Training", "output": "Output"}
 
 
-def _option_for(f: Any) -> tuple[Any, Any]:
-    """(annotation, typer.Option) for one recipe setting; default None means 'not given'."""
+ON, OFF = "__on", "__off"  # suffixes of a switch's two flag parameters (--name, --no-name)
+
+
+def _option_for(f: Any) -> list[tuple[str, Any, Any]]:
+    """(name, annotation, typer.Option) for one recipe setting; default None means 'not given'. An on/off
+    setting or an auto/on/off switch gets two flag parameters (``name__on``, ``name__off``; see :func:`_switches`)."""
     default = getattr(tc.TrainConfig(), f.name)
     flag = tc.flag_of(f.name)
     choices = f.metadata.get("choices")
     text = f.metadata["help"]
     if choices and not f.metadata.get("switch"):
         text += f" One of: {', '.join(choices)}."
-    shown = ",".join(default) if isinstance(default, list) else default
-    shown = str(shown).lower() if isinstance(shown, bool) else str(shown)
-    text += f" \\[default: {shown}]"  # escaped: rich would read [default: …] as markup
     panel = SECTION_PANELS[f.metadata["section"]]
-    if isinstance(default, bool) or f.metadata.get("switch"):  # a switch: not given = auto (or the file's value)
-        no_flag = "--no-" + flag[2:]
-        return Optional[bool], typer.Option(None, f"{flag}/{no_flag}", help=text, show_default=False,
-                                            rich_help_panel=panel)
+    if isinstance(default, bool) or f.metadata.get("switch"):
+        # a switch lists the flag a user reaches for and names the other in its help: two long flag names side
+        # by side leave no room for the help at 80 columns (both flags work)
+        on, off = flag, "--no-" + flag[2:]
+        shown, hidden = (off, on) if default is True else (on, off)
+        text += f" [default: {str(default).lower() if isinstance(default, bool) else default}; {hidden} " \
+                f"turns it {'on' if hidden == on else 'off'}]"
+        return [(f.name + (OFF if shown == off else ON), bool,
+                 typer.Option(False, shown, help=escape(text), show_default=False, rich_help_panel=panel)),
+                (f.name + (ON if shown == off else OFF), bool, typer.Option(False, hidden, hidden=True))]
+    shown = ",".join(default) if isinstance(default, list) else str(default)
+    text += f" [default: {shown}]"
     kind = {int: int, float: float}.get(type(default), str)
     decls = [flag] + (["-o"] if f.name == "output" else [])
-    return Optional[kind], typer.Option(None, *decls, help=text, show_default=False, rich_help_panel=panel)
+    return [(f.name, Optional[kind], typer.Option(None, *decls, help=escape(text), show_default=False,
+                                                  rich_help_panel=panel))]
+
+
+def _switches(values: dict[str, Any]) -> None:
+    """Each switch's two flags back into its setting: True (--name), False (--no-name), None (neither given)."""
+    for f in tc.settings():
+        if f.name + ON in values:
+            on, off = values.pop(f.name + ON), values.pop(f.name + OFF)
+            if on and off:
+                raise HaruhiError(f"{tc.flag_of(f.name)} and --no-{tc.flag_of(f.name)[2:]} together: give one")
+            values[f.name] = True if on else (False if off else None)
 
 
 CONTROL_PARAMETERS: list[tuple[str, Any, Any]] = [
@@ -113,6 +127,7 @@ def train_command(**values: Any) -> None:
     from rich.console import Console
 
     control = {name: values.pop(name) for name, _, _ in CONTROL_PARAMETERS}
+    _switches(values)
     flags = {name: value for name, value in values.items() if value is not None}
     file_values = tc.load_toml(control["config"]) if control["config"] else {}
     if control["resume"]:
@@ -153,9 +168,9 @@ def _build_command():
     parameters = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
                   for name, annotation, option in CONTROL_PARAMETERS]
     for f in tc.settings():
-        annotation, option = _option_for(f)
-        parameters.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                            annotation=annotation))
+        for name, annotation, option in _option_for(f):
+            parameters.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                                                annotation=annotation))
 
     @friendly_errors
     def train(**values: Any) -> None:

@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 
+from haruhi_tui.core.cli_style import cli_app
 from haruhi_tui.core.errors import HaruhiError, friendly_errors
 
 EVAL_HELP = (
@@ -39,7 +40,7 @@ def _default_out(model: Path, adapter: Optional[Path]) -> Path:
 
 def register(app: typer.Typer) -> None:
     """Attach ``eval`` to the ``haruhi`` app."""
-    eval_app = typer.Typer(help=EVAL_HELP, invoke_without_command=True, rich_markup_mode=None)
+    eval_app = cli_app(help=EVAL_HELP, invoke_without_command=True)
     app.add_typer(eval_app, name="eval")
 
     @eval_app.callback(invoke_without_command=True)

@@ -34,7 +34,7 @@ from . import crash
 from .messages import CharactersChanged, CharactersLoaded, LoadModel, ModelFailed, ModelLoading, ModelReady
 from .roleplay_commands import roleplay_commands
 from .screens.chat import ChatScreen
-from .screens.dialogs import RenameDialog
+from .screens.dialogs import TextDialog
 from .screens.help import HelpScreen
 from .screens.pick import CharacterPicker, ModelPicker
 from .services import Services
@@ -137,7 +137,7 @@ class HaruhiApp(App[None]):
             if choice:
                 self.load_model(choice)
 
-        self.push_screen(ModelPicker(self.models.local_models(), self.models.label()), picked)
+        self.push_screen(ModelPicker(self.models.local_models(), current=self.models.label()), picked)
 
     @on(LoadModel)
     def _load_model_asked(self, event: LoadModel) -> None:
@@ -170,7 +170,10 @@ class HaruhiApp(App[None]):
             if choice:
                 self.load_compare_model(choice)
 
-        self.push_screen(ModelPicker(self.models.local_models(), "compare with"), picked)
+        other = self.models.compare_engine
+        current = (other.name if other is not None
+                   else f"none yet: ctrl+k compares {self.models.label()} at two temperatures")
+        self.push_screen(ModelPicker(self.models.local_models(), heading="Compare with model", current=current), picked)
 
     @work(thread=True, exclusive=True, group="compare-model")
     def load_compare_model(self, choice: str) -> None:
@@ -191,11 +194,10 @@ class HaruhiApp(App[None]):
         from .screens.jobs import JobsScreen
 
         if not isinstance(self.screen, JobsScreen):
-            self.push_screen(JobsScreen(Launcher(self.store)))
+            self.push_screen(JobsScreen(Launcher(self.store), self.library))
 
     def action_help(self) -> None:
-        bindings = [b for b in ChatScreen.BINDINGS if isinstance(b, Binding)]
-        self.push_screen(HelpScreen(bindings))
+        self.push_screen(HelpScreen(self.get_system_commands(self.chat_screen)))
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -214,9 +216,17 @@ class HaruhiApp(App[None]):
         yield SystemCommand("Your name", "Your name in this chat (Persona: a name and a description)",
                             self.ask_user_name)
         yield from roleplay_commands(self)
+        yield SystemCommand("Chat settings", "Temperature, reply length, your name, reasoning effort (F9)",
+                            chat.action_settings)
+        yield SystemCommand("Continue reply", "The last reply goes on where it ended (F7)", chat.action_continue_reply)
+        yield SystemCommand("Write my line", "The model writes your next line for you to edit (F8, impersonate)",
+                            chat.action_impersonate)
+        yield SystemCommand("Delete message", "The selected message (or the last) and all after it (ctrl+delete)",
+                            chat.action_delete_message)
         yield SystemCommand("Export chat", "Write the chat as Markdown, JSONL, ShareGPT JSON or a SillyTavern chat",
                             self.export_chat)
-        yield SystemCommand("Import character card", "A Character Card V2/V3 .json/.png/.charx becomes a character",
+        yield SystemCommand("Import character card",
+                            "A Character Card V2/V3 .json/.png/.charx becomes a character (F5 in the character picker)",
                             self.action_import_card)
         yield SystemCommand("Export character card", "The current character as a card: .png, .json or .charx",
                             self.action_export_card)
@@ -246,9 +256,11 @@ class HaruhiApp(App[None]):
         def done(name: str | None) -> None:
             if name:
                 session.set_user_name(name)
+                self.chat_screen.update_title()  # "you: …"
                 self.notify(f"you are {session.settings.user_name} in this chat")
 
-        self.push_screen(RenameDialog(session.settings.user_name, "Your name in this chat"), done)
+        self.push_screen(TextDialog("Your name in this chat", session.settings.user_name,
+                                    note=f"{session.character.name} talks to this name"), done)
 
     def set_reasoning_effort(self, effort: str) -> None:
         session = self.chat_screen.session
@@ -256,7 +268,10 @@ class HaruhiApp(App[None]):
             self.notify("no chat yet", severity="warning")
             return
         session.set_reasoning_effort(effort)
-        self.notify(f"reasoning effort {effort} for {session.character.name}")
+        engine = self.models.engine
+        ignored = ("" if engine is None or engine.style == "harmony"
+                   else f" (only gpt-oss reasons: {engine.name} ignores it)")
+        self.notify(f"reasoning effort {effort} for {session.character.name}{ignored}")
 
     # -- files in and out: chat exports, character cards -----------------------------------------
     def export_chat(self) -> None:
@@ -355,5 +370,8 @@ class HaruhiApp(App[None]):
         self.push_screen(DownloadDialog(self.report), done)
 
     async def action_quit(self) -> None:
-        await self.chat_screen.stop_and_wait()
+        chat = self.chat_screen
+        await chat.stop_and_wait()
+        if chat.session is not None:
+            chat.forget_if_unused(chat.session)
         self.exit()

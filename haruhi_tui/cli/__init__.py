@@ -14,18 +14,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from haruhi_tui.core.cli_style import cli_app
 from haruhi_tui.core.errors import HaruhiError, friendly_errors
 
-app = typer.Typer(
+app = cli_app(
     name="haruhi",
     help="Character role-play on gpt-oss-20b: chat in the shell, build datasets, fine-tune, evaluate. The chat app "
     "is `haruhi-tui`; GGUF export is `haruhi-convert`.",
     no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Build role-play datasets from ChatHaruhi character folders, and check datasets.",
-                       no_args_is_help=True)
+data_app = cli_app(help="Build role-play datasets from ChatHaruhi character folders, and check datasets.",
+                   no_args_is_help=True)
 app.add_typer(data_app, name="data")
 console = Console(stderr=True)
 
@@ -103,25 +102,44 @@ def data_build(
     leaks = ", ".join(f"{escape(s.name)} {s.val_replies_in_train}" for s in result.stats if s.val_replies_in_train)
     caption = (f"validation replies of {MIN_SHARED_CHARS}+ characters also in training: {overlap.replies:,} of "
                f"{overlap.checked:,} ({overlap.percent:.2f} %)" + (f": {leaks}" if leaks else ""))
-    table = Table(title=escape(f"haruhi dataset ({root})"), caption=caption, show_footer=True)
-    fields = {"scenes": "scenes", "skipped": "skipped_scenes", "train scenes": "train_scenes",
-              "val scenes": "val_scenes", "train samples": "train_samples", "val samples": "val_samples",
-              "turns": "turns", "chars": "text_chars"}
-    table.add_column("character", footer="total")
-    table.add_column("name")
-    for column, field_name in fields.items():
-        table.add_column(column, footer=f"{sum(getattr(s, field_name) for s in result.stats):,}", justify="right")
-    for s in result.stats:
-        table.add_row(escape(s.folder), escape(s.name), *(f"{getattr(s, f):,}" for f in fields.values()))
     out_console = Console()
-    out_console.print(table)
+    out_console.print(_stats_table(result, escape(f"haruhi dataset ({root})"), caption))
     for s in result.stats:
         for warning in s.warnings:
             console.print(f"[yellow]warning:[/] {escape(warning)}")
     if result.extra_samples:
         out_console.print(f"merged {result.extra_samples} extra samples into the training split")
-    out_console.print(f"train {len(result.train):,} samples, val {len(result.val):,} samples → "
-                      + escape(", ".join(str(p) for p in paths.values())))
+    folder = Path(next(iter(paths.values()))).parent
+    out_console.print(f"train {len(result.train):,} samples, val {len(result.val):,} samples → {escape(str(folder))}: "
+                      + ", ".join(escape(Path(p).name) for p in paths.values()))
+
+
+def _stats_table(result, title: str, caption: str) -> Table:
+    """Per character: scenes (skipped), the train/val split of scenes and samples, turns and characters of text;
+    narrow enough for an 80-column terminal (train/val share a column)."""
+    from rich import box
+    from rich.markup import escape
+
+    stats = result.stats
+
+    def pair(train: int, val: int) -> str:
+        return f"{train:,}/{val:,}"
+
+    table = Table(title=title, caption=caption, show_footer=True, box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("character", footer="total", overflow="fold", min_width=17)
+    table.add_column("scenes", footer=f"{sum(s.scenes for s in stats):,}", justify="right", no_wrap=True)
+    table.add_column("skipped", footer=f"{sum(s.skipped_scenes for s in stats):,}", justify="right", no_wrap=True)
+    table.add_column("scenes\ntrain/val", justify="right", no_wrap=True,
+                     footer=pair(sum(s.train_scenes for s in stats), sum(s.val_scenes for s in stats)))
+    table.add_column("samples\ntrain/val", justify="right", no_wrap=True,
+                     footer=pair(sum(s.train_samples for s in stats), sum(s.val_samples for s in stats)))
+    table.add_column("turns", footer=f"{sum(s.turns for s in stats):,}", justify="right", no_wrap=True)
+    table.add_column("chars", footer=f"{sum(s.text_chars for s in stats):,}", justify="right", no_wrap=True)
+    for s in stats:
+        who = escape(s.name) if s.name == s.folder else f"{escape(s.name)} [dim]{escape(s.folder)}[/]"
+        table.add_row(who, f"{s.scenes:,}", f"{s.skipped_scenes:,}", pair(s.train_scenes, s.val_scenes),
+                      pair(s.train_samples, s.val_samples), f"{s.turns:,}", f"{s.text_chars:,}")
+    return table
 
 
 @data_app.command("check")

@@ -11,10 +11,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from haruhi_tui.core.cli_style import cli_app
 from haruhi_tui.core.errors import HaruhiError, friendly_errors
 from haruhi_tui.core.paths import bundled_notice
 
-characters_app = typer.Typer(
+characters_app = cli_app(
     help="The character library: the bundled starters, characters downloaded from the ChatHaruhi hub datasets, "
          "imported character cards and your own folder ($HARUHI_CHARACTERS).",
     no_args_is_help=True,

@@ -11,9 +11,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from haruhi_tui.core.cli_style import cli_app
 from haruhi_tui.core.errors import friendly_errors
 
-models_app = typer.Typer(
+models_app = cli_app(
     help="Find, prepare and download models: GGUF files for chat and evaluation, HF checkpoints for training.",
     no_args_is_help=True,
 )

@@ -10,10 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from haruhi_tui.core.cli_style import cli_app
 from haruhi_tui.core.errors import HaruhiError, friendly_errors
 from haruhi_tui.store import Persona, Store, default_db_path
 
-personas_app = typer.Typer(help="Who you play: stored personas for haruhi-tui and `haruhi chat --persona NAME`.",
+personas_app = cli_app(help="Who you play: stored personas for haruhi-tui and `haruhi chat --persona NAME`.",
                            no_args_is_help=True)
 DB_HELP = "Sessions database (default: <data dir>/sessions.db, the app's)."
 

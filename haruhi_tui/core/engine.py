@@ -7,7 +7,11 @@ Streaming is our own token loop over ``Llama.generate`` rather than ``create_com
   :class:`~haruhi_tui.core.reply_stream.ReplyStream` of each reply says when it is over);
 * the loop knows exactly how many prompt tokens came from the KV cache (the persona prefix is stable
   across turns, so a follow-up turn only evaluates the new tail), which the app shows and tests check;
-* a stop request (a ``threading.Event``) is honoured between two tokens.
+* a stop request (a ``threading.Event``) is honoured between two tokens;
+* the thread count is chosen token by token by measuring it (:mod:`~haruhi_tui.core.decode_threads`).
+
+:meth:`Engine.prefill` evaluates a prompt ahead of time (the chat does it while the user types) and gives the
+model up to a reply between two chunks, so a reply never waits for more than one chunk.
 
 :func:`open_gguf` is the public entry point the app, the evaluator and the benchmarks use. Importing this
 module loads llama.cpp's library before numpy (see the first import).
@@ -32,6 +36,7 @@ except Exception:  # not installed or broken: open_gguf says so when a model is 
     pass
 
 from . import harmony
+from .decode_threads import ThreadChooser, candidate_counts
 from .errors import ModelError
 from .gguf_info import GGUFInfo, check_fits, read_gguf_info
 from .harmony import Delta
@@ -39,6 +44,7 @@ from .prompt_format import Conversation, Style, opened_by_user, render_text, sto
 from .reply_stream import ReplyStream
 
 DEFAULT_N_CTX = 8192
+PREFILL_CHUNK = 64  # tokens per llama_decode in prefill: a reply that arrives waits for at most one chunk
 
 
 @dataclass
@@ -52,6 +58,7 @@ class GenerationStats:
     first_token_seconds: float = 0.0
     decode_seconds: float = 0.0
     stop_reason: str = ""
+    threads: int = 0  # the decode thread count in use at the end (chosen by measurement unless fixed)
 
     @property
     def tokens_per_second(self) -> float:
@@ -83,7 +90,8 @@ class Sampling:
 class Engine:
     """One loaded GGUF. Generation is serialised (one llama.cpp context); token counting is not."""
 
-    def __init__(self, llama, info: GGUFInfo, *, n_ctx: int, style: Style | None = None) -> None:
+    def __init__(self, llama, info: GGUFInfo, *, n_ctx: int, style: Style | None = None,
+                 threads: ThreadChooser | None = None, n_threads_batch: int | None = None) -> None:
         import llama_cpp
 
         self._lib = llama_cpp
@@ -93,7 +101,13 @@ class Engine:
         self.n_ctx = n_ctx
         self.style: Style = style or info.style
         self.last_stats = GenerationStats()
-        self._lock = threading.Lock()
+        self.threads = threads or ThreadChooser([llama.n_threads])
+        self._n_threads_batch = n_threads_batch  # None: prompts use the decode count the chooser picked
+        self._threads_now = (0, 0)
+        self._lock = threading.Lock()  # the llama.cpp context: one reply or one prefill at a time
+        self._state = threading.Lock()  # guards _holder
+        self._holder = ""  # "reply" or "prefill" while one holds _lock
+        self._give_way = threading.Event()  # set by a reply that waits for a prefill
         self._vocab = llama._model.vocab
         self._template_stops: list[str] = []
         self._formatter = None
@@ -162,6 +176,63 @@ class Engine:
             return self.llama.tokenize(data, add_bos=not (bos and prompt.startswith(bos)), special=True)
         return self.llama.tokenize(data, add_bos=True, special=False)
 
+    # -- threads and the model's lock ---------------------------------------------------------------
+    def _use_threads(self, n: int) -> int:
+        batch = self._n_threads_batch or n
+        if self._threads_now != (n, batch):
+            self._lib.llama_set_n_threads(self.llama._ctx.ctx, n, batch)
+            self._threads_now = (n, batch)
+        return n
+
+    def _take_for_reply(self) -> None:
+        """Hold the model for a reply: a prefill gives way (between two chunks); another reply is an error."""
+        deadline = time.monotonic() + 120
+        while True:
+            with self._state:
+                if self._lock.acquire(blocking=False):
+                    self._holder = "reply"
+                    self._give_way.clear()
+                    return
+                if self._holder != "prefill":
+                    raise ModelError("the model is already generating a reply: stop it first")
+                self._give_way.set()
+            if time.monotonic() > deadline:  # pragma: no cover - a chunk never takes this long
+                raise ModelError("the model is busy evaluating a prompt: try again")
+            time.sleep(0.002)
+
+    def _release(self) -> None:
+        with self._state:
+            self._holder = ""
+            self._lock.release()
+
+    def prefill(self, prompt: str, stop: Callable[[], bool] | None = None) -> int:
+        """Evaluate ``prompt`` into the KV cache now, so that a reply to a prompt starting with it later only
+        evaluates the rest (the chat calls this while the user types). Returns how many tokens it evaluated.
+
+        Never in a reply's way: it does nothing while the model is busy, and stops between two chunks of
+        :data:`PREFILL_CHUNK` tokens when a reply starts or ``stop()`` says so; what it evaluated stays cached.
+        """
+        with self._state:
+            if not self._lock.acquire(blocking=False):
+                return 0
+            self._holder = "prefill"
+        evaluated = 0
+        try:
+            tokens = self.tokenize_prompt(prompt)
+            if len(tokens) >= self.n_ctx or self._give_way.is_set():
+                return 0
+            start = self._reuse_prefix(tokens)
+            self._use_threads(self.threads.current)
+            for i in range(start, len(tokens), PREFILL_CHUNK):
+                if self._give_way.is_set() or (stop is not None and stop()):
+                    break
+                chunk = tokens[i: i + PREFILL_CHUNK]
+                self.llama.eval(chunk)
+                evaluated += len(chunk)
+        finally:
+            self._release()
+        return evaluated
+
     # -- generation ---------------------------------------------------------------------------
     def _reuse_prefix(self, tokens: list[int]) -> int:
         """Keep the longest cached prefix of ``tokens`` in the KV cache (at least one token is re-evaluated
@@ -188,12 +259,11 @@ class Engine:
         :attr:`last_stats` says which and how fast.
         """
         s = sampling or Sampling()
-        if not self._lock.acquire(blocking=False):
-            raise ModelError("the model is already generating a reply: stop it first")
+        self._take_for_reply()
         try:
             yield from self._stream(prompt, s, cancel, on_token)
         finally:
-            self._lock.release()
+            self._release()
 
     def _stream(self, prompt: str, s: Sampling, cancel: threading.Event | None,
                 on_token: Callable[[int], None] | None) -> Iterator[Delta]:
@@ -214,11 +284,12 @@ class Engine:
         stats.reused_tokens = self._reuse_prefix(tokens)
         if s.seed is not None:
             self.llama.set_seed(s.seed)
+        threads = self._use_threads(self.threads.current)
         generator = self.llama.generate(
             tokens, temp=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
             repeat_penalty=s.repeat_penalty, reset=True,
         )
-        first_at = 0.0
+        first_at = last_at = 0.0
         stats.stop_reason = "length"
         try:
             for n, token in enumerate(generator, start=1):
@@ -230,6 +301,9 @@ class Engine:
                 if n == 1:
                     stats.prompt_seconds = now - started
                     first_at = now
+                else:  # one decode step, with whatever it waited on (the GIL, a core, the consumer)
+                    self.threads.record(threads, now - last_at)
+                last_at = now
                 if on_token is not None:
                     on_token(token)
                 eog = self.is_end_of_generation(token)
@@ -248,10 +322,12 @@ class Engine:
                     break
                 if n >= max_tokens:
                     break
+                threads = self._use_threads(self.threads.pick())  # for the next decode step
             else:
                 stats.stop_reason = "end"
         finally:
             generator.close()
+            stats.threads = self.threads.current
             if first_at:
                 stats.decode_seconds = time.perf_counter() - first_at
         tail = decoder.decode(b"", final=True)
@@ -298,17 +374,6 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-def interactive_threads() -> int:
-    """Decode threads for an interactive app: leave one core to the UI on small machines.
-
-    llama.cpp's decode threads meet at a barrier for every layer; when the UI thread takes one of only
-    two cores, the other decode thread waits at each barrier and generation slows far more than the
-    lost core would explain. Prompt evaluation (batches) still uses every core.
-    """
-    cores = default_threads()
-    return cores - 1 if 2 <= cores <= 4 else cores
-
-
 def open_gguf(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None,
               n_threads_batch: int | None = None, n_batch: int = 512,
               n_gpu_layers: int = -1, style: Style | None = None, verbose: bool = False) -> Engine:
@@ -317,6 +382,8 @@ def open_gguf(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | 
     Raises :class:`ModelError` with a one-line reason for a missing file, a file that is not a GGUF or
     is damaged, and a model that does not fit in memory. ``n_ctx`` is capped at the model's trained
     context. ``style`` overrides :func:`detect_model_style` (e.g. to treat a chat model as a script).
+    Without ``n_threads`` the thread count is measured while decoding (:mod:`~haruhi_tui.core.decode_threads`);
+    with it, that count is used throughout (and for prompts unless ``n_threads_batch`` says otherwise).
     """
     info = read_gguf_info(path)
     if info.context_length:
@@ -329,9 +396,10 @@ def open_gguf(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | 
     if not verbose:
         quiet_llama_logs()
     try:
+        counts = (n_threads,) if n_threads else candidate_counts(default_threads())
         llama = Llama(
-            model_path=str(info.path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
-            n_threads_batch=n_threads_batch or default_threads(), n_batch=n_batch,
+            model_path=str(info.path), n_ctx=n_ctx, n_threads=counts[0],
+            n_threads_batch=n_threads_batch or counts[0], n_batch=n_batch,
             n_gpu_layers=n_gpu_layers, verbose=verbose,
         )
     except (ValueError, RuntimeError, OSError) as exc:
@@ -345,4 +413,5 @@ def open_gguf(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | 
             f"llama.cpp could not load {info.path.name} (damaged, incomplete, or an architecture this llama.cpp "
             f"does not know: {info.architecture or 'unknown'}): convert or download it again"
         ) from None
-    return Engine(llama, info, n_ctx=n_ctx, style=style)
+    return Engine(llama, info, n_ctx=n_ctx, style=style, threads=ThreadChooser(counts),
+                  n_threads_batch=n_threads_batch)

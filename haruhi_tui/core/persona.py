@@ -4,20 +4,22 @@ Dataset building, chat and evaluation all call :class:`PersonaBuilder`, so a mod
 exactly the shape of prompt it later sees. The layout puts what is stable first and what changes
 last, so llama.cpp can reuse the prefix from its KV cache turn after turn::
 
-    system:  role prompt | user persona | classic scenes (sticky) | pinned facts | rolling summary | world info
+    system:  role prompt | user persona | pinned facts | rolling summary | classic scenes (sticky) | world info
     turns:   history (oldest cut first) ... | the current message
              with notes folded in N messages from the end: the character's depth prompt, world info
              at depth, the author's note (depth 4), post-history instructions (after the last message)
 
 Scenes are retrieved for the current message but *sticky*: a chat keeps its scenes while they stay
 relevant and swaps them only on a change of topic, which keeps the system block (and the KV cache)
-stable across most turns. World info (:mod:`~haruhi_tui.core.lore_scan`) comes last in the system
-block because it changes most often, and its entries stay a few messages after they fire. A note at a
-depth moves with the conversation, so it costs the re-reading of the last few messages only. Notes are
-written into the user turn they sit beside as a narration line ``（…）``, the way scenes write narration,
-so every prompt style (harmony, chat templates, the play script) carries them. ``{{user}}`` and
-``{{char}}`` resolve to the persona's and the character's names everywhere. Every block carries its
-token count and what was cut, for the context view.
+stable across most turns. They change more often than the persona, the pins and the summary, so they come
+after them, and scenes that stay keep their places ahead of new ones (``scene_order``): a change of topic
+re-evaluates only from the first scene that left. World info (:mod:`~haruhi_tui.core.lore_scan`) comes last
+in the system block because it changes most often (none in most chats, where the scenes are last), and its
+entries stay a few messages after they fire. A note at a depth moves with the conversation, so it costs the
+re-reading of the last few messages only. Notes are written into the user turn they sit beside as a
+narration line ``（…）``, the way scenes write narration, so every prompt style (harmony, chat templates, the
+play script) carries them. ``{{user}}`` and ``{{char}}`` resolve to the persona's and the character's names
+everywhere. Every block carries its token count and what was cut, for the context view.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Callable, Iterable, Literal, Sequence
 from .characters import Character, Line, Scene, format_line
 from .lore_scan import LoreActivation, LoreSettings, activate
 from .lorebook import Lorebook
-from .retrieval import BM25Index
+from .retrieval import BM25Index, tokenize
 from .roleplay import AuthorsNote, UserPersona, substitute_macros
 
 TokenCounter = Callable[[str], int]
@@ -58,6 +60,12 @@ def estimate_tokens(text: str) -> int:
         return 0
     cjk = len(_CJK.findall(text))
     return cjk + (len(text) - cjk + 3) // 4
+
+
+def names_a_topic(text: str) -> bool:
+    """Whether a line (one still being typed) says enough to pick scenes for: two words of two characters or
+    more. A shorter one shares a word with some scene by chance (``我觉`` with any scene that has ``觉``)."""
+    return sum(len(word) >= 2 for word in tokenize(text)) >= 2
 
 
 @dataclass(frozen=True)
@@ -180,13 +188,17 @@ class PersonaBuilder:
         *,
         exclude_ids: Iterable[str] = (),
         sticky_ids: Sequence[str] = (),
+        scene_order: Sequence[str] = (),
     ) -> list[Scene]:
-        """Scenes for ``query`` within the scene budget, best first.
+        """Scenes for ``query`` within the scene budget: those in ``scene_order`` (default ``sticky_ids``)
+        first, in that order, then new ones best first.
 
         ``sticky_ids`` (the previous turn's choice) are kept while one of them still shares a word with
         ``query``, or ``query`` matches nothing: the topic has not changed. Chat lines are short and
         per-line rankings jump around, so "still relevant" rather than "still the best" is what keeps
-        the system block (and llama.cpp's KV cache) stable over a conversation.
+        the system block (and llama.cpp's KV cache) stable over a conversation. ``scene_order`` is the
+        order of the prompt llama.cpp evaluated last: a scene that stays keeps its place, so the cached
+        prompt stays usable up to the first scene that left.
         """
         excluded = {self._scene_pos[s] for s in exclude_ids if s in self._scene_pos}
         ranked = self.index.rank(query, exclude=excluded)
@@ -194,7 +206,7 @@ class PersonaBuilder:
         if sticky:
             matched = self.index.scores(query)
             if not matched or any(matched.get(i, 0.0) > 0 for i in sticky):
-                return [self.character.scenes[i] for i in sticky]
+                return self._in_order([self.character.scenes[i] for i in sticky], scene_order or sticky_ids)
         chosen: list[Scene] = []
         used = 0
         for i in itertools.islice(ranked, 8 * self.budget.max_scenes):
@@ -207,7 +219,13 @@ class PersonaBuilder:
                 continue
             chosen.append(self.character.scenes[i])
             used += cost
-        return chosen
+        return self._in_order(chosen, scene_order or sticky_ids)
+
+    @staticmethod
+    def _in_order(scenes: list[Scene], order: Sequence[str]) -> list[Scene]:
+        """``scenes`` that are in ``order`` first, in that order; the others after them as they were."""
+        place = {scene_id: i for i, scene_id in enumerate(order)}
+        return sorted(scenes, key=lambda s: place.get(s.scene_id, len(place)))
 
     # -- the prompt ---------------------------------------------------------------------------
     def build(
@@ -218,6 +236,7 @@ class PersonaBuilder:
         query: str | None = None,
         exclude_scene_ids: Iterable[str] = (),
         sticky_scene_ids: Sequence[str] = (),
+        scene_order: Sequence[str] = (),
         pins: Sequence[str] = (),
         summary: str = "",
         user_name: str | None = None,
@@ -229,7 +248,8 @@ class PersonaBuilder:
         """Build the prompt for ``history`` followed by ``message`` (the turn the model answers).
 
         ``query`` is what scenes are retrieved for (default: the message, else the last history turn);
-        ``exclude_scene_ids`` keeps a sample's own scene out of its prompt (no leakage in datasets).
+        ``exclude_scene_ids`` keeps a sample's own scene out of its prompt (no leakage in datasets);
+        ``sticky_scene_ids`` and ``scene_order``: see :meth:`select_scenes`.
         ``persona`` is who the user plays (default: the character's usual interlocutor, or ``user_name``);
         ``lorebooks`` are the chat's, checked before the character's own ``lorebook.json``, over
         ``scan_turns`` (the whole conversation; default ``history`` and ``message``); ``authors_note`` goes
@@ -250,18 +270,6 @@ class PersonaBuilder:
             blocks.append(Block("persona", f"Persona: {persona.name}", persona_text, self.count_tokens(persona_text),
                                 cut))
 
-        if query is None:
-            source = message or (history[-1] if history else None)
-            query = source.text if source else ""
-        scenes = self.select_scenes(query, exclude_ids=exclude_scene_ids, sticky_ids=sticky_scene_ids)
-        scenes_text = ""
-        if scenes:
-            texts = (self._scene_texts[self._scene_pos[s.scene_id]] for s in scenes)
-            scenes_text = macros(SCENES_HEADER + "\n" + SCENE_SEPARATOR.join(texts))  # a card's {{user}}:「…」
-            blocks.append(
-                Block("scenes", f"Classic scenes ({len(scenes)})", scenes_text, self.count_tokens(scenes_text))
-            )
-
         pins_text = ""
         kept_pins = [p.strip() for p in pins if p.strip()]
         if kept_pins:
@@ -274,6 +282,19 @@ class PersonaBuilder:
             summary_text, summary_cut = self._fit(SUMMARY_HEADER + "\n" + summary.strip(), b.summary)
             blocks.append(Block("summary", "Summary", summary_text, self.count_tokens(summary_text), summary_cut))
 
+        if query is None:
+            source = message or (history[-1] if history else None)
+            query = source.text if source else ""
+        scenes = self.select_scenes(query, exclude_ids=exclude_scene_ids, sticky_ids=sticky_scene_ids,
+                                    scene_order=scene_order)
+        scenes_text = ""
+        if scenes:
+            texts = (self._scene_texts[self._scene_pos[s.scene_id]] for s in scenes)
+            scenes_text = macros(SCENES_HEADER + "\n" + SCENE_SEPARATOR.join(texts))  # a card's {{user}}:「…」
+            blocks.append(
+                Block("scenes", f"Classic scenes ({len(scenes)})", scenes_text, self.count_tokens(scenes_text))
+            )
+
         scan = list(scan_turns) if scan_turns is not None else [*history, *([message] if message else [])]
         lore = self._lore(lorebooks, scan, macros)
         lore_text = ""
@@ -283,7 +304,7 @@ class PersonaBuilder:
         if lore.entries or lore.cut:
             blocks.append(self._lore_block(lore, lore_text))
 
-        parts = (role_text, persona_text, scenes_text, pins_text, summary_text, lore_text)
+        parts = (role_text, persona_text, pins_text, summary_text, scenes_text, lore_text)
         system = "\n\n".join(part for part in parts if part)
 
         kept, dropped = self._fit_history(history)

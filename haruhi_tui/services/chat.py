@@ -9,7 +9,8 @@ as it happens: the user's message before generation starts, the reply while it s
 
 If the database refuses a write (locked, disk full), the chat goes on in memory and the write is retried
 at the next save; nothing said is dropped. Persona, lorebooks, author's note: :mod:`.roleplay`; pins and the
-rolling summary: :mod:`.memory`; a chat with several characters: :mod:`.group_chat`.
+rolling summary: :mod:`.memory`; continue, impersonate, delete a message: :mod:`.turns`; a chat with several
+characters: :mod:`.group_chat`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any, Callable
 from haruhi_tui.core import harmony
 from haruhi_tui.core.characters import Character
 from haruhi_tui.core.engine import Engine, GenerationStats, Sampling
-from haruhi_tui.core.errors import ModelError
 from haruhi_tui.core.harmony import Delta
 from haruhi_tui.core.persona import PersonaBuilder, PersonaPrompt, Turn, budget_for, estimate_tokens
 from haruhi_tui.core.prompt_format import Conversation
@@ -31,6 +31,7 @@ from haruhi_tui.store import Chat, Message, Pin, Store, StoreError
 
 from .memory import ChatMemory
 from .roleplay import ChatRoleplay
+from .turns import ChatTurns
 
 DeltaCallback = Callable[[Message, Delta], None]
 ErrorCallback = Callable[[str], None]
@@ -78,7 +79,7 @@ class _Pending:
     updates: set[int] = field(default_factory=set)
 
 
-class ChatSession(ChatRoleplay, ChatMemory):
+class ChatSession(ChatRoleplay, ChatMemory, ChatTurns):
     """One chat: the current branch (root to leaf), its character, settings and persona builder."""
 
     def __init__(self, store: Store, character: Character, chat: Chat, *,
@@ -92,6 +93,7 @@ class ChatSession(ChatRoleplay, ChatMemory):
         self.on_error = on_error
         self.messages: list[Message] = store.branch(chat.id) if chat.id > 0 else []
         self.last_context: ContextSnapshot | None = None
+        self.scene_order: list[str] = []  # scene order of the prompt llama.cpp evaluated last (reply or warm-up)
         self._builders: dict[tuple[int, str], tuple[Engine, PersonaBuilder]] = {}
         self.pins: list[Pin] = _quiet(lambda: store.pins(chat.id), []) if chat.id > 0 else []
         self._window_start: int | None = None  # id of the oldest message in the history window
@@ -205,16 +207,18 @@ class ChatSession(ChatRoleplay, ChatMemory):
         return self._token_cache[key]
 
     def build_prompt(self, engine: Engine | None = None, branch: list[Message] | None = None, *,
-                     probe: bool = False) -> PersonaPrompt:
+                     probe: bool = False, query: str | None = None) -> PersonaPrompt:
         """The prompt for replying to the last user message of ``branch`` (default: the current branch), not
-        rendered (no ``engine``: see :meth:`builder`); ``probe`` leaves the history window where it was."""
+        rendered (no ``engine``: see :meth:`builder`); ``probe`` leaves the history window where it was; scenes
+        picked for ``query`` (default: that message) and kept in :attr:`scene_order`."""
         branch = self.messages if branch is None else branch
         persona, builder = self.persona, self.builder(engine)  # the persona first: the user's name follows it
         style = engine.style if engine is not None else "chat"
         window_start, (turns, turn, left_out) = self._window_start, self._conversation(branch, style, builder)
         self._window_start = window_start if probe else self._window_start
-        prompt = builder.build(turns, turn, sticky_scene_ids=self.chat.scene_ids, user_name=self.settings.user_name,
-                               pins=[p.text for p in self.pins], summary=self.summary if left_out else "",
+        prompt = builder.build(turns, turn, query=query, sticky_scene_ids=self.chat.scene_ids,
+                               scene_order=self.scene_order or self.chat.scene_ids, user_name=self.settings.user_name,
+                               pins=[p.text for p in self.pins], summary=self.summary_to_send(left_out),
                                persona=persona, lorebooks=self.chat_lorebooks(), authors_note=self.authors_note,
                                scan_turns=self.spoken_turns(style, branch))
         if left_out:
@@ -233,10 +237,12 @@ class ChatSession(ChatRoleplay, ChatMemory):
         turns, left_out = self._history(history, style, builder)
         return turns, (self._turn(message, style) if message is not None else None), left_out
 
-    def build_context(self, engine: Engine, branch: list[Message] | None = None) -> ContextSnapshot:
-        """The prompt for replying to the last user message of ``branch`` (default: the current branch),
-        rendered for ``engine``; with no user message pending, the prompt as it stands (for the context view)."""
-        prompt = self.build_prompt(engine, branch)
+    def build_context(self, engine: Engine, branch: list[Message] | None = None, *,
+                      query: str | None = None) -> ContextSnapshot:
+        """The prompt for replying to the last user message of ``branch`` (default: the current branch; scenes
+        picked for ``query``, default that message), rendered for ``engine``; with no user message pending, the
+        prompt as it stands (for the context view)."""
+        prompt = self.build_prompt(engine, branch, query=query)
         text = engine.render(Conversation.from_prompt(prompt), reasoning_effort=self.settings.reasoning_effort)  # type: ignore[arg-type]
         tokens = len(engine.tokenize_prompt(text))
         return ContextSnapshot(prompt, text, engine.style, tokens, engine.path.name)
@@ -329,6 +335,7 @@ class ChatSession(ChatRoleplay, ChatMemory):
         if not self.can_reply():
             raise ValueError("nothing to reply to: send a message first")
         context = self.build_context(engine)
+        self.scene_order = list(context.prompt.scene_ids)
         self._keep_scenes(context.prompt.scene_ids)
         model = label or engine.path.name
         if self.chat.model != str(engine.path):
@@ -353,9 +360,6 @@ class ChatSession(ChatRoleplay, ChatMemory):
                     last_save = time.monotonic()
             if engine.last_stats.stop_reason == "cancelled":
                 status = "stopped"
-        except ModelError:
-            status = "error"
-            raise
         except BaseException:
             status = "error"
             raise

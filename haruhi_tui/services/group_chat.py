@@ -305,6 +305,20 @@ class GroupSession(ChatSession):
         self.speaker = self.member(speaker) if speaker else self.next_speaker()
         return super().reply(engine, **kwargs)
 
+    def continue_reply(self, engine: Engine, **kwargs: Any) -> Message:
+        """Extend the last reply as the character who said it (their prompt, their voice)."""
+        if self.leaf is not None and self.leaf.role == "assistant":
+            self.speaker = self.character_for(self.leaf)
+        return super().continue_reply(engine, **kwargs)
+
+    def talking_with(self) -> str:
+        return ", ".join(m.name for m in self._members)
+
+    def delete_message(self, message_id: int) -> None:
+        """Delete a message and everything after it; who answers next follows the branch left."""
+        super().delete_message(message_id)
+        self.speaker = self.next_speaker()
+
     def _drop_last_reply(self) -> Character | None:
         """Take the last reply off the branch shown (it stays in the tree) and return its speaker."""
         if self.leaf is None or self.leaf.role != "assistant":

@@ -101,6 +101,11 @@ class ChatMemory:
             return self.chat.summary
         return ""
 
+    def summary_to_send(self, left_out: int) -> str:
+        """The summary a prompt carries: the model's stands in for the turns the history window left out (none
+        left out, none sent); one the user wrote by hand is always sent."""
+        return self.summary if left_out or self.chat.summary_upto is None else ""
+
     def set_summary(self, text: str) -> None:
         """The user's own edit of the summary (it keeps covering the same turns)."""
         upto = self.chat.summary_upto if self.summary else None

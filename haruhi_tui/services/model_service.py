@@ -12,9 +12,9 @@ import threading
 from pathlib import Path
 from typing import Callable, Iterable
 
-from haruhi_tui.core.engine import DEFAULT_N_CTX, Engine, Sampling, interactive_threads, open_gguf
+from haruhi_tui.core.engine import DEFAULT_N_CTX, Engine, Sampling, open_gguf
 from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.services.bundled_model import BUNDLED_NAME, default_gguf
+from haruhi_tui.services.bundled_model import BUNDLED_NAME, default_gguf, is_bundled
 from haruhi_tui.services.local_models import LocalModel, list_local_models
 from haruhi_tui.store import Store, StoreError
 
@@ -35,7 +35,7 @@ class ModelService:
     def __init__(self, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | None = None, engine: Engine | None = None,
                  models_dirs: Iterable[str | Path] = (), store: Store | None = None) -> None:
         self.n_ctx = n_ctx
-        self.n_threads = n_threads or interactive_threads()
+        self.n_threads = n_threads  # None: the engine measures which count decodes fastest
         self.models_dirs = [Path(d) for d in models_dirs]
         self.store = store
         self.engine = engine
@@ -51,6 +51,11 @@ class ModelService:
     @property
     def ready(self) -> bool:
         return self.engine is not None and not self.loading
+
+    @property
+    def demo(self) -> bool:
+        """The chat's model is the bundled Gemma 3 270M: a small demo model whose replies often wander."""
+        return self.engine is not None and is_bundled(self.engine.path)
 
     def label(self) -> str:
         if self.loading:

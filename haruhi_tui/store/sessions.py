@@ -299,6 +299,26 @@ class Store(RoleplayTables, GroupTables):
                 return node
             node = int(row[0])
 
+    def delete_message(self, message_id: int, new_leaf: int | None) -> None:
+        """Delete a message and every message under it, and make ``new_leaf`` the chat's leaf, atomically. A
+        summary that covered one of them goes too (it summed up turns that no longer exist)."""
+        chat_id = self.message(message_id).chat_id
+        children: dict[int | None, list[int]] = {}
+        for m in self.messages(chat_id):
+            children.setdefault(m.parent_id, []).append(m.id)
+        doomed, todo = [], [message_id]
+        while todo:
+            node = todo.pop()
+            doomed.append(node)
+            todo.extend(children.get(node, []))
+        marks = ",".join("?" * len(doomed))
+        self._write([
+            ("UPDATE chats SET leaf_id = ?, updated_at = ? WHERE id = ?", (new_leaf, time.time(), chat_id)),
+            (f"UPDATE chats SET summary = '', summary_upto = NULL WHERE id = ? AND summary_upto IN ({marks})",
+             (chat_id, *doomed)),
+            *[("DELETE FROM messages WHERE id = ?", (m,)) for m in reversed(doomed)],
+        ])
+
     # -- long-term memory -----------------------------------------------------------------------
     def pins(self, chat_id: int) -> list[Pin]:
         rows = self._run("SELECT id, chat_id, text, position FROM pins WHERE chat_id = ? ORDER BY position, id",

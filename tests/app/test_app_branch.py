@@ -6,7 +6,7 @@ import pytest
 from app_support import SIZE, make_app, pick_character, send, wait_for
 from textual.widgets import Input
 
-from haruhi_tui.app.screens.dialogs import RenameDialog
+from haruhi_tui.app.screens.dialogs import TextDialog
 
 
 @pytest.mark.slow
@@ -22,7 +22,7 @@ async def test_edit_makes_a_branch_and_switching_restores_the_old_one(engine, ch
         old_texts = [v.content for v in screen.views()]
 
         await pilot.press("f4")  # nothing selected: the last user line
-        await wait_for(pilot, lambda: isinstance(app.screen, RenameDialog), what="the edit dialog")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextDialog), what="the edit dialog")
         assert app.screen.query_one(Input).value == "今天去哪里？"
         app.screen.query_one(Input).value = "今天吃什么？"
         before = screen.turns_done
@@ -42,11 +42,12 @@ async def test_edit_makes_a_branch_and_switching_restores_the_old_one(engine, ch
         await pilot.pause()
         assert session.messages[3].content == "今天吃什么？"
 
-        await pilot.press("alt+up")  # from the edited line (still selected) up to the first reply: edit it, no generation
+        await pilot.press("alt+up")  # from the edited line (still selected) up to the first reply: edit it,
+        #                              no generation
         await pilot.pause()
         assert screen.selected == session.messages[2].id
         await pilot.press("f4")
-        await wait_for(pilot, lambda: isinstance(app.screen, RenameDialog), what="the edit dialog")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextDialog), what="the edit dialog")
         app.screen.query_one(Input).value = "我改过的回答"
         await pilot.press("enter")
         await wait_for(pilot, lambda: len(session.messages) == 3, what="the edited reply")

@@ -18,7 +18,7 @@ async def test_pick_a_character_send_a_line_and_the_reply_streams_in(engine, cha
         await pick_character(pilot, app, "haruhi")
         screen = app.chat_screen
         assert screen.session.character.name == "春日"
-        assert "春日" in str(screen.query_one("#title").render())
+        assert "春日" in str(screen.query_one("#chat-title").render())
         await send(pilot, app, "你好，今天SOS团有什么活动？")
         greeting, user, reply = screen.views()  # she speaks first: a line of hers that opens a classic scene
         assert greeting.role == "assistant" and greeting.content == screen.session.messages[0].content
@@ -90,7 +90,7 @@ async def test_the_app_fits_an_80x24_terminal(engine, characters_dir, tmp_path):
         await pick_character(pilot, app, "weixiaobao")
         screen = app.chat_screen
         await send(pilot, app, "小宝，你最近在忙什么？")
-        for selector in ("#title", "#conversation", "#status", "#prompt"):
+        for selector in ("#chat-title", "#conversation", "#status", "#prompt"):
             region = screen.query_one(selector).region
             assert region.width > 40 and region.height >= 1 and region.bottom <= 24, selector
         assert screen.query_one("#conversation").region.height >= 12

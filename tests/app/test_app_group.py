@@ -56,7 +56,7 @@ async def test_a_group_scene_takes_turns_and_prompts_each_reply_as_its_speaker(e
         bar = screen.query_one(SpeakerBar)
         assert bar.display and "Next: 古泉 (auto)" in str(bar.render())
         for name in ("春日", "长门", "古泉"):
-            assert name in str(screen.query_one("#title").render())
+            assert name in str(screen.query_one("#chat-title").render())
 
         await send(pilot, app, "大家好，今天SOS团做什么？")  # nobody named: in turn, after 长门
         view, koizumi_line, ctx = _last_reply(screen)

@@ -10,8 +10,8 @@ from rich.console import Console
 from textual.command import CommandPalette
 
 from haruhi_tui.app.screens.chat import ChatScreen
-from haruhi_tui.app.screens.dialogs import RenameDialog
-from haruhi_tui.app.screens.help import HelpScreen
+from haruhi_tui.app.screens.dialogs import TextDialog
+from haruhi_tui.app.screens.help import HelpScreen, bindings_of
 from haruhi_tui.app.screens.pick import CharacterPicker, ModelPicker
 
 
@@ -30,6 +30,15 @@ async def test_help_lists_every_key_of_the_chat_screen(characters_dir, tmp_path)
             assert binding.key in text and binding.tooltip in text, binding.key
         for key in ("enter", "ctrl+p", "up / down", "ctrl+q"):
             assert key in text
+        # what a first session could not find: every key of the chat, the picker's F5, the launcher, the
+        # palette's commands (your name, settings, continue, impersonate, delete)
+        for binding in bindings_of(ChatScreen):
+            assert binding.key in text, binding.key
+        for key in ("f3", "f4", "f5", "f6", "f7", "f8", "f9", "ctrl+b", "ctrl+k", "alt+up", "alt+left", "ctrl+delete"):
+            assert key in text, key
+        for command in ("Your name", "Chat settings", "Continue reply", "Write my line", "Delete message",
+                        "Import character card", "Download model", "Compare with model"):
+            assert command in text, command
         await pilot.press("escape")
         assert app.screen is app.chat_screen
 
@@ -60,9 +69,9 @@ async def test_the_command_palette_runs_app_commands(characters_dir, tmp_path):
         await pilot.press(*"Your name")
         await pilot.pause(0.5)
         await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, RenameDialog), what="the name dialog")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextDialog), what="the name dialog")
         await pilot.pause()
-        app.screen.query_one("#title").value = "SOS团团员"
+        app.screen.query_one("#dialog-text").value = "SOS团团员"
         await pilot.press("enter")
         assert app.chat_screen.session.settings.user_name == "SOS团团员"
         assert app.store.chat(app.chat_screen.session.chat.id).settings["user_name"] == "SOS团团员"

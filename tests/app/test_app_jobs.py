@@ -41,6 +41,7 @@ async def open_panel(pilot, app) -> JobsScreen:
                    what="the chat")
     await pilot.press("f6")
     await wait_for(pilot, lambda: isinstance(app.screen, JobsScreen), what="the launcher")
+    await wait_for(pilot, lambda: app.screen.launcher.available_gpus is not None, what="the GPUs counted")
     await pilot.pause()
     return app.screen
 

@@ -8,7 +8,7 @@ from app_support import SIZE, make_app, pick_character, send, wait_for
 from textual.widgets import DataTable, Input, TextArea
 
 from haruhi_tui.app.screens.context import ContextScreen
-from haruhi_tui.app.screens.dialogs import RenameDialog
+from haruhi_tui.app.screens.dialogs import TextDialog
 from haruhi_tui.app.screens.memory import MemoryScreen
 
 
@@ -22,7 +22,7 @@ async def test_pins_and_summary_reach_the_prompt_and_the_context_view(engine, ch
         await pilot.press("f3")
         await wait_for(pilot, lambda: isinstance(app.screen, MemoryScreen), what="the memory screen")
         await pilot.press("a")
-        await wait_for(pilot, lambda: isinstance(app.screen, RenameDialog), what="the pin dialog")
+        await wait_for(pilot, lambda: isinstance(app.screen, TextDialog), what="the pin dialog")
         app.screen.query_one(Input).value = "阿虚害怕青蛙"
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, MemoryScreen), what="back on the memory screen")
@@ -31,7 +31,8 @@ async def test_pins_and_summary_reach_the_prompt_and_the_context_view(engine, ch
 
         for i in range(10):  # a long chat, straight into the store: past the history budget
             user = session.add_user_message(f"第{i}天：我们去了车站前的咖啡店，阿虚又忘了带钱包，古泉请客。" * 2)
-            session.messages.append(session._insert(user, "assistant", f"哼，第{i}天还是没找到外星人，明天九点车站集合！" * 2))
+            line = f"哼，第{i}天还是没找到外星人，明天九点车站集合！" * 2
+            session.messages.append(session._insert(user, "assistant", line))
         await screen.show_session(session)
         await send(pilot, app, "明天去哪里？")  # the reply, then the summary is written
         assert session.chat.summary and app.store.chat(session.chat.id).summary == session.chat.summary
@@ -61,5 +62,8 @@ async def test_pins_and_summary_reach_the_prompt_and_the_context_view(engine, ch
         assert app.store.chat(session.chat.id).summary == "春日每天带团员去车站寻找外星人。"
         app.screen.query_one("#pins").focus()
         await pilot.pause()
-        await pilot.press("d")
-        assert app.store.pins(session.chat.id) == []
+        await pilot.press("d")  # asks first
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ConfirmDialog", what="the question")
+        assert app.store.pins(session.chat.id) != []
+        await pilot.press("y")
+        await wait_for(pilot, lambda: app.store.pins(session.chat.id) == [], what="the pin to go")

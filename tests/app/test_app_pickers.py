@@ -61,7 +61,7 @@ async def test_a_broken_model_is_a_message_then_the_bundled_one_is_picked_and_an
     app = make_app(characters_dir, tmp_path / "s.db", engine=None, model=broken)
     async with app.run_test(size=SIZE) as pilot:
         await pick_character(pilot, app, "haruhi")
-        title = app.chat_screen.query_one("#title")
+        title = app.chat_screen.query_one("#chat-title")
         await wait_for(pilot, lambda: app.models.error and "no model" in str(title.render()), what="the model error")
         assert "broken.gguf cannot be used" in app.models.error
         assert "no model" in str(title.render())

@@ -47,7 +47,7 @@ def text_of(widget) -> str:
 
 
 def title(app) -> str:
-    return text_of(app.chat_screen.query_one("#title", Static))
+    return text_of(app.chat_screen.query_one("#chat-title", Static))
 
 
 @pytest.mark.slow
@@ -209,7 +209,7 @@ async def test_a_sillytavern_chat_imports_shows_its_swipes_and_exports_the_same_
         assert screen.views()[2].analysis == "阿虚又在问废话。"  # reasoning is the reply's thinking
 
         await pilot.press("alt+up")  # the last reply: version 1 of its 2 swipes
-        assert "version 1 of 2" in text_of(screen.query_one("#status"))
+        assert "selected 1/2" in text_of(screen.query_one("#status"))  # version 1 of 2
         await pilot.press("alt+right")
         await wait_for(pilot, lambda: screen.views()[-1].content == "迟到的人请大家喝咖啡！", what="the other swipe")
         assert "version 2 of 2" in text_of(screen.query_one("#status"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from app_support import SIZE, hold_after_first_token, make_app, pick_character, send, wait_for
 
-from haruhi_tui.app.screens.dialogs import ConfirmDialog, RenameDialog
+from haruhi_tui.app.screens.dialogs import ConfirmDialog, TextDialog
 from haruhi_tui.app.widgets import ChatList, MessageView
 
 SUPPORT = Path(__file__).resolve().parents[1] / "support"
@@ -41,9 +41,10 @@ async def test_a_chat_survives_a_restart_and_the_list_renames_and_deletes(engine
         await send(pilot, app, "那我们要去哪里找外星人？")  # the conversation goes on where it stopped
         assert len(screen.views()) == 5  # her greeting and two exchanges
 
-        await pilot.press("ctrl+n")  # a second chat, with someone else
+        await pilot.press("ctrl+n")  # a second chat, with someone else (a chat left without a word is not kept)
         await pick_character(pilot, app, "weixiaobao")
         assert screen.session.chat.id != first_chat
+        screen.session.add_user_message("小宝，你好")
 
         await pilot.press("ctrl+b")
         chats = screen.query_one(ChatList)
@@ -57,8 +58,8 @@ async def test_a_chat_survives_a_restart_and_the_list_renames_and_deletes(engine
         await pilot.press("ctrl+b")
         chats.highlighted = [chats.get_option_at_index(i).id for i in range(2)].index(str(first_chat))
         await pilot.press("r")
-        await wait_for(pilot, lambda: isinstance(app.screen, RenameDialog), what="the rename dialog")
-        app.screen.query_one("#title").value = "SOS 团会议"
+        await wait_for(pilot, lambda: isinstance(app.screen, TextDialog), what="the rename dialog")
+        app.screen.query_one("#dialog-text").value = "SOS 团会议"
         await pilot.press("enter")
         assert app.store.chat(first_chat).title == "SOS 团会议"
 

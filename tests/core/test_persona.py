@@ -10,11 +10,13 @@ def _haruhi(characters_dir, **budget):
 def test_layout_stable_first_and_blocks_counted(characters_dir):
     b = _haruhi(characters_dir)
     history = [Turn("user", "今天社团活动做什么？", "阿虚"), Turn("assistant", "去找外星人！", "春日")]
-    prompt = b.build(history, Turn("user", "棒球比赛的事情怎么办？", "阿虚"), pins=["阿虚讨厌早起"], summary="他们约好周六集合。")
+    prompt = b.build(history, Turn("user", "棒球比赛的事情怎么办？", "阿虚"), pins=["阿虚讨厌早起"],
+                     summary="他们约好周六集合。")
     kinds = [blk.kind for blk in prompt.blocks]
-    assert kinds == ["role", "scenes", "pins", "summary", "history", "message"]
+    assert kinds == ["role", "pins", "summary", "scenes", "history", "message"]  # scenes change most: last
     assert prompt.system.startswith(b.character.role_prompt[:20])
-    assert prompt.system.index("Classic scenes:") < prompt.system.index("Facts to remember:") < prompt.system.index("Earlier in this conversation:")
+    assert (prompt.system.index("Facts to remember:") < prompt.system.index("Earlier in this conversation:")
+            < prompt.system.index("Classic scenes:"))
     assert [t.text for t in prompt.turns] == ["今天社团活动做什么？", "去找外星人！", "棒球比赛的事情怎么办？"]
     assert all(blk.tokens == estimate_tokens(blk.text) for blk in prompt.blocks)
     assert prompt.scene_ids and all(s.startswith("haruhi/") for s in prompt.scene_ids)
@@ -41,6 +43,34 @@ def test_sticky_scenes_keep_the_prefix_until_the_topic_changes(characters_dir):
     assert new_topic.scene_ids != first.scene_ids
 
 
+def test_a_change_of_topic_keeps_the_scenes_that_stay_in_their_places(characters_dir):
+    """Scenes that stay come first, in the order llama.cpp last evaluated them; new ones follow, best first.
+    So a prompt shares its cached prefix up to the first scene that left."""
+    b = _haruhi(characters_dir)
+    fresh = b.select_scenes("棒球比赛 电脑研究社")
+    ids = [s.scene_id for s in fresh]
+    assert len(ids) >= 3
+    # the cache holds the same scenes in another order, plus one that is not chosen now
+    cached = [ids[2], "haruhi/not-chosen", ids[0]]
+    again = [s.scene_id for s in b.select_scenes("棒球比赛 电脑研究社", scene_order=cached)]
+    assert sorted(again) == sorted(ids)  # the same scenes: relevance is unchanged
+    assert again[:2] == [ids[2], ids[0]] and again[2:] == [i for i in ids if i not in cached]
+    # sticky scenes that stay relevant keep the order they were evaluated in
+    sticky = [ids[1], ids[0]]
+    kept = b.select_scenes("棒球比赛", sticky_ids=sticky)
+    assert [s.scene_id for s in kept] == sticky
+
+
+def test_a_draft_names_a_topic_only_with_two_real_words():
+    from haruhi_tui.core.persona import names_a_topic
+
+    assert not names_a_topic("我觉")  # one character of a word to come: matches scenes by chance
+    assert not names_a_topic("我觉得你")
+    assert not names_a_topic("最后")
+    assert names_a_topic("你为什么总是")
+    assert names_a_topic("baseball game")
+
+
 def test_history_budget_drops_oldest_and_reports_it(characters_dir):
     b = _haruhi(characters_dir, history=60)
     history = []
@@ -62,7 +92,8 @@ def test_role_prompt_cut_is_reported(characters_dir):
 
 def test_formats_share_conventions(characters_dir):
     b = _haruhi(characters_dir)
-    prompt = b.build([Turn("user", "早", "阿虚"), Turn("assistant", "你迟到了！", "春日")], Turn("user", "抱歉", "阿虚"))
+    prompt = b.build([Turn("user", "早", "阿虚"), Turn("assistant", "你迟到了！", "春日")],
+                     Turn("user", "抱歉", "阿虚"))
     conv = Conversation.from_prompt(prompt)
     msgs = to_messages(conv)
     assert msgs[0]["role"] == "system" and msgs[-1] == {"role": "user", "content": "阿虚:「抱歉」"}

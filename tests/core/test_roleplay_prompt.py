@@ -39,6 +39,25 @@ def test_a_lorebook_entry_enters_the_prompt_when_its_key_is_in_the_message(card)
     assert "lore" not in _blocks(quiet) and "World info:" not in quiet.system and "棒球大赛" not in quiet.system
 
 
+def test_the_system_block_goes_from_stable_to_changing_with_every_part_present(card):
+    """Role, persona, pins and summary first; the scenes (they change with the topic) after them; world info
+    (it changes most) last. Scenes that stay keep the order llama.cpp evaluated them in."""
+    builder = PersonaBuilder(card)
+    alice = UserPersona("Alice", "{{user}}是刚转来北高的留学生。")
+    prompt = builder.build([], Turn("user", "周末还去打棒球吗？", "Alice"), persona=alice, pins=["Alice怕狗"],
+                           summary="他们约好周六集合。")
+    system_kinds = [b.kind for b in prompt.blocks if b.kind in ("role", "persona", "pins", "summary", "scenes",
+                                                                 "lore")]
+    assert system_kinds == ["role", "persona", "pins", "summary", "scenes", "lore"]
+    heads = ["Who you are talking to", "Facts to remember:", "Earlier in this conversation:", "Classic scenes:",
+             "World info:"]
+    assert [prompt.system.index(h) for h in heads] == sorted(prompt.system.index(h) for h in heads)
+    assert len(prompt.scene_ids) > 1
+    again = builder.build([], Turn("user", "周末还去打棒球吗？", "Alice"), persona=alice,
+                          sticky_scene_ids=prompt.scene_ids, scene_order=prompt.scene_ids[::-1])
+    assert again.scene_ids == prompt.scene_ids[::-1]
+
+
 def test_secondary_keys_case_scan_depth_and_the_budget_cut_through_the_builder(card):
     chat_book = load_lorebook(ST_WORLD_INFO)
     builder = PersonaBuilder(card)

@@ -11,6 +11,7 @@ import pytest
 from group_characters import KOIZUMI_PROMPT, NAGATO_GROUP_GREETING, NAGATO_PROMPT, make_group_characters
 
 from haruhi_tui.core.characters import load_characters
+from haruhi_tui.core.engine import Sampling
 from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.core.sharegpt import load_sharegpt
 from haruhi_tui.services.chat import ChatSession
@@ -173,3 +174,41 @@ def test_a_group_chat_goes_to_sillytavern_and_back(store, cast, tmp_path):
     again = export_st_chat(store, chat.id, tmp_path / "again.jsonl")
     assert export_st_chat(store, import_st_chat(store, again, cast).id, tmp_path / "third.jsonl").read_bytes() \
         == again.read_bytes()
+
+
+def test_deleting_in_a_group_chat_moves_who_answers_next_and_impersonation_names_everyone(store, cast):
+    session = GroupSession.start_group(store, [cast["haruhi"], cast["nagato"], cast["koizumi"]])
+    session.add_user_message("大家好")
+    _say(session, "koizumi", "日安。")
+    session.speaker = cast["haruhi"]  # who was next after 古泉's line
+    session.delete_message(session.leaf.id)
+    assert [m.content for m in session.messages][-1] == "大家好"
+    assert session.speaker.name == "古泉"  # in turn after 长门's greeting again, not 春日
+    assert session.talking_with() == "春日, 长门, 古泉"
+
+
+@pytest.mark.slow
+def test_a_group_reply_is_continued_by_the_character_who_said_it(engine, store, cast):
+    session = GroupSession.start_group(store, [cast["haruhi"], cast["nagato"], cast["koizumi"]])
+    session.add_user_message("长门，你在读什么？")
+    _say(session, "nagato", "一本书，")
+    session.speaker = cast["koizumi"]  # picked next; the reply shown is still 长门's
+    reply = session.continue_reply(engine, sampling=Sampling(temperature=0.0, max_tokens=8, repeat_penalty=1.0))
+    assert reply.character == "nagato" and reply.content.startswith("一本书，")
+    assert session.speaker.name == "长门" and session.last_context.prompt.character == "长门"
+    assert session.last_context.prompt.system.startswith(NAGATO_PROMPT.replace("{{user}}", "阿虚"))
+
+
+@pytest.mark.slow
+def test_a_line_typed_in_a_group_is_warmed_up_as_the_member_who_will_answer_it(engine, store, cast):
+    from haruhi_tui.services.warmup import warm
+
+    session = GroupSession.start_group(store, [cast["haruhi"], cast["nagato"], cast["koizumi"]])
+    assert session.speaker.name == "古泉"  # in turn after 长门's greeting
+    assert warm(session, engine, "@长门 你在读什么书？") is None  # 长门's prompt, not the one built now
+    line = "大家好，今天做什么？"
+    warmed, _ = warm(session, engine, line)
+    assert warmed.prompt.character == "古泉" and warmed.prompt.system.startswith(KOIZUMI_PROMPT)
+    reply = session.send(engine, line, sampling=Sampling(temperature=0.0, max_tokens=8, repeat_penalty=1.0))
+    stats = engine.last_stats
+    assert reply.character == "koizumi" and stats.reused_tokens == stats.prompt_tokens - 1

@@ -74,3 +74,8 @@ def hold_after_first_token(engine, monkeypatch) -> threading.Event:
 
     monkeypatch.setattr(engine, "stream", held_stream)
     return first_token
+
+
+def screen_text(app) -> str:
+    """What the terminal shows now, as plain text (one line per row): to check that text is really visible."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())

@@ -2,9 +2,10 @@
 compare two models, look at the memory and the context.
 
 The reply is generated in a thread worker (:meth:`ChatScreen.run_turn`) that drives the UI-free
-:class:`~haruhi_tui.services.chat.ChatSession`; it posts messages back for every piece of text, so the UI never
-waits on the model and a stop key takes effect between two tokens. What is on screen and the saved chats are
-:class:`~.chat_view.ChatView`'s.
+:class:`~haruhi_tui.services.chat.ChatSession`; it posts the text back a few times a second (:class:`_DeltaBatcher`),
+so the UI never waits on the model, the model rarely waits on the UI, and a stop key takes effect between two
+tokens. While the user types, another worker evaluates the prompt the line would get (:mod:`.warm_up`).
+What is on screen and the saved chats are :class:`~.chat_view.ChatView`'s.
 """
 
 from __future__ import annotations
@@ -24,37 +25,36 @@ from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.services.group_chat import GroupSession
 from haruhi_tui.store import Message
 
-from .chat_view import ChatView
 from .context import ContextScreen
-from .dialogs import RenameDialog
+from .message_actions import MessageActions
+from .warm_up import GROUP as WARM_GROUP
+from .warm_up import DraftWarmUp
 
 
-class ChatScreen(ChatView):
+class ChatScreen(MessageActions):
+    """The footer shows what a first session needs (at 80 columns); F1 lists every key, grouped."""
+
     BINDINGS = [
-        Binding("escape", "stop", "Stop", tooltip="Stop the reply being written (it is kept, marked stopped)"),
-        Binding("ctrl+r", "regenerate", "Retry", tooltip="A new reply to your last message (the old one is kept)"),
-        Binding("ctrl+t", "toggle_thinking", "Think", tooltip="Show or hide the character's thinking (gpt-oss)"),
-        Binding("f2", "context", "Context", tooltip="Exactly what the model was sent, block by block"),
+        Binding("escape", "stop", "Stop", show=False,
+                tooltip="Stop the reply (it is kept, marked stopped); else unselect"),
         Binding("ctrl+n", "new_chat", "New", tooltip="A new chat: pick a character"),
         Binding("ctrl+o", "app.pick_model", "Model", tooltip="Pick a model: bundled, a local GGUF, or a path"),
-        Binding("ctrl+b", "toggle_sidebar", "Chats", show=False, tooltip="Show or hide saved chats"),
-        Binding("f1", "app.help", "Help", tooltip="This list"),
-        Binding("f3", "memory", "Memory", show=False,
-                tooltip="Memory: pinned facts and the summary of earlier turns"),
+        Binding("ctrl+r", "regenerate", "Retry", tooltip="A new reply to your last line (the old one is kept: alt+←)"),
+        Binding("f7", "continue_reply", "Continue", show=False, tooltip="Continue the last reply where it ended"),
+        Binding("f8", "impersonate", "Write my line", show=False,
+                tooltip="The model writes your next line; edit it, Enter sends"),
+        Binding("f2", "context", "Context", tooltip="Exactly what the model was sent, block by block"),
+        Binding("f3", "memory", "Memory", tooltip="Pinned facts and the summary of earlier turns"),
+        Binding("f9", "settings", "Settings", tooltip="This chat's settings: temperature, reply length, your name"),
+        Binding("ctrl+t", "toggle_thinking", "Think", show=False,
+                tooltip="Show or hide the character's thinking (gpt-oss)"),
+        Binding("ctrl+b", "toggle_sidebar", "Chats", show=False,
+                tooltip="Show or hide saved chats (r renames, d deletes)"),
         Binding("ctrl+k", "compare", priority=True, description="Compare", show=False,
                 tooltip="Your line answered by two models side by side; keep one"),
-        Binding("alt+up", "select(-1)", priority=True, description="Select previous", show=False,
-                tooltip="Select an earlier message"),
-        Binding("alt+down", "select(1)", priority=True, description="Select next", show=False,
-                tooltip="Select a later message"),
-        Binding("f4", "edit", "Edit", show=False,
-                tooltip="Edit the selected message (or your last); old one kept as a branch"),
-        Binding("alt+left", "sibling(-1)", priority=True, description="Previous version", show=False,
-                tooltip="Previous version (branch) of the selected message"),
-        Binding("alt+right", "sibling(1)", priority=True, description="Next version", show=False,
-                tooltip="Next version (branch) of the selected message"),
         Binding("ctrl+g", "next_speaker", "Speaker", show=False,
                 tooltip="Group chat: who speaks next (auto, or a member)"),
+        Binding("f1", "app.help", "Help", tooltip="Every key, and the commands of ctrl+p"),
     ]
 
     class ReplyStarted(TMessage):
@@ -74,13 +74,20 @@ class ChatScreen(ChatView):
             super().__init__()
             self.reply, self.error = reply, error
 
+    class Impersonated(TMessage):
+        """The user's next line as the model wrote it (F8), for the message box."""
+
+        def __init__(self, text: str, error: str = "") -> None:
+            super().__init__()
+            self.text, self.error = text, error
+
     def __init__(self, services: Services) -> None:
         super().__init__(services)
         self.cancel = threading.Event()
+        self.warm_up = DraftWarmUp(self)  # evaluates the line being typed
         self._reply_view: MessageView | None = None
         self.turns_done = 0
         self.submitted_at = 0.0  # perf_counter of the last Enter/ctrl+r: first-token latency as the user sees it
-        self.selected: int | None = None  # id of the message the edit and version keys act on
 
     # -- talking ---------------------------------------------------------------------------------
     @on(PromptInput.Submitted, "#prompt")
@@ -96,14 +103,18 @@ class ChatScreen(ChatView):
             self.notify("a reply is still coming: Esc stops it", severity="warning")
             return
         box = self.query_one(PromptInput)
+        self.hide_first_keys()
         if text:
             box.value = ""
             box.remember(text)
             user_view = MessageView("user", self.session.settings.user_name, text)
             await self.conversation.mount(user_view)
             self.conversation.anchor()
-        self._begin()
-        self.run_turn(text)
+        self.begin_turn(text)
+
+    @on(PromptInput.Changed, "#prompt")
+    def _draft_changed(self, event: PromptInput.Changed) -> None:
+        self.warm_up.typed(event.value)
 
     def action_regenerate(self) -> None:
         session = self.session
@@ -121,15 +132,22 @@ class ChatScreen(ChatView):
             view.remove()
             if isinstance(self.session, GroupSession):
                 break  # a group chat regenerates the last reply only
-        self._begin()
-        self.run_turn(None)
+        self.begin_turn(None)
 
     def action_stop(self) -> None:
         if self.generating:
             self.cancel.set()
             self.set_status("stopping…")
+        elif self.unselect():
+            self.set_status("")
+
+    def begin_turn(self, text: str | None) -> None:
+        """Send ``text`` and generate the reply (None: a new reply to the last line)."""
+        self._begin()
+        self.run_turn(text)
 
     def _begin(self) -> None:
+        self.unselect()  # the conversation moves on: the keys act on what comes next, not an old selection
         self.submitted_at = time.perf_counter()
         self.generating = True
         self.cancel = threading.Event()
@@ -182,7 +200,7 @@ class ChatScreen(ChatView):
 
     @on(ReplyStarted)
     async def _reply_started(self, event: ReplyStarted) -> None:
-        view = self._view_for(event.reply)
+        view = self._view_for(event.reply, waiting=True)
         self._reply_view = view
         await self.conversation.mount(view)
         self.conversation.anchor()
@@ -190,27 +208,33 @@ class ChatScreen(ChatView):
         self.query_one(SpeakerBar).show(self.session, speaking=event.reply.character)
 
     @on(ReplyDelta)
-    async def _reply_delta(self, event: ReplyDelta) -> None:
+    def _reply_delta(self, event: ReplyDelta) -> None:
         if self._reply_view is not None:
             for channel, text in event.pieces:
-                await self._reply_view.append(channel, text)
+                self._reply_view.append(channel, text)
 
     @on(TurnDone)
     async def _turn_done(self, event: TurnDone) -> None:
         self.generating = False
-        self.turns_done += 1
+        if isinstance(self.session, GroupSession):
+            self.session.speaker = self.session.next_speaker()  # whose prompt a warm-up evaluates while you type
         view, self._reply_view = self._reply_view, None
         reply = event.reply
-        if view is not None and reply is not None:
-            await view.finish(reply.content, reply.analysis, reply.status, reply.id)
-        if event.error:
-            self.services.report(event.error, timeout=10)
-            self.set_status(event.error)
-        elif reply is not None:
-            self.set_status(self.stats_line(reply))
-        self.refresh_chats()
-        self.update_title()
-        self.query_one(SpeakerBar).show(self.session)
+        try:
+            if view is not None and reply is not None:
+                await view.finish(reply.content, reply.analysis, reply.status, reply.id)
+            if event.error:
+                self.services.report(event.error, timeout=10)
+                self.set_status(event.error)
+            elif reply is not None:
+                self.set_status(self.stats_line(reply))
+            self.refresh_chats()
+            self.update_title()
+            self.query_one(SpeakerBar).show(self.session)
+            self.name_views()
+            self.show_versions()
+        finally:
+            self.turns_done += 1  # last: the reply is on screen as it was saved
 
     def stats_line(self, reply: Message) -> str:
         s = reply.stats or {}
@@ -223,18 +247,87 @@ class ChatScreen(ChatView):
         return " · ".join(parts)
 
     async def stop_and_wait(self) -> None:
-        """Stop a reply in progress and let it be saved as stopped (on quit)."""
+        """Stop a reply in progress and let it be saved as stopped, and any warm-up (on quit)."""
+        self.warm_up.stop()
         if self.generating:
             self.cancel.set()
-            await self.app.workers.wait_for_complete([w for w in self.app.workers if w.group == "generate"])
+        await self.app.workers.wait_for_complete([w for w in self.app.workers if w.group in ("generate", WARM_GROUP)])
 
-    # -- memory, branches, compare -----------------------------------------------------------------
-    def _refuse_while_generating(self) -> bool:
-        if self.generating:
-            self.notify("a reply is still coming: Esc stops it first (nothing is lost)", severity="warning")
-            return True
-        return False
+    # -- continue, impersonate (SillyTavern's) ----------------------------------------------------
+    def action_continue_reply(self) -> None:
+        session = self.session
+        if session is None or self._refuse_while_generating():
+            return
+        leaf = session.leaf
+        if leaf is None or leaf.role != "assistant":
+            self.notify("nothing to continue: the last message is not a reply (Enter sends yours)", severity="warning")
+            return
+        views = self.views()
+        self._begin()
+        self._reply_view = views[-1] if views and views[-1].message_id == leaf.id else None
+        self.set_status("continuing the reply… (Esc stops)")
+        self.run_continue()
 
+    @work(thread=True, group="generate")
+    def run_continue(self) -> None:
+        """Extend the last reply in a worker thread, streamed into its view like a reply."""
+        session, services, cancel = self.session, self.services, self.cancel
+        assert session is not None
+        try:
+            engine = services.models.wait(cancel)
+            if engine is None:
+                error = "" if cancel.is_set() else f"no model loaded ({services.models.error or 'ctrl+o picks one'})"
+                self.post_message(self.TurnDone(session.leaf, error))
+                return
+            batch = _DeltaBatcher(self)
+            reply = session.continue_reply(engine, on_delta=batch.add, cancel=cancel, sampling=services.sampling,
+                                           save_interval=services.save_interval)
+            batch.flush()
+            self.post_message(self.TurnDone(reply))
+        except (HaruhiError, ValueError) as exc:
+            self.post_message(self.TurnDone(session.leaf, str(exc)))
+        except Exception as exc:  # the app keeps running whatever the model does
+            self.post_message(self.TurnDone(session.leaf, f"generation failed: {type(exc).__name__}: {exc}"))
+
+    def action_impersonate(self) -> None:
+        if self.session is None or self._refuse_while_generating():
+            return
+        self._begin()
+        self.set_status("writing your next line… (Esc stops)")
+        self.run_impersonate()
+
+    @work(thread=True, group="generate")
+    def run_impersonate(self) -> None:
+        session, services, cancel = self.session, self.services, self.cancel
+        assert session is not None
+        try:
+            engine = services.models.wait(cancel)
+            if engine is None:
+                self.post_message(self.Impersonated("", "" if cancel.is_set() else "no model loaded: ctrl+o picks one"))
+                return
+            self.post_message(self.Impersonated(session.impersonate(engine, cancel=cancel, sampling=services.sampling)))
+        except (HaruhiError, ValueError) as exc:
+            self.post_message(self.Impersonated("", str(exc)))
+        except Exception as exc:  # the app keeps running whatever the model does
+            self.post_message(self.Impersonated("", f"generation failed: {type(exc).__name__}: {exc}"))
+
+    @on(Impersonated)
+    def _impersonated(self, event: Impersonated) -> None:
+        self.generating = False
+        if event.error:
+            self.services.report(event.error)
+            self.set_status(event.error)
+            return
+        if not event.text:
+            self.set_status("the model wrote nothing for you this time: F8 tries again")
+            return
+        box = self.query_one(PromptInput)
+        box.value = event.text
+        box.cursor_position = len(event.text)
+        box.focus()
+        self.set_status("your next line, as the model would write it: edit it, Enter sends")
+
+    # -- memory, compare -----------------------------------------------------------------------
     def action_memory(self) -> None:
         from .memory import MemoryScreen
 
@@ -242,80 +335,6 @@ class ChatScreen(ChatView):
             self.notify("no chat yet", severity="warning")
             return
         self.app.push_screen(MemoryScreen(self.session, self.services.report))
-
-    def action_select(self, step: int) -> None:
-        views = [v for v in self.views() if v.message_id is not None and v.message_id > 0]
-        if not views:
-            return
-        ids = [v.message_id for v in views]
-        i = ids.index(self.selected) + step if self.selected in ids else (len(ids) - 1 if step < 0 else 0)
-        i = max(0, min(len(ids) - 1, i))
-        self._mark(ids[i])
-        views[i].scroll_visible()
-        if self.session is not None:
-            n, count = self.session.alternatives(ids[i])
-            self.set_status(f"selected: version {n} of {count} (F4 edits, alt+←/→ switches versions)")
-
-    def _mark(self, message_id: int | None) -> None:
-        self.selected = message_id
-        for view in self.views():
-            view.set_class(view.message_id == message_id and message_id is not None, "selected")
-
-    def _target(self) -> int | None:
-        """The selected message, else the last thing the user said, else the greeting."""
-        if self.session is None:
-            return None
-        ids = [m.id for m in self.session.messages]
-        if self.selected in ids:
-            return self.selected
-        return next((m.id for m in reversed(self.session.messages) if m.role == "user"), ids[0] if ids else None)
-
-    def action_edit(self) -> None:
-        if self.session is None or self._refuse_while_generating():
-            return
-        target = self._target()
-        if target is None:
-            self.notify("nothing to edit yet", severity="warning")
-            return
-        session = self.session
-        old = next(m for m in session.messages if m.id == target)
-
-        async def done(text: str | None) -> None:
-            if not text or text.strip() == old.content.strip():
-                return
-            try:
-                msg = session.edit(target, text)
-            except (HaruhiError, ValueError) as exc:
-                self.services.report(str(exc))
-                return
-            await self.show_session(session)
-            self._mark(msg.id)
-            if msg.role == "user":
-                self._begin()
-                self.run_turn(None)
-            else:
-                self.set_status("reply edited: the old version is kept (alt+← shows it)")
-
-        self.app.push_screen(RenameDialog(old.content, "Edit message (the old version stays as a branch)"), done)
-
-    async def action_sibling(self, step: int) -> None:
-        if self.session is None or self._refuse_while_generating():
-            return
-        target = self._target()
-        if target is None:
-            return
-        try:
-            shown = self.session.switch_sibling(target, step)
-        except (HaruhiError, ValueError) as exc:
-            self.services.report(str(exc))
-            return
-        if shown is None:
-            self.notify("no other version that way", timeout=2)
-            return
-        await self.show_session(self.session)
-        self._mark(shown.id)
-        n, count = self.session.alternatives(shown.id)
-        self.set_status(f"version {n} of {count}")
 
     async def action_compare(self) -> None:
         from .compare import CompareScreen
@@ -369,6 +388,12 @@ class ChatScreen(ChatView):
         self.show_thinking = not self.show_thinking
         for view in self.views():
             view.set_thinking(self.show_thinking)
+        engine = self.services.models.engine
+        if (engine is None or engine.style != "harmony") and not any(v.analysis for v in self.views()):
+            name = engine.name if engine is not None else "this model"
+            self.notify(f"{name} does not think out loud: only gpt-oss models have thinking to show "
+                        f"(it will be {'shown' if self.show_thinking else 'hidden'} when one does)", timeout=5)
+            return
         self.notify("thinking shown" if self.show_thinking else "thinking hidden", timeout=2)
 
     def action_context(self) -> None:
@@ -397,13 +422,14 @@ class ChatScreen(ChatView):
 
 
 class _DeltaBatcher:
-    """Groups streamed pieces into at most ~20 screen updates a second (the first one at once).
+    """Groups streamed pieces into at most ~10 screen updates a second (the first one at once).
 
-    On a 2-core machine every UI update takes CPU from llama.cpp's threads; one update per token would
-    halve the generation speed, while 20 updates a second still reads as a smooth stream.
+    llama.cpp decodes on every core, so each millisecond the UI spends on an update is taken from it; an
+    update per token cost 8-15 ms of UI time a token (relayout and streaming Markdown), a third of a core at
+    ~35 tokens/s. Ten plain-text updates a second read as a smooth stream and cost 3-4 % of a core.
     """
 
-    INTERVAL = 0.05
+    INTERVAL = 0.1
 
     def __init__(self, screen: ChatScreen) -> None:
         self.screen = screen

@@ -7,10 +7,11 @@ delete) and follows what the app's services report (a model loading, ready or fa
 
 from __future__ import annotations
 
+from rich.cells import cell_len
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.markup import escape
 from textual.message import Message as TMessage
 from textual.screen import Screen
 from textual.widgets import Footer, ProgressBar, Static
@@ -25,8 +26,15 @@ from haruhi_tui.services.greeting import greeting_caption
 from haruhi_tui.services.group_chat import GroupSession, resume_chat
 from haruhi_tui.store import Message, StoreError
 
-from .dialogs import ConfirmDialog, RenameDialog
+from .dialogs import ConfirmDialog, TextDialog
 from .pick import CharacterPicker
+
+#: Under a chat where the user has not said anything yet: the keys a first session needs beyond the footer.
+FIRST_KEYS = ("Enter sends · alt+↑ selects a message: F4 edits it, ctrl+del deletes it · F7 continues a reply · "
+              "F8 writes your line for you · ctrl+k compares two models · ctrl+b your chats · F6 trains a model · "
+              "F1 every key")
+#: What the status says when the bundled model is loaded: it is a demo, not a role-play model.
+DEMO_NOTE = "a small demo: ctrl+p → Download model for a better one"
 
 
 class ChatView(Screen[None]):
@@ -50,14 +58,14 @@ class ChatView(Screen[None]):
         with Horizontal():
             yield ChatList(id="sidebar")
             with Vertical(id="main"):
-                yield Static("", id="title")
+                yield Static("", id="chat-title")
                 yield VerticalScroll(id="conversation")
                 with Horizontal(id="status-row"):
                     yield Static("", id="status")
                     yield ProgressBar(total=None, show_eta=False, show_percentage=False, id="model-progress")
                 yield SpeakerBar(id="speakers")
                 yield PromptInput(self.input_history(), placeholder="Say something… (Enter sends)", id="prompt")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#conversation", VerticalScroll).anchor()
@@ -80,13 +88,21 @@ class ChatView(Screen[None]):
     def _model_ready(self, event: ModelReady) -> None:
         engine = event.engine
         self.show_progress(False)
-        self.set_status(f"{engine.name} ready · {engine.style} style · context {engine.n_ctx} tokens")
+        if self.services.models.demo:
+            self.set_status(f"{engine.name} ready · {DEMO_NOTE}")
+        else:
+            self.set_status(f"{engine.name} ready · {engine.style} style · context {engine.n_ctx} tokens")
         self.update_title()
 
     @on(ModelFailed)
     def _model_failed(self, event: ModelFailed) -> None:
+        """The load failed (the app has shown why); the model loaded before, if any, keeps answering."""
         self.show_progress(False)
-        self.set_status("model not loaded: ctrl+o picks another")
+        engine = self.services.models.engine
+        if engine is not None:
+            self.set_status(f"that model did not load: still talking with {engine.name} (ctrl+o picks another)")
+        else:
+            self.set_status("no model loaded: ctrl+o picks one")
         self.update_title()
 
     @on(CharactersLoaded)
@@ -132,19 +148,30 @@ class ChatView(Screen[None]):
             bar.update(total=1.0, progress=fraction)
 
     def update_title(self) -> None:
-        parts = []
-        if self.session is not None:
-            c = self.session.character
-            work = f" · {c.source_work}" if c.source_work else ""
-            you = escape(self.session.settings.user_name)  # who you play (Persona in the palette)
-            parts.append(" · ".join(f"[b {character_color(m.folder)}]{m.name}[/]" for m in self.session.members)
-                         + (work if len(self.session.members) == 1 else "") + f" · you: {you}")
-        else:
-            parts.append("no chat yet: ctrl+n picks a character")
-        parts.append(self.services.models.label())
-        self.query_one("#title", Static).update("  —  ".join(parts))
+        """Who you talk to (every member of a group), who you play (Persona in the palette) and with which
+        model; a long work's name is shortened so the model always shows."""
+        models = self.services.models
+        model = models.label() + (" · demo model" if models.demo and not models.loading else "")
+        title = self.query_one("#chat-title", Static)
+        if self.session is None:
+            title.update(Text(f"no chat yet: ctrl+n picks a character  —  {model}"))
+            return
+        members = self.session.members
+        width = (title.size.width or self.app.size.width) - 2
+        line = Text(" · ").join(Text(m.name, style=f"bold {character_color(m.folder)}") for m in members)
+        you = f" · you: {self.session.settings.user_name}"
+        c = self.session.character
+        room = width - line.cell_len - cell_len(you) - cell_len(model) - 8  # " · " and "  —  "
+        if len(members) == 1 and c.source_work and room >= 6:
+            work = Text(c.source_work)
+            work.truncate(room, overflow="ellipsis")
+            line.append(" · ").append_text(work)
+        title.update(line.append(you).append(f"  —  {model}"))
 
-    def _view_for(self, m: Message) -> MessageView:
+    def on_resize(self) -> None:
+        self.update_title()
+
+    def _view_for(self, m: Message, *, waiting: bool = False) -> MessageView:
         assert self.session is not None
         character = self.session.character_for(m)
         if m.role == "user":
@@ -152,15 +179,58 @@ class ChatView(Screen[None]):
         caption = greeting_caption(m.stats, *self.session.alternatives(m.id)) if m.stats.get("greeting") else ""
         return MessageView("assistant", character.name, m.content, analysis=m.analysis, status=m.status,
                            color=character_color(character.folder), message_id=m.id,
-                           show_thinking=self.show_thinking, caption=caption)
+                           show_thinking=self.show_thinking, caption=caption, waiting=waiting)
+
+    def versions(self) -> dict[int, tuple[int, int]]:
+        """For each message on the branch shown: which of its alternatives it is, and how many there are."""
+        if self.session is None or self.session.chat.id <= 0:
+            return {}
+        try:
+            every = self.services.store.messages(self.session.chat.id)
+        except StoreError:
+            return {}
+        by_parent: dict[int | None, list[int]] = {}
+        for m in every:
+            by_parent.setdefault(m.parent_id, []).append(m.id)
+        out = {}
+        for m in self.session.messages:
+            siblings = by_parent.get(m.parent_id, [m.id])
+            out[m.id] = (siblings.index(m.id) + 1 if m.id in siblings else 1, max(1, len(siblings)))
+        return out
+
+    def name_views(self) -> None:
+        """Give the views mounted while talking (your line) the ids of their saved messages, so alt+↑ reaches
+        them too."""
+        if self.session is None:
+            return
+        views = self.views()
+        if len(views) == len(self.session.messages):
+            for view, message in zip(views, self.session.messages):
+                if view.message_id is None:
+                    view.message_id = message.id
+
+    def show_versions(self) -> None:
+        versions = self.versions()
+        for view in self.views():
+            if view.message_id is not None:
+                view.set_version(*versions.get(view.message_id, (1, 1)))
 
     async def show_session(self, session: ChatSession | None) -> None:
-        """Put a chat on screen (all messages of its current branch)."""
+        """Put a chat on screen (all messages of its current branch). A chat left without a word said is
+        not kept (see :meth:`forget_if_unused`)."""
+        if self.session is not None and (session is None or session.chat.id != self.session.chat.id):
+            self.forget_if_unused(self.session)
         self.session = session
         self.query_one(SpeakerBar).show(session)
         await self.conversation.remove_children()
         if session is not None:
-            await self.conversation.mount_all([self._view_for(m) for m in session.messages])
+            views = [self._view_for(m) for m in session.messages]
+            versions = self.versions()
+            for view in views:
+                view.version = versions.get(view.message_id or 0, (1, 1))
+            await self.conversation.mount_all(views)
+            if not any(m.role == "user" for m in session.messages):
+                await self.conversation.mount(Static(FIRST_KEYS, id="first-keys", classes="note"))
             incomplete = [m for m in session.messages if m.status == "incomplete"]
             if incomplete:
                 self.set_status("a reply was cut off when the app stopped: ctrl+r regenerates it")
@@ -168,10 +238,27 @@ class ChatView(Screen[None]):
         self.update_title()
         self.refresh_chats()
 
+    def hide_first_keys(self) -> None:
+        for hint in self.query("#first-keys"):
+            hint.remove()
+
     def views(self) -> list[MessageView]:
         return list(self.conversation.query(MessageView))
 
     # -- saved chats -----------------------------------------------------------------------------
+    def forget_if_unused(self, session: ChatSession) -> None:
+        """Delete a chat the user left without saying anything or pinning anything (a character opened by
+        mistake, a picker that opened the wrong one): only conversations are kept. A group scene the characters
+        went on with (Enter on an empty line) is a conversation too: anything after the greeting counts."""
+        store, chat_id = self.services.store, session.chat.id
+        try:
+            said = any(m.role == "user" or m.parent_id is not None for m in store.messages(chat_id))
+            if chat_id <= 0 or said or store.pins(chat_id):
+                return
+            store.delete_chat(chat_id)
+        except StoreError:
+            return
+
     def input_history(self) -> list[str]:
         """What the user typed in earlier chats (up/down in the message box)."""
         try:
@@ -260,11 +347,20 @@ class ChatView(Screen[None]):
 
     @on(ChatList.Rename)
     def _rename(self, event: ChatList.Rename) -> None:
-        self.rename_chat(event.chat_id)
+        if self.app.screen is self:  # keys typed while a dialog was opening must not open another
+            self.rename_chat(event.chat_id)
 
     @on(ChatList.Delete)
     def _delete(self, event: ChatList.Delete) -> None:
-        self.delete_chat(event.chat_id)
+        if self.app.screen is self:
+            self.delete_chat(event.chat_id)
+
+    @on(ChatList.TypedText)
+    def _typed_in_list(self, event: ChatList.TypedText) -> None:
+        """A letter typed in the chat list that is not one of its keys: the user meant to talk."""
+        box = self.query_one(PromptInput)
+        box.focus()
+        box.insert_text_at_cursor(event.text)
 
     def rename_chat(self, chat_id: int | None = None) -> None:
         chat_id = chat_id or (self.session.chat.id if self.session else None)
@@ -289,7 +385,7 @@ class ChatView(Screen[None]):
                 self.session.chat.title = new
             self.refresh_chats()
 
-        self.app.push_screen(RenameDialog(title), done)
+        self.app.push_screen(TextDialog("Rename chat", title), done)
 
     def delete_chat(self, chat_id: int | None = None) -> None:
         chat_id = chat_id or (self.session.chat.id if self.session else None)
@@ -308,8 +404,10 @@ class ChatView(Screen[None]):
                 self.services.report(str(exc))
                 return
             if self.session and self.session.chat.id == chat_id:
+                self.session = None  # gone already: nothing to forget
                 await self.show_session(None)
             self.refresh_chats()
+            self.query_one(PromptInput).focus()  # not the list, where letters are commands
 
         self.app.push_screen(ConfirmDialog("Delete this chat and all its messages?"), done)
 
@@ -319,5 +417,6 @@ class ChatView(Screen[None]):
         if sidebar.display:
             self.refresh_chats()
             sidebar.focus()
+            self.set_status("chats: Enter opens · r renames · d deletes · typing goes to the message box")
         else:
             self.query_one(PromptInput).focus()

@@ -63,8 +63,8 @@ class CompareScreen(Screen["int | None"]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="compare"):
-            line = self.session.leaf.content if self.session.leaf else ""
-            yield Label(f"Compare: {line[:60]}", classes="dialog-title")
+            line = next((m.content for m in reversed(self.session.messages) if m.role == "user"), "")
+            yield Label(f"Compare replies to: {line[:50]}", classes="dialog-title")  # your line, not the last reply
             with Horizontal(id="compare-row"):
                 for i, (_, _, label) in enumerate(self.runs):
                     with VerticalScroll(classes="compare-col", id=f"col-{i}"):

@@ -12,7 +12,7 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import (
     Button,
@@ -20,11 +20,11 @@ from textual.widgets import (
     DataTable,
     Footer,
     Input,
-    Label,
     Log,
     ProgressBar,
     Select,
     Static,
+    Switch,
     TabbedContent,
     TabPane,
 )
@@ -33,7 +33,10 @@ from textual_plotext import PlotextPlot
 from haruhi_tui.app.messages import LoadModel
 from haruhi_tui.app.widgets.comparison import comparison_view
 from haruhi_tui.core.errors import HaruhiError
-from haruhi_tui.services.jobs import CONVERT_TYPES, Job, JobError, Launcher, train_fields
+from haruhi_tui.services.character_library import CharacterLibrary
+from haruhi_tui.services.jobs import CONVERT_TYPES, Job, JobError, Launcher, gpu_count, train_fields
+
+from .job_form import DatasetCheck, field_value, form_field, label_of
 
 
 def _clock(seconds: Any) -> str:
@@ -51,12 +54,18 @@ class JobsScreen(Screen):
         Binding("ctrl+s", "start", "Start", tooltip="Start the form on this tab"),
         Binding("ctrl+x", "cancel_job", "Cancel job", tooltip="Ctrl-C for the watched job: it saves and stops"),
         Binding("ctrl+g", "chat_with_export", "Chat with it", tooltip="Load the exported GGUF in the chat"),
+        Binding("pagedown", "page(1)", "Page down", show=False),
+        Binding("pageup", "page(-1)", "Page up", show=False),
     ]
     DEFAULT_CSS = """
     JobsScreen .row { height: auto; }
-    JobsScreen .field Label { width: 18; padding: 1 1 0 0; }
+    JobsScreen .field Label { width: 22; padding: 0 1 0 0; }
     JobsScreen .field Input, JobsScreen .field Select { width: 1fr; }
-    JobsScreen .field { height: auto; }
+    JobsScreen .field Switch { border: none; height: 1; padding: 0; }
+    JobsScreen .field { height: auto; margin: 0 0 1 0; }
+    JobsScreen .start-row { dock: bottom; height: auto; background: $panel; padding: 0 0 1 0; }
+    JobsScreen #history-detail { height: auto; padding: 0 1; }
+    JobsScreen #history { height: 1fr; min-height: 5; }
     JobsScreen #train-command { padding: 0 1; color: $text-muted; }
     JobsScreen #train-problem, JobsScreen #watch-error { color: $error; padding: 0 1; }
     JobsScreen #watch-loss { height: 12; }
@@ -64,9 +73,10 @@ class JobsScreen(Screen):
     JobsScreen Button { margin: 0 1 0 0; }
     """
 
-    def __init__(self, launcher: Launcher) -> None:
+    def __init__(self, launcher: Launcher, library: CharacterLibrary | None = None) -> None:
         super().__init__()
         self.launcher = launcher
+        self.library = library  # what "build the training set" reads
         self.watched: Job | None = None
         self._plotted: tuple = ()
         self._log_shown: list[str] = []
@@ -78,17 +88,20 @@ class JobsScreen(Screen):
         fields = train_fields()
         with TabbedContent(initial="tab-train", id="tabs"):
             with TabPane("Train", id="tab-train"):
-                with VerticalScroll():
-                    for f in (f for f in fields if f.basic):
-                        yield self._field(f"train-{f.name}", f.name, f.default, f.help, f.choices)
-                    with Collapsible(title="Advanced", collapsed=True, id="train-advanced"):
-                        for f in (f for f in fields if not f.basic):
-                            yield self._field(f"train-{f.name}", f.name, f.default, f.help, f.choices)
+                with Vertical(classes="start-row"):  # always in view, however long the form
                     yield Static("", id="train-problem")
                     yield Static("", id="train-command")
                     with Horizontal(classes="row"):
-                        yield Button("Start training", id="train-start", variant="primary")
-                        yield Button("Copy command", id="train-copy")
+                        yield Button("Start training (ctrl+s)", id="train-start", variant="primary", compact=True)
+                        yield Button("Copy command", id="train-copy", compact=True)
+                with VerticalScroll(id="train-form"):
+                    for f in (f for f in fields if f.basic):
+                        yield form_field(f"train-{f.name}", label_of(f.name), f.default, f.help, f.choices)
+                        if f.name == "dataset":
+                            yield DatasetCheck(self.library, id="train-dataset-check")
+                    with Collapsible(title="Advanced: every other setting", collapsed=True, id="train-advanced"):
+                        for f in (f for f in fields if not f.basic):
+                            yield form_field(f"train-{f.name}", label_of(f.name), f.default, f.help, f.choices)
             with TabPane("Watch", id="tab-watch"):
                 with VerticalScroll():
                     yield Static("no job yet: start one, or pick one in History", id="watch-title")
@@ -104,41 +117,38 @@ class JobsScreen(Screen):
                         yield Button("Chat with it", id="watch-chat")
             with TabPane("Convert", id="tab-convert"):
                 with VerticalScroll():
-                    yield self._field("convert-base", "base model", "", "HF folder of the base model")
-                    yield self._field("convert-adapter", "adapter", "", "<training output>/adapter (empty: base alone)")
-                    yield self._field("convert-out", "GGUF file", "", "empty: the app's models folder")
-                    yield self._field("convert-type", "type", "auto", "quantization", CONVERT_TYPES)
+                    yield form_field("convert-base", "base model", "", "HF folder of the base model")
+                    yield form_field("convert-adapter", "adapter", "", "<training output>/adapter (empty: base alone)")
+                    yield form_field("convert-out", "GGUF file", "", "empty: the app's models folder")
+                    yield form_field("convert-type", "type", "auto", "quantization", CONVERT_TYPES)
                     yield Static("", id="convert-problem")
                     yield Button("Export GGUF", id="convert-start", variant="primary")
             with TabPane("Evaluate", id="tab-eval"):
                 with VerticalScroll():
-                    yield self._field("eval-model-a", "model A", "", "GGUF file or HF folder (e.g. the base)")
-                    yield self._field("eval-adapter-a", "adapter A", "", "LoRA adapter on a folder model")
-                    yield self._field("eval-model-b", "model B", "", "e.g. the fine-tune (optional)")
-                    yield self._field("eval-adapter-b", "adapter B", "", "")
-                    yield self._field("eval-dataset", "validation set", "data/haruhi_val.json", "ShareGPT file")
-                    yield self._field("eval-limit", "limit", "0", "first N samples (0 = all)")
-                    yield self._field("eval-max-new", "max new tokens", "0", "0 = the default")
-                    yield self._field("eval-out", "output folder", "runs/eval", "one sub-folder per model")
+                    yield form_field("eval-model-a", "model A", "", "GGUF file or HF folder (e.g. the base)")
+                    yield form_field("eval-adapter-a", "adapter A", "", "LoRA adapter on a folder model")
+                    yield form_field("eval-model-b", "model B", "", "e.g. the fine-tune (optional)")
+                    yield form_field("eval-adapter-b", "adapter B", "", "")
+                    yield form_field("eval-dataset", "validation set", "data/haruhi_val.json", "ShareGPT file")
+                    yield form_field("eval-limit", "limit", "0", "first N samples (0 = all)")
+                    yield form_field("eval-max-new", "max new tokens", "0", "0 = the default")
+                    yield form_field("eval-out", "output folder", "runs/eval", "one sub-folder per model")
                     yield Static("", id="eval-problem")
                     yield Button("Evaluate", id="eval-start", variant="primary")
                     yield Static("", id="eval-results")
             with TabPane("History", id="tab-history"):
                 yield DataTable(id="history", cursor_type="row")
+                yield Static("", id="history-detail")
         yield Footer()
 
-    def _field(self, wid: str, label: str, default: Any, help: str, choices=None) -> Horizontal:
-        if choices:
-            widget: Any = Select([(c, c) for c in choices], value=str(default), allow_blank=False, id=wid)
-        else:
-            widget = Input(str(default), id=wid, placeholder=help)
-        widget.tooltip = help
-        return Horizontal(Label(label), widget, classes="field")
-
     def on_mount(self) -> None:
+        for wid in ("#watch-loss", "#watch-cancel", "#watch-resume", "#watch-convert", "#watch-chat"):
+            self.query_one(wid).display = False  # until a job is watched: then what fits it
         table = self.query_one("#history", DataTable)
         table.add_columns("id", "kind", "name", "status", "started", "result")
         self.refresh_command()
+        if self.launcher.available_gpus is None:
+            self.run_worker(self._count_gpus, thread=True, group="gpus")
         self.refresh_history()
         running = self.launcher.running()
         if running:
@@ -147,8 +157,7 @@ class JobsScreen(Screen):
 
     # -- the train form --------------------------------------------------------------------------
     def value(self, wid: str) -> str:
-        widget = self.query_one(f"#{wid}")
-        return str(widget.value if not isinstance(widget, Select) else widget.value)
+        return field_value(self.query_one(f"#{wid}"))
 
     def train_form(self) -> dict[str, str]:
         """Only what differs from the defaults, so the command line stays the short one a user would type."""
@@ -160,6 +169,10 @@ class JobsScreen(Screen):
         return form
 
     def refresh_command(self) -> None:
+        self.query_one(DatasetCheck).check(self.value("train-dataset"), self.launcher.cwd)
+        if self.launcher.available_gpus is None:  # counted in a worker: importing torch takes seconds
+            self.query_one("#train-command", Static).update("checking this machine's GPUs…")
+            return
         problem, command = "", ""
         try:
             command = self.launcher.plan_train(self.train_form()).display
@@ -167,6 +180,29 @@ class JobsScreen(Screen):
             problem = str(exc)
         self.query_one("#train-problem", Static).update(problem)
         self.query_one("#train-command", Static).update(Text("$ " + command) if command else "")
+
+    def _count_gpus(self) -> None:
+        count = gpu_count()
+        self.app.call_from_thread(self._gpus_counted, count)
+
+    def _gpus_counted(self, count: int) -> None:
+        self.launcher.available_gpus = count
+        self.refresh_command()
+
+    def on_switch_changed(self, event: Switch.Changed) -> None:
+        if event.switch.id and event.switch.id.startswith("train-"):
+            self.refresh_command()
+
+    def on_dataset_check_built(self, event: DatasetCheck.Built) -> None:
+        self.notify(event.text, severity="error" if event.error else "information", timeout=10)
+        self.refresh_command()
+
+    def action_page(self, step: int) -> None:
+        """PageDown/PageUp scroll the tab's form wherever the focus is (the tab bar, a field)."""
+        tab = self.query_one("#tabs", TabbedContent).active
+        for scroll in self.query_one(f"#{tab}").query(VerticalScroll):
+            (scroll.scroll_page_down if step > 0 else scroll.scroll_page_up)()
+            return
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id and event.input.id.startswith("train-"):
@@ -345,8 +381,7 @@ class JobsScreen(Screen):
         self.query_one("#watch-stats", Static).update(" · ".join(parts))
         error = job.row.error or (state.errors[-1] if state.errors else "")
         self.query_one("#watch-error", Static).update(Text(error))
-        self.query_one("#watch-cancel", Button).disabled = not job.running
-        self.query_one("#watch-resume", Button).disabled = job.running or job.kind != "train"
+        self.show_actions(job)
         self._plot(job)
         tail = job.log_tail(40)
         if tail != self._log_shown:
@@ -356,6 +391,15 @@ class JobsScreen(Screen):
             self._log_shown = tail
         if self._comparison_pending(job):
             self.show_comparison(job)
+
+    def show_actions(self, job: Job) -> None:
+        """The loss curve and the buttons that fit the job: Resume and Convert for training, Chat for an export."""
+        train, done = job.kind == "train", job.status == "completed"
+        self.query_one("#watch-loss").display = train
+        self.query_one("#watch-cancel", Button).display = job.running
+        self.query_one("#watch-resume", Button).display = train and not job.running and not done
+        self.query_one("#watch-convert", Button).display = train and done
+        self.query_one("#watch-chat", Button).display = job.kind == "convert" and done
 
     def _plot(self, job: Job) -> None:
         losses, rates = job.state.losses, job.state.learning_rates
@@ -407,3 +451,25 @@ class JobsScreen(Screen):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         if event.row_key.value:
             self.watch(self.launcher.job(int(event.row_key.value)))
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        """Under the table, all of the highlighted job: its row has room for a few metrics only."""
+        if not event.row_key or not event.row_key.value:
+            return
+        try:
+            job = self.launcher.job(int(event.row_key.value))
+        except (HaruhiError, KeyError):
+            return
+        row = job.row
+        ended = time.strftime("%m-%d %H:%M", time.localtime(row.ended_at)) if row.ended_at else "–"
+        lines = [f"job {row.id} · {row.kind} · {row.status} · {row.output} · pid {row.pid or '–'} · "
+                 f"ended {ended}", f"$ {job.display}"]
+        if row.error:
+            lines.append(f"error: {row.error}")
+        if row.metrics:
+            lines.append("metrics: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                 for k, v in row.metrics.items()))
+        if row.outputs:
+            lines.append("outputs: " + ", ".join(f"{k} {v}" for k, v in row.outputs.items()))
+        lines.append("Enter watches it")
+        self.query_one("#history-detail", Static).update(Text("\n".join(lines)))

@@ -17,7 +17,7 @@ from haruhi_tui.app.services import Report
 from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.store import StoreError
 
-from .dialogs import RenameDialog
+from .dialogs import ConfirmDialog, TextDialog
 
 
 class MemoryScreen(Screen[None]):
@@ -39,19 +39,24 @@ class MemoryScreen(Screen[None]):
             yield Label(f"Memory of this chat with {self.session.character.name}", classes="dialog-title")
             yield Label("Pinned facts (always in the prompt): a adds, e edits, d removes", classes="section")
             yield OptionList(id="pins")
-            yield Label("Summary of earlier turns (written by the model; edit and ctrl+s saves)", classes="section")
+            yield Label("Summary of earlier turns (the model writes it, or you do; ctrl+s saves)", classes="section")
             yield Static("", id="summary-note", classes="note")
             yield TextArea(self.session.chat.summary, soft_wrap=True, show_line_numbers=False, id="summary")
         yield Footer()
 
     def on_mount(self) -> None:
         self.show_pins()
+        self.show_summary_note()
+        self.query_one("#pins", OptionList).focus()
+
+    def show_summary_note(self) -> None:
         s = self.session
-        note = "no summary yet: one is written when the chat outgrows the history budget"
-        if s.chat.summary:
+        note = "no summary yet: the model writes one when the chat outgrows the history budget, or write your own"
+        if s.chat.summary and s.chat.summary_upto is None:
+            note = "written by you: sent with every reply"
+        elif s.chat.summary:
             note = "applies to this branch" if s.summary else "written for another branch: not used on this one"
         self.query_one("#summary-note", Static).update(note)
-        self.query_one("#pins", OptionList).focus()
 
     def show_pins(self) -> None:
         pins = self.query_one("#pins", OptionList)
@@ -74,7 +79,7 @@ class MemoryScreen(Screen[None]):
                 self._guard(lambda: self.session.add_pin(text))
                 self.show_pins()
 
-        self.app.push_screen(RenameDialog("", "A fact to remember (pinned)"), done)
+        self.app.push_screen(TextDialog("A fact to remember (pinned)", note="sent with every reply"), done)
 
     def action_edit_pin(self) -> None:
         pin_id = self._selected_pin()
@@ -87,18 +92,26 @@ class MemoryScreen(Screen[None]):
                 self._guard(lambda: self.session.edit_pin(pin.id, text))
                 self.show_pins()
 
-        self.app.push_screen(RenameDialog(pin.text, "Edit the pinned fact"), done)
+        self.app.push_screen(TextDialog("Edit the pinned fact", pin.text), done)
 
     def action_remove_pin(self) -> None:
+        """Asks first: the list has the focus, and a word typed here by mistake must not delete a fact."""
         pin_id = self._selected_pin()
-        if pin_id is not None:
-            self._guard(lambda: self.session.remove_pin(pin_id))
-            self.show_pins()
+        if pin_id is None:
+            return
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self._guard(lambda: self.session.remove_pin(pin_id))
+                self.show_pins()
+
+        self.app.push_screen(ConfirmDialog("Remove this pinned fact?", "Remove"), done)
 
     def action_save_summary(self) -> None:
         text = self.query_one("#summary", TextArea).text
         if self._guard(lambda: self.session.set_summary(text)):
-            self.notify("summary saved")
+            self.notify("summary saved: sent with every reply (F2 shows it)" if text.strip() else "summary cleared")
+            self.show_summary_note()
 
     def action_close(self) -> None:
         self.dismiss(None)

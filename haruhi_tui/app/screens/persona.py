@@ -19,7 +19,7 @@ from haruhi_tui.core.roleplay import UserPersona, substitute_macros
 from haruhi_tui.services.chat import ChatSession
 from haruhi_tui.store import Persona, StoreError
 
-from .dialogs import ConfirmDialog, RenameDialog
+from .dialogs import ConfirmDialog, TextDialog
 
 DEFAULT = "default"  # the option id of the character's usual partner
 
@@ -190,7 +190,7 @@ class PersonaScreen(Screen[bool]):
             if name:
                 self._use(name)
 
-        self.app.push_screen(RenameDialog(self.session.settings.user_name, "Your name in this chat"), done)
+        self.app.push_screen(TextDialog("Your name in this chat", self.session.settings.user_name), done)
 
     def action_close(self) -> None:
         self.session.persona  # a stored persona renamed here: the chat's name follows it now

@@ -35,7 +35,8 @@ class CharacterPicker(ModalScreen[str | None]):
         Binding("escape", "dismiss(None)", "Cancel"),
         Binding("down", "move(1)", "Next", show=False),
         Binding("up", "move(-1)", "Previous", show=False),
-        Binding("f5", "app.import_card", "Import card"),
+        Binding("f5", "app.import_card", "Import card",
+                tooltip="Import a character card (.png, .json, .charx) as a new character"),
     ]
 
     def __init__(self, library: CharacterLibrary, report: Report | None = None) -> None:
@@ -45,6 +46,7 @@ class CharacterPicker(ModalScreen[str | None]):
         self.characters = library.listing()
         self.problem = library.problem
         self.imported = set(library.imported)
+        self.shown_filter = ""  # the filter the list shows (typing can run ahead of it on a busy machine)
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog picker"):
@@ -53,6 +55,7 @@ class CharacterPicker(ModalScreen[str | None]):
                 yield Static(self.problem or "No characters found.", classes="problem")
             yield Input(placeholder="filter by name or work…", id="filter")
             yield OptionList(*self._options(""), id="characters")
+            yield Static("Enter opens · F5 imports a character card · Esc closes", classes="note")
 
     def _options(self, needle: str) -> list[Option]:
         needle = needle.casefold().strip()
@@ -88,11 +91,7 @@ class CharacterPicker(ModalScreen[str | None]):
     def _characters_changed(self) -> None:
         """Show the library's new list (after an import), keeping the filter."""
         self.characters, self.imported = self.library.listing(), set(self.library.imported)
-        options = self.query_one("#characters", OptionList)
-        options.clear_options()
-        options.add_options(self._options(self.query_one("#filter", Input).value))
-        if options.option_count:
-            options.highlighted = 0
+        self.show_matches(self.query_one("#filter", Input).value)
         for problem in self.query(".problem"):
             problem.remove()
 
@@ -101,16 +100,23 @@ class CharacterPicker(ModalScreen[str | None]):
         if options.option_count:
             options.highlighted = max(0, min(options.option_count - 1, (options.highlighted or 0) + step))
 
-    @on(Input.Changed, "#filter")
-    def _filter(self, event: Input.Changed) -> None:
+    def show_matches(self, needle: str) -> None:
         options = self.query_one("#characters", OptionList)
         options.clear_options()
-        options.add_options(self._options(event.value))
+        options.add_options(self._options(needle))
         if options.option_count:
             options.highlighted = 0
+        self.shown_filter = needle
+
+    @on(Input.Changed, "#filter")
+    def _filter(self, event: Input.Changed) -> None:
+        self.show_matches(event.value)
 
     @on(Input.Submitted, "#filter")
-    def _pick_first(self) -> None:
+    def _pick_highlighted(self, event: Input.Submitted) -> None:
+        """Enter opens the highlighted character of what was typed, even when Enter overtook the filter."""
+        if event.value != self.shown_filter:
+            self.show_matches(event.value)
         options = self.query_one("#characters", OptionList)
         if options.option_count:
             self._pick(options.get_option_at_index(options.highlighted or 0).id)
@@ -151,15 +157,18 @@ class ModelPicker(ModalScreen[str | None]):
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
 
-    def __init__(self, models: list[LocalModel], current: str = "") -> None:
+    def __init__(self, models: list[LocalModel], *, current: str = "", heading: str = "Pick a model") -> None:
         super().__init__()
         self.models = models
-        self.current = current
+        self.current = current  # the model in use now, said under the list
+        self.heading = heading
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog picker"):
-            yield Label("Pick a model", classes="dialog-title")
-            bundled = Text(BUNDLED_NAME, style="bold") + Text("\n  assembled on first use", style="dim")
+            yield Label(self.heading, classes="dialog-title")
+            bundled = Text(BUNDLED_NAME, style="bold") + Text(
+                "\n  a small demo model: quick and offline, but its replies often wander"
+                "\n  for real role-play: ctrl+p → Download model", style="dim")
             options = [Option(bundled, id=BUNDLED)]
             options += [Option(describe_model(m), id=str(m.path), disabled=bool(m.broken)) for m in self.models]
             yield OptionList(*options, id="models")

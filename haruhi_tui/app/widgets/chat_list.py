@@ -1,10 +1,12 @@
-"""The sidebar: saved chats, most recent first. Enter resumes; r renames; d deletes."""
+"""The sidebar: saved chats, most recent first. Enter resumes; r renames; d deletes; any other letter goes
+to the message box (the user meant to talk, not to give the list a command)."""
 
 from __future__ import annotations
 
 import time
 
 from rich.text import Text
+from textual import events
 from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import OptionList
@@ -22,8 +24,8 @@ def _when(ts: float) -> str:
 
 class ChatList(OptionList):
     BINDINGS = [
-        Binding("r", "rename", "Rename"),
-        Binding("d,delete", "delete", "Delete"),
+        Binding("r", "rename", "Rename", show=False, tooltip="Rename the highlighted chat"),
+        Binding("d,delete", "delete", "Delete", show=False, tooltip="Delete the highlighted chat (asks first)"),
     ]
 
     class Rename(Message):
@@ -35,6 +37,19 @@ class ChatList(OptionList):
         def __init__(self, chat_id: int) -> None:
             super().__init__()
             self.chat_id = chat_id
+
+    class TypedText(Message):
+        """A printable key that is not one of the list's keys."""
+
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+
+    def on_key(self, event: events.Key) -> None:
+        if event.is_printable and event.character and event.key not in ("r", "d"):
+            event.stop()
+            event.prevent_default()
+            self.post_message(self.TypedText(event.character))
 
     def show_chats(self, chats: list[Chat], current: int | None = None) -> None:
         self.clear_options()
