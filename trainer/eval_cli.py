@@ -88,6 +88,10 @@ def register(app: typer.Typer) -> None:
         cuda_graphs: bool = typer.Option(
             True, "--cuda-graphs/--no-cuda-graphs",
             help="transformers on a GPU: replay decode steps from CUDA graphs (less launch overhead)."),
+        engine: str = typer.Option(
+            "auto", "--engine",
+            help="transformers engine: 'continuous' (shared prefixes, no padding), 'batched' (left-padded batches) "
+                 "or 'auto' (continuous on the CPU; batched on a GPU, where continuous is still being verified)."),
     ) -> None:
         if ctx.invoked_subcommand is not None:
             return
@@ -95,7 +99,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(ctx.get_help())
             raise typer.Exit(0)
         _run(model, adapter, dataset, out, lf_raw, sampling, max_new_tokens, limit, sample, seed, batch_size, device,
-             dtype, gpu_layers, restart, prefix_sharing, cuda_graphs)
+             dtype, gpu_layers, restart, prefix_sharing, cuda_graphs, engine)
 
     @eval_app.command("compare")
     @friendly_errors
@@ -141,7 +145,7 @@ def register(app: typer.Typer) -> None:
 def _run(model: Path, adapter: Optional[Path], dataset: str, out: Optional[Path], lf_raw: bool, sampling: str,
          max_new_tokens: int, limit: Optional[int], sample: Optional[int], seed: int, batch_size: Optional[int],
          device: Optional[str], dtype: Optional[str], gpu_layers: int, restart: bool, prefix_sharing: bool = True,
-         cuda_graphs: bool = True) -> None:
+         cuda_graphs: bool = True, engine: str = "auto") -> None:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -185,7 +189,8 @@ def _run(model: Path, adapter: Optional[Path], dataset: str, out: Optional[Path]
 
     def factory():
         return load_generator(model, adapter, device=device, dtype=dtype, batch_size=batch_size,
-                              n_gpu_layers=gpu_layers, share_prefixes=prefix_sharing, cuda_graphs=cuda_graphs)
+                              n_gpu_layers=gpu_layers, share_prefixes=prefix_sharing, cuda_graphs=cuda_graphs,
+                              engine=engine)
 
     evaluation = Evaluation(config, generator_factory=factory, on_progress=on_progress, on_status=on_status)
     with progress:

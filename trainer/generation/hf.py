@@ -79,7 +79,11 @@ class HFGenerator:
         if engine == "continuous" and not engine_supports(model):
             raise HaruhiError(f"the continuous engine does not support {model.config.model_type} models; "
                               "use the batched one")
-        self.engine_name = "batched" if engine == "batched" or not engine_supports(model) else "continuous"
+        # auto: continuous on the CPU only. On an H200 (2026-11-28) it ran 48-sample runs but a full haruhi_val
+        # run (gpt-oss-20b shape) and a Gemma 3 eval died with "illegal memory access": opt in with
+        # engine="continuous" until it passes there (benchmarks/results/eval.md).
+        continuous = engine == "continuous" or (engine == "auto" and not cuda)
+        self.engine_name = "continuous" if continuous and engine_supports(model) else "batched"
         self.prefill_tokens = prefill_tokens or (32768 if cuda else 2048)
         #: The continuous engine (None: batched); its ``stats`` and ``notes`` describe the last run.
         self.continuous = ContinuousEngine(model, slots=batch_size, prefill_tokens=self.prefill_tokens,

@@ -17,10 +17,11 @@ from .hf import HFGenerator
 
 def load_generator(model: str | os.PathLike, adapter: str | os.PathLike | None = None, *, device: str | None = None,
                    dtype: str | None = None, batch_size: int | None = None, parallel: int | None = None,
-                   n_gpu_layers: int = -1, attn: str = "auto", share_prefixes: bool = True, cuda_graphs: bool = True):
+                   n_gpu_layers: int = -1, attn: str = "auto", share_prefixes: bool = True, cuda_graphs: bool = True,
+                   engine: str = "auto"):
     """A GGUF file -> llama.cpp; a model folder -> transformers (+ the LoRA ``adapter``). ``share_prefixes``:
     prompts that start alike reuse the computed start (both engines); ``cuda_graphs``: decode steps replayed
-    from CUDA graphs (transformers on a GPU)."""
+    from CUDA graphs (transformers on a GPU); ``engine``: the transformers engine (auto, continuous, batched)."""
     path = Path(model)
     if not path.exists():
         raise HaruhiError(f"model not found: {path} (pass a .gguf file or a Hugging Face model folder)")
@@ -38,5 +39,5 @@ def load_generator(model: str | os.PathLike, adapter: str | os.PathLike | None =
         return GGUFGenerator.load(path, parallel=parallel or batch_size or default_parallel,
                                   n_gpu_layers=n_gpu_layers, reuse_prefix=share_prefixes)
     return HFGenerator.load(path, adapter, device=device, dtype=dtype, attn=attn, batch_size=batch_size,
-                            share_prefixes=share_prefixes, cuda_graphs=cuda_graphs)
+                            share_prefixes=share_prefixes, cuda_graphs=cuda_graphs, engine=engine)
 
