@@ -42,15 +42,17 @@ CHUNK = 1 << 24
 
 def config(layers: int, mxfp4: bool) -> dict:
     cfg = {
-        "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "attention_bias": True, "attention_dropout": 0.0,
-        "head_dim": HEAD_DIM, "hidden_act": "silu", "hidden_size": HIDDEN, "initializer_range": 0.02,
-        "intermediate_size": FF, "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+        "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss", "attention_bias": True,
+        "attention_dropout": 0.0, "head_dim": HEAD_DIM, "hidden_act": "silu", "hidden_size": HIDDEN,
+        "initializer_range": 0.02, "intermediate_size": FF,
+        "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
         "max_position_embeddings": 131072, "num_attention_heads": HEADS, "num_experts_per_tok": TOP_K,
         "num_hidden_layers": layers, "num_key_value_heads": KV_HEADS, "num_local_experts": EXPERTS,
         "rms_norm_eps": 1e-05, "router_aux_loss_coef": 0.9, "sliding_window": 128, "tie_word_embeddings": False,
-        "rope_parameters": {"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
-                            "truncate": False, "original_max_position_embeddings": 4096},
-        "vocab_size": VOCAB, "dtype": "bfloat16", "bos_token_id": 199998, "eos_token_id": 200002, "pad_token_id": 199999,
+        "rope_parameters": {"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0,
+                            "beta_slow": 1.0, "truncate": False, "original_max_position_embeddings": 4096},
+        "vocab_size": VOCAB, "dtype": "bfloat16",
+        "bos_token_id": 199998, "eos_token_id": 200002, "pad_token_id": 199999,
     }
     if mxfp4:
         cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": [
@@ -148,7 +150,8 @@ def build_checkpoint(out: Path, layers: int, mxfp4: bool) -> dict:
         total += write_safetensors(out / name, tensors)
         weight_map.update({k: name for k in tensors})
         print(f"  wrote {name} ({total / 2**30:.1f} GiB so far)", flush=True)
-    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index))
     (out / "config.json").write_text(json.dumps(config(layers, mxfp4), indent=2))
     save_harmony_tokenizer(out)
     info = {"bytes": total, "seconds": round(time.monotonic() - started, 1)}
@@ -179,7 +182,8 @@ def build_adapter(out: Path, layers: int, r: int) -> dict:
         "peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "lora_dropout": 0.0, "bias": "none", "use_rslora": False,
         "use_dora": False, "fan_in_fan_out": False, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
         "target_parameters": ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"], "task_type": "CAUSAL_LM",
-        "auto_mapping": {"base_model_class": "GptOssForCausalLM", "parent_library": "transformers.models.gpt_oss.modeling_gpt_oss"},
+        "auto_mapping": {"base_model_class": "GptOssForCausalLM",
+                         "parent_library": "transformers.models.gpt_oss.modeling_gpt_oss"},
     }, indent=2))
     marker.write_text(json.dumps({"key": [layers, r], "info": {"bytes": size}}))
     return {"bytes": size}
@@ -208,7 +212,8 @@ def run_convert(base: Path, adapter: Path | None, out: Path, out_type: str, thre
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=24, help="gpt-oss-20b has 24")
-    ap.add_argument("--layout", choices=["mxfp4", "bf16", "both"], default="mxfp4", help="how the base stores its experts")
+    ap.add_argument("--layout", choices=["mxfp4", "bf16", "both"], default="mxfp4",
+                    help="how the base stores its experts")
     ap.add_argument("--types", default="mxfp4,q8_0", help="comma-separated --type values to convert to")
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--no-adapter-too", action="store_true", help="also time a plain conversion without the adapter")

@@ -61,13 +61,15 @@ class Adapter:
         if not directory.exists():
             raise HaruhiError(f"adapter folder not found: {directory}")
         if not directory.is_dir():
-            raise HaruhiError(f"--adapter must be a PEFT adapter folder (adapter_config.json + adapter_model.safetensors), got a file: {directory}")
+            raise HaruhiError("--adapter must be a PEFT adapter folder (adapter_config.json + "
+                              f"adapter_model.safetensors), got a file: {directory}")
         self.directory = directory
         self.config = load_json(directory / "adapter_config.json", "adapter_config.json")
         weights = directory / "adapter_model.safetensors"
         if not weights.is_file():
             if (directory / "adapter_model.bin").is_file():
-                raise HaruhiError(f"{directory} has adapter_model.bin only; re-save the adapter with safetensors (save_pretrained(safe_serialization=True))")
+                raise HaruhiError(f"{directory} has adapter_model.bin only; re-save the adapter with safetensors "
+                                  "(save_pretrained(safe_serialization=True))")
             raise HaruhiError(f"adapter weights not found: {weights}")
         self.files = SafetensorsDir(directory, [weights])
         self._check_config(base)
@@ -84,19 +86,23 @@ class Adapter:
         if peft_type != "LORA":
             raise HaruhiError(f"the adapter is a {peft_type} adapter; haruhi-convert merges LoRA adapters only")
         if cfg.get("use_dora"):
-            raise HaruhiError("DoRA adapters are not supported; merge it with PEFT (merge_and_unload) and convert the merged model")
+            raise HaruhiError("DoRA adapters are not supported; merge it with PEFT (merge_and_unload) "
+                              "and convert the merged model")
         for key in ("use_qalora", "use_bdlora"):
             if cfg.get(key):
-                raise HaruhiError(f"adapters trained with {key} are not supported; merge with PEFT and convert the merged model")
+                raise HaruhiError(f"adapters trained with {key} are not supported; "
+                                  "merge with PEFT and convert the merged model")
         if cfg.get("trainable_token_indices"):
-            raise HaruhiError("adapters with trainable_token_indices are not supported; merge with PEFT and convert the merged model")
+            raise HaruhiError("adapters with trainable_token_indices are not supported; "
+                              "merge with PEFT and convert the merged model")
         if cfg.get("layer_replication"):
             raise HaruhiError("adapters with layer_replication are not supported")
         mapping = cfg.get("auto_mapping") or {}
         trained_on = mapping.get("base_model_class")
         if trained_on and base.architecture and trained_on != base.architecture:
             raise HaruhiError(
-                f"adapter was trained on {trained_on} but --base is {base.architecture}; pass the base model the adapter was trained from"
+                f"adapter was trained on {trained_on} but --base is {base.architecture}; "
+                "pass the base model the adapter was trained from"
             )
         self.alpha = float(cfg.get("lora_alpha", 8))
         self.default_r = int(cfg.get("r", 8))
@@ -124,10 +130,14 @@ class Adapter:
                 bare = re.sub(r"(\.base_layer)+\.", ".", bare)  # embedding weights PEFT saves with the adapter
                 if bare in base:
                     if self.files.info(key).shape != base.info(bare).shape:
-                        raise HaruhiError(f"adapter tensor {key} has shape {list(self.files.info(key).shape)} but the base's {bare} has {list(base.info(bare).shape)}; the adapter belongs to another model")
+                        raise HaruhiError(
+                            f"adapter tensor {key} has shape {list(self.files.info(key).shape)} but the base's "
+                            f"{bare} has {list(base.info(bare).shape)}; the adapter belongs to another model"
+                        )
                     self.replacements[bare] = key
                     continue
-                raise HaruhiError(f"adapter tensor {key} matches nothing in the base model ({base.architecture}); the adapter belongs to another model")
+                raise HaruhiError(f"adapter tensor {key} matches nothing in the base model ({base.architecture}); "
+                                  "the adapter belongs to another model")
             slot = pairs.setdefault((m["module"], m["nest"]), {})
             which = m["which"]
             if m["kind"] == "bias":
@@ -147,7 +157,8 @@ class Adapter:
                 self._add_param_targets(base, module, slots, expert_param_order)
 
     def _is_param_target(self, module: str) -> bool:
-        return any(p.rpartition(".")[0] and module.endswith(p.rpartition(".")[0]) for p in self.config.get("target_parameters") or [])
+        return any(p.rpartition(".")[0] and module.endswith(p.rpartition(".")[0])
+                   for p in self.config.get("target_parameters") or [])
 
     def _add_module_target(self, base: Checkpoint, module: str, slot: dict[str, str]) -> None:
         param = f"{module}.weight"
@@ -162,8 +173,8 @@ class Adapter:
             rank, ok = a[0], len(shape) == 2 and a == (a[0], shape[1]) and b == (shape[0], a[0])
         if not ok:
             raise HaruhiError(
-                f"adapter does not fit the base at {module}: base weight is {list(shape)}, lora_A {list(a)}, lora_B {list(b)}; "
-                "the adapter was trained on another model"
+                f"adapter does not fit the base at {module}: base weight is {list(shape)}, "
+                f"lora_A {list(a)}, lora_B {list(b)}; the adapter was trained on another model"
             )
         rank = int(self._pattern_value(self.config.get("rank_pattern"), module, rank))
         self.targets[param] = LoraTarget(
@@ -182,12 +193,14 @@ class Adapter:
 
     def _add_param_targets(self, base: Checkpoint, module: str, slots: list[tuple[int, dict[str, str]]],
                            order: tuple[str, ...]) -> None:
-        wanted = [p.rpartition(".")[2] for p in self.config.get("target_parameters") or [] if module.endswith(p.rpartition(".")[0])]
+        wanted = [p.rpartition(".")[2] for p in self.config.get("target_parameters") or []
+                  if module.endswith(p.rpartition(".")[0])]
         wanted = wanted or list(order)  # an adapter config that does not list its target_parameters
         candidates = [p for p in order if p in wanted] + [p for p in wanted if p not in order]
         candidates = [p for p in candidates if self._param_shape(base, f"{module}.{p}") is not None]
         if not candidates:
-            raise HaruhiError(f"adapter targets {module}, which the base model ({base.architecture}) does not have; the adapter belongs to another model")
+            raise HaruhiError(f"adapter targets {module}, which the base model ({base.architecture}) does not have; "
+                              "the adapter belongs to another model")
         # deepest wrapper = first parameter wrapped = first in the module's definition order
         slots = sorted(slots, key=lambda s: -s[0])
         fits: list[list[tuple[str, bool]]] = []
@@ -238,7 +251,8 @@ class Adapter:
             if pick is None:
                 pick = next((o for p in remaining for o in options if o[0] == p), None)
             if pick is None:
-                raise HaruhiError(f"adapter targets {module} more times than it has matching parameters; the adapter belongs to another model")
+                raise HaruhiError(f"adapter targets {module} more times than it has matching parameters; "
+                                  "the adapter belongs to another model")
             remaining.remove(pick[0])
             chosen.append(pick)
         return chosen

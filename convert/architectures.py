@@ -91,7 +91,8 @@ def _gemma3_metadata(p: "Planner", gw: gguf.GGUFWriter) -> None:
     if hp.get("final_logit_softcapping"):
         gw.add_final_logit_softcapping(float(hp["final_logit_softcapping"]))
     if hp.get("attn_logit_softcapping"):
-        raise HaruhiError("this Gemma checkpoint uses attention logit soft-capping (Gemma 2?); only Gemma 3 is supported")
+        raise HaruhiError("this Gemma checkpoint uses attention logit soft-capping (Gemma 2?); "
+                          "only Gemma 3 is supported")
     if hp.get("sliding_window") and hp.get("sliding_window_pattern") != 1:
         gw.add_sliding_window(int(hp["sliding_window"]))
 
@@ -131,7 +132,8 @@ def resolve_type(spec: ArchSpec, out_type: str) -> str:
     if out_type == "auto":
         return spec.default_type
     if out_type == "mxfp4" and not spec.moe:
-        raise HaruhiError(f"--type mxfp4 quantizes mixture-of-experts weights; {spec.label} has none: use q8_0 or q4_k_m")
+        raise HaruhiError(f"--type mxfp4 quantizes mixture-of-experts weights; {spec.label} has none: "
+                          "use q8_0 or q4_k_m")
     return out_type
 
 
@@ -244,7 +246,8 @@ class Planner:
         return t
 
     def _dense_qtype(self, gguf_name: str, shape: tuple[int, ...]) -> QT:
-        if len(shape) == 1 or gguf_name.endswith((".bias", "_norm.weight", "ffn_gate_inp.weight")) or "rope_freqs" in gguf_name:
+        if (len(shape) == 1 or gguf_name.endswith((".bias", "_norm.weight", "ffn_gate_inp.weight"))
+                or "rope_freqs" in gguf_name):
             return QT.F32
         main = QT.Q8_0 if self.out_type == "mxfp4" else MAIN_QTYPE.get(self.out_type, QT.BF16)
         if main in quant.BLOCKED and not quant.row_fits(shape[-1], main):
@@ -352,7 +355,8 @@ class Planner:
             gname = gguf.TENSOR_NAMES[kind].format(bid=bid) + ".weight"
             shape = (n_exp, out_rows, cols)
             qtype = self._expert_qtype(shape)
-            result.append(OutTensor(gname, shape, qtype, self._expert_producer(param, mxfp4, target, rows_sel, qtype, n_exp), param))
+            producer = self._expert_producer(param, mxfp4, target, rows_sel, qtype, n_exp)
+            result.append(OutTensor(gname, shape, qtype, producer, param))
         return result
 
     def _expert_producer(self, param: str, mxfp4: bool, target: LoraTarget | None, rows_sel: slice,

@@ -135,7 +135,8 @@ class Checkpoint(SafetensorsDir):
         if not directory.exists():
             raise HaruhiError(f"base model folder not found: {directory}")
         if not directory.is_dir():
-            raise HaruhiError(f"--base must be a Hugging Face model folder (config.json + *.safetensors), got a file: {directory}")
+            raise HaruhiError("--base must be a Hugging Face model folder (config.json + *.safetensors), "
+                              f"got a file: {directory}")
         config = load_json(directory / "config.json", "config.json of the base model")
         index = directory / "model.safetensors.index.json"
         if index.is_file():
@@ -145,12 +146,14 @@ class Checkpoint(SafetensorsDir):
             files = sorted({directory / f for f in weight_map.values()})
             missing = [f for f in files if not f.is_file()]
             if missing:
-                raise HaruhiError(f"shard {missing[0].name} listed in {index.name} is missing from {directory}; re-download the model")
+                raise HaruhiError(f"shard {missing[0].name} listed in {index.name} is missing from {directory}; "
+                                  "re-download the model")
         else:
             files = sorted(directory.glob("*.safetensors"))
         if not files:
             if any(directory.glob("*.bin")) or any(directory.glob("*.pt")):
-                raise HaruhiError(f"{directory} has PyTorch .bin weights only; re-save the model with safetensors (save_pretrained(safe_serialization=True))")
+                raise HaruhiError(f"{directory} has PyTorch .bin weights only; re-save the model with safetensors "
+                                  "(save_pretrained(safe_serialization=True))")
             raise HaruhiError(f"no *.safetensors weights in {directory}")
         super().__init__(directory, files)
         self.config = config

@@ -19,7 +19,8 @@ _MXFP4_THRESHOLDS = torch.tensor([0.5, 1.5, 2.5, 3.5, 5.0, 7.0, 10.0])
 _MXFP4_MAG_OF_HALF_UNIT = torch.tensor([int((_MXFP4_THRESHOLDS <= k / 2).sum()) for k in range(32)], dtype=torch.uint8)
 _MXFP4_VALUES = torch.tensor([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=torch.float32)
 # a byte holds two codes: its (low nibble, high nibble) values, looked up at once
-_MXFP4_BYTE_VALUES = torch.stack([_MXFP4_VALUES[torch.arange(256) & 0x0F], _MXFP4_VALUES[torch.arange(256) >> 4]], dim=1)
+_MXFP4_BYTE_VALUES = torch.stack([_MXFP4_VALUES[torch.arange(256) & 0x0F], _MXFP4_VALUES[torch.arange(256) >> 4]],
+                                 dim=1)
 
 BLOCKED = {QT.Q8_0, QT.MXFP4}
 

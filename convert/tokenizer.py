@@ -29,9 +29,10 @@ from haruhi_tui.core.errors import HaruhiError
 
 # the probe text and known hashes of llama.cpp's convert_hf_to_gguf.py (get_vocab_base_pre)
 _PROBE = (
-    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 3333 33333 "
-    "333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български "
-    "''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 "
+    "3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ "
+    "------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, "
+    "'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
 )
 _KNOWN_PRE = {
     "ccc2ef013c104be7bae2965776d611e1d7a8a2a9c547dd93a682c9a9fc80352e": "gpt-4o",
@@ -68,7 +69,8 @@ class TokenizerInfo:
         self.directory = directory
         path = directory / "tokenizer.json"
         if not path.is_file():
-            raise HaruhiError(f"tokenizer.json not found in {directory}; copy the tokenizer files of the base model next to its weights")
+            raise HaruhiError(f"tokenizer.json not found in {directory}; "
+                              "copy the tokenizer files of the base model next to its weights")
         data = _read_json(path)
         model = data.get("model") or {}
         added = {int(t["id"]): t for t in data.get("added_tokens", [])}
@@ -85,7 +87,8 @@ class TokenizerInfo:
             pieces[i] = tok["content"]
         top = max(pieces) + 1
         if top > n_vocab:
-            raise HaruhiError(f"the tokenizer has {top} tokens but the model's embedding has {n_vocab} rows; tokenizer and weights do not belong together")
+            raise HaruhiError(f"the tokenizer has {top} tokens but the model's embedding has {n_vocab} rows; "
+                              "tokenizer and weights do not belong together")
         self.kind = vocab_kind
         self.tokens: list[str] = []
         self.types: list[int] = []
@@ -120,7 +123,8 @@ class TokenizerInfo:
             self.types.append(ttype)
         self.pre = _pre_tokenizer_name(path, default_pre) if vocab_kind == "bpe" else "default"
         normalizer = json.dumps(data.get("normalizer") or {})
-        self.add_space_prefix = '"Prepend"' in normalizer or '"prepend_scheme": "always"' in json.dumps(data.get("pre_tokenizer") or {})
+        pre_tokenizer = json.dumps(data.get("pre_tokenizer") or {})
+        self.add_space_prefix = '"Prepend"' in normalizer or '"prepend_scheme": "always"' in pre_tokenizer
         self.special = gguf.SpecialVocab(directory, load_merges=vocab_kind == "bpe", n_vocab=n_vocab)
         if vocab_kind == "bpe" and not self.special.merges:
             raise HaruhiError(f"{path} has no BPE merges; the tokenizer file is incomplete")

@@ -9,11 +9,13 @@ One known difference is not ours: llama.cpp always rounds YaRN's correction rang
 dimensions while gpt-oss's config asks transformers not to (``truncate: false``); the reference
 follows llama.cpp there, since no GGUF key can express it.
 
-Mixture-of-experts models add one effect: where two experts score almost alike, rounding can flip which one a token is routed to and move that position's logits a lot. So the logit bound is on
+Mixture-of-experts models add one effect: where two experts score almost alike, rounding can flip
+which one a token is routed to and move that position's logits a lot. So the logit bound is on
 the 90th percentile over positions (a few flipped routes may exceed it), and top-1 agreement is
 counted where the reference's best token leads the second by more than twice the measured 90th
-percentile difference (where two tokens are practically tied either is a faithful answer). Bounds, in units of the reference logits'
-standard deviation (calibrated on tiny random models, where relative rounding noise is largest):
+percentile difference (where two tokens are practically tied either is a faithful answer). Bounds,
+in units of the reference logits' standard deviation (calibrated on tiny random models, where
+relative rounding noise is largest):
 
 ======  ==============================  ==================
 type    90th pct of max |Δlogit| / std  top-1 agreement
@@ -71,11 +73,13 @@ class VerifyReport:
     def line(self) -> str:
         verdict = "OK" if self.ok else "FAILED"
         return (f"{verdict}: top-1 agree {self.top1_agree:.0%} on {self.confident}/{self.positions} positions "
-                f"(bound {self.bound_top1:.0%}), max |Δlogit| {self.max_abs_diff:.4g}, 90th pct {self.p90_abs_diff:.4g} "
+                f"(bound {self.bound_top1:.0%}), max |Δlogit| {self.max_abs_diff:.4g}, "
+                f"90th pct {self.p90_abs_diff:.4g} "
                 f"= {self.rel_diff:.3f} std (bound {self.bound_rel} for {self.out_type})")
 
     def failure(self) -> str:
-        return f"verification failed: llama.cpp and transformers disagree beyond what {self.out_type} explains ({self.line()})"
+        return (f"verification failed: llama.cpp and transformers disagree beyond what {self.out_type} explains "
+                f"({self.line()})")
 
     def as_dict(self) -> dict:
         return {"positions": self.positions, "confident_positions": self.confident, "top1_agreement": self.top1_agree,
@@ -182,7 +186,8 @@ def verify_gguf(path: Path, base: Path, adapter: Path | None, out_type: str, *, 
     """Compare the written GGUF (or base GGUF + adapter GGUF) with transformers + PEFT on one probe text."""
     if adapter_only:
         if base_gguf is None:
-            raise HaruhiError("--verify with --adapter-only needs --base-gguf: a GGUF of the base model to apply the adapter to")
+            raise HaruhiError("--verify with --adapter-only needs --base-gguf: "
+                              "a GGUF of the base model to apply the adapter to")
         ids = tokenize(base_gguf)
         got = gguf_logits(base_gguf, ids, lora=path)
     else:

@@ -112,9 +112,11 @@ class GGUFStream:
                     started = time.monotonic()
                     written = 0
                     for chunk in t.produce():
-                        data = chunk if isinstance(chunk, np.ndarray) and chunk.dtype == np.uint8 and t.qtype in quant.BLOCKED else None
-                        if data is None:
-                            data = quant.encode(chunk if isinstance(chunk, torch.Tensor) else torch.as_tensor(chunk), t.qtype)
+                        if isinstance(chunk, np.ndarray) and chunk.dtype == np.uint8 and t.qtype in quant.BLOCKED:
+                            data = chunk  # already quantized blocks
+                        else:
+                            tensor = chunk if isinstance(chunk, torch.Tensor) else torch.as_tensor(chunk)
+                            data = quant.encode(tensor, t.qtype)
                         buf = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
                         fout.write(memoryview(buf))
                         written += buf.nbytes

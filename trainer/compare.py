@@ -29,6 +29,8 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("samples/s", "predict_samples_per_second"),
 )
 LABELS = {"bleu-4": "BLEU-4", "rouge-1": "ROUGE-1", "rouge-2": "ROUGE-2", "rouge-l": "ROUGE-L"}
+#: What the comparison keeps of each run's metrics, under "details".
+DETAIL_KEYS = ("scoring", "decoding", "engine", "model", "adapter", "samples", "complete")
 
 
 def load_run(path: str | os.PathLike) -> dict[str, Any]:
@@ -104,24 +106,25 @@ def comparison(runs: Sequence[str | os.PathLike], names: Sequence[str] | None = 
     notes = []
     scorings = {n: m.get("scoring", "?") for n, m in zip(names, loaded)}
     if len(set(scorings.values())) > 1:
-        notes.append("runs were scored differently (" + ", ".join(f"{n}: {s}" for n, s in scorings.items()) + "): not like for like")
+        notes.append("runs were scored differently (" + ", ".join(f"{n}: {s}" for n, s in scorings.items())
+                     + "): not like for like")
     if any(s != "lf-raw" for s in scorings.values()):
         notes.append("the reference numbers were scored by LLaMA-Factory (lf-raw: channel words and analysis left in); "
                      "runs scored on final-channel speech only are not directly comparable with them — "
                      "`haruhi eval --lf-raw` scores the LLaMA-Factory way")
     decodings = {n: (m.get("decoding") or {}).get("sampling") for n, m in zip(names, loaded)}
     if any(d == "greedy" for d in decodings.values()):
-        notes.append("greedy decoding; the reference sampled with LLaMA-Factory's defaults (temperature 0.95, top_p 0.7, "
-                     "top_k 50): use `--sampling lf` for a like-for-like run")
+        notes.append("greedy decoding; the reference sampled with LLaMA-Factory's defaults "
+                     "(temperature 0.95, top_p 0.7, top_k 50): use `--sampling lf` for a like-for-like run")
     for n, m in zip(names, loaded):
         if m.get("complete") is False:
             notes.append(f"{n} is incomplete ({m.get('samples')} of {m.get('total_samples')} samples)")
     if len({m.get("samples") for m in loaded}) > 1:
-        notes.append("runs cover different numbers of samples: " + ", ".join(f"{n}: {m.get('samples')}" for n, m in zip(names, loaded)))
+        notes.append("runs cover different numbers of samples: "
+                     + ", ".join(f"{n}: {m.get('samples')}" for n, m in zip(names, loaded)))
     return {"runs": {n: str(r) for n, r in zip(names, runs)}, "overall": overall, "per_character": per_character,
             "reference_source": REFERENCE_SOURCE, "reference": REFERENCE, "notes": notes,
-            "details": {n: {k: m.get(k) for k in ("scoring", "decoding", "engine", "model", "adapter", "samples", "complete")}
-                        for n, m in zip(names, loaded)}}
+            "details": {n: {k: m.get(k) for k in DETAIL_KEYS} for n, m in zip(names, loaded)}}
 
 
 def to_markdown(data: dict[str, Any]) -> str:

@@ -75,7 +75,8 @@ def opened_by_user(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     return [*messages[:first], {"role": "user", "content": CHAT_START}, *messages[first:]]
 
 
-def harmony_segments(conv: Conversation, *, add_generation_prompt: bool, reasoning_effort: harmony.ReasoningEffort = "low") -> list[harmony.Segment]:
+def harmony_segments(conv: Conversation, *, add_generation_prompt: bool,
+                     reasoning_effort: harmony.ReasoningEffort = "low") -> list[harmony.Segment]:
     return harmony.render_segments(
         conv.system,
         [(t.role, message_content(t)) for t in conv.turns],
@@ -101,7 +102,8 @@ def script_segments(conv: Conversation, *, add_generation_prompt: bool) -> list[
     return segments
 
 
-def render_segments(conv: Conversation, style: Style, *, add_generation_prompt: bool, reasoning_effort: harmony.ReasoningEffort = "low") -> list[harmony.Segment]:
+def render_segments(conv: Conversation, style: Style, *, add_generation_prompt: bool,
+                    reasoning_effort: harmony.ReasoningEffort = "low") -> list[harmony.Segment]:
     """Segments for the text styles (``harmony``/``script``); ``chat`` goes through a template instead."""
     if style == "harmony":
         return harmony_segments(conv, add_generation_prompt=add_generation_prompt, reasoning_effort=reasoning_effort)

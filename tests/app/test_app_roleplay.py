@@ -98,7 +98,8 @@ async def test_personas_are_picked_added_edited_and_deleted_and_the_chat_shows_w
         await wait_for(pilot, lambda: app.screen is app.chat_screen, what="the chat")
         await pilot.pause()
         assert "you: Alicia" in title(app)
-        assert [v.speaker for v in app.chat_screen.views()] == ["春日", "Alicia"]  # the greeting, then your line with your name, as sent
+        # the greeting, then your line with your name, as sent
+        assert [v.speaker for v in app.chat_screen.views()] == ["春日", "Alicia"]
         assert app.store.chat(session.chat.id).settings["user_name"] == "Alicia"
 
         await palette(pilot, "Persona")

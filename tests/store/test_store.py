@@ -49,7 +49,9 @@ def test_an_older_database_is_upgraded_and_keeps_its_chats(db_path):
     store = Store(db_path)
     assert store.version == SCHEMA_VERSION > 1
     branch = store.branch(1)
-    assert [(m.role, m.content, m.status) for m in branch] == [("user", "你好", "complete"), ("assistant", "哼", "incomplete")]
+    assert [(m.role, m.content, m.status) for m in branch] == [
+        ("user", "你好", "complete"), ("assistant", "哼", "incomplete"),
+    ]
     assert branch[1].stats == {}  # the column version 2 added, with its default
     assert store.chats()[0].title == "old chat"
 

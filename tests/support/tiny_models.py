@@ -121,7 +121,8 @@ def build_harmony_tokenizer_json(path: Path) -> Path:
         pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
     ])
     tokenizer.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False)
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for _, t in sorted(special_tokens().items())])
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                  for _, t in sorted(special_tokens().items())])
     for i, t in special_tokens().items():
         assert tokenizer.token_to_id(t) == i, (t, tokenizer.token_to_id(t), i)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +186,8 @@ def mxfp4_quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"the input dimension ({cols}) must be a multiple of {MXFP4_BLOCK} for MXFP4")
     w = w.reshape(experts, rows, cols // MXFP4_BLOCK, MXFP4_BLOCK)
     amax = w.abs().amax(dim=-1)
-    exponent = torch.where(amax > 0, torch.floor(torch.log2(amax.clamp_min(2.0 ** -126))) - 2, torch.full_like(amax, -127.0))
+    exponent = torch.where(amax > 0, torch.floor(torch.log2(amax.clamp_min(2.0 ** -126))) - 2,
+                           torch.full_like(amax, -127.0))
     exponent = exponent.clamp(-127, 127)
     scaled = w / torch.exp2(exponent).unsqueeze(-1)
     magnitudes = torch.tensor(FP4_VALUES[:8])
@@ -294,7 +296,8 @@ def build_tiny_gpt_oss(
         data = json.loads(config_file.read_text(encoding="utf-8"))
         data["quantization_config"] = {
             "quant_method": "mxfp4",
-            "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"],
+            "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                       "model.embed_tokens", "lm_head"],
         }
         config_file.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     save_harmony_tokenizer(out)

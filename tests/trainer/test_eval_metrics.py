@@ -83,7 +83,8 @@ def reference_rouge(predict: str, label: str) -> dict[str, float]:
 
 @pytest.mark.parametrize("predict,label,expected", [
     # identical, long enough for 4-grams: everything is 100
-    ("今天天气很好，我们去公园吧。", "今天天气很好，我们去公园吧。", {"bleu-4": 100.0, "rouge-1": 100.0, "rouge-2": 100.0, "rouge-l": 100.0}),
+    ("今天天气很好，我们去公园吧。", "今天天气很好，我们去公园吧。",
+     {"bleu-4": 100.0, "rouge-1": 100.0, "rouge-2": 100.0, "rouge-l": 100.0}),
     # two identical characters: no 3/4-grams -> NIST smoothing gives (1·1·½·¼)^¼ = 0.5946; one jieba word -> no bigrams
     ("你好", "你好", {"bleu-4": 59.4604, "rouge-1": 100.0, "rouge-2": 0.0, "rouge-l": 100.0}),
     # empty prediction: all zero (no words; no unigram match)
@@ -132,7 +133,8 @@ def test_means_and_groups():
 
 
 def test_scoring_modes_on_a_harmony_output():
-    raw = "<|channel|>analysis<|message|>She is annoyed.<|end|><|start|>assistant<|channel|>final<|message|>笨蛋！<|return|>"
+    raw = ("<|channel|>analysis<|message|>She is annoyed.<|end|>"
+           "<|start|>assistant<|channel|>final<|message|>笨蛋！<|return|>")
     assert scoring_texts(raw, "笨蛋！", "harmony", "final") == ("笨蛋！", "笨蛋！")
     predict, label = scoring_texts(raw, "笨蛋！", "harmony", "lf-raw")
     # LLaMA-Factory decodes with skip_special_tokens: channel words and analysis stay; its label carries the

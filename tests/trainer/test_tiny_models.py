@@ -24,10 +24,10 @@ EXTRA_LINES = [
 # The text llama.cpp's convert_hf_to_gguf.py tokenizes to recognise a pre-tokenizer, and the hash it
 # expects for gpt-4o / o200k (gpt-oss). If ours matches, llama.cpp treats our tokenizer as the real one.
 LLAMA_CPP_CHKTXT = (
-    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 3 33 333 "
-    "3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на "
-    "Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, "
-    "'D you like some tea? We'Ve a'lL"
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis concatenated) ✅ 🦙🦙 "
+    "3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ "
+    "------======= нещо на Български ''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, "
+    "'RE you sure? 'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
 )
 GPT_4O_CHKHSH = "ccc2ef013c104be7bae2965776d611e1d7a8a2a9c547dd93a682c9a9fc80352e"
 
@@ -89,7 +89,8 @@ def test_special_tokens_sit_at_their_real_ids(tokenizer, quick):
 
 CONVERSATIONS = [
     ("你是凉宫春日，SOS团团长。", [("user", "阿虚:「早上好」")]),
-    ("你是凉宫春日。", [("user", "阿虚:「早上好」"), ("assistant", "你迟到了！罚你请客！"), ("user", "阿虚:「又是我？」")]),
+    ("你是凉宫春日。", [("user", "阿虚:「早上好」"), ("assistant", "你迟到了！罚你请客！"),
+                        ("user", "阿虚:「又是我？」")]),
     ("  persona with spaces\n\n", [("user", "Harry:「Hello」"), ("assistant", "Hello, **Harry**.")]),
     ("", [("user", "没有系统提示"), ("assistant", "好的")]),
     ("   ", [("user", "only blank system")]),
@@ -109,7 +110,8 @@ def test_chat_template_renders_what_harmony_render_renders(tokenizer, developer,
     expected = harmony.render(developer, turns, add_generation_prompt=add_generation_prompt)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     assert text == expected
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=False)
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=add_generation_prompt,
+                                        return_dict=False)
     assert list(ids) == tokenizer.encode(expected, add_special_tokens=False)
 
 
@@ -126,7 +128,8 @@ def test_chat_template_is_the_packaged_file_and_refuses_unknown_roles(tokenizer,
     assert config["chat_template"] == harmony.CHAT_TEMPLATE
     assert config["eos_token"] == harmony.RETURN
     with pytest.raises(Exception, match="user or assistant"):
-        tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "tool", "content": "y"}], tokenize=False)
+        tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "tool", "content": "y"}],
+                                      tokenize=False)
 
 
 # -- the tiny model ---------------------------------------------------------------------------------
