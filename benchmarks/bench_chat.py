@@ -76,11 +76,19 @@ def load() -> str:
         return "?"
 
 
-def raw_decode(engine, tokens: int = 128) -> float:
-    """llama.cpp's own speed: greedy decode of ``tokens`` tokens after a short prompt, no UI, no parsing
-    (with the thread count the engine's llama.cpp context has)."""
+#: Prompt tokens of the raw decode measured "at a chat's context" (a turn here has 800-950).
+CHAT_CONTEXT = 850
+
+
+def raw_decode(engine, tokens: int = 128, context: int = 0) -> float:
+    """llama.cpp's own speed: greedy decode of ``tokens`` tokens after a short prompt (or one of ``context``
+    tokens: each decoded token then attends to as many keys as in a chat turn), no UI, no parsing (with the
+    thread count the engine's llama.cpp context has)."""
     llama = engine.llama
-    prompt = llama.tokenize("凉宫春日说：".encode(), add_bos=True)
+    if context:
+        prompt = llama.tokenize(("".join(LINES) * 40).encode(), add_bos=True)[:context]
+    else:
+        prompt = llama.tokenize("凉宫春日说：".encode(), add_bos=True)
     llama.reset()
     start, n = 0.0, 0
     for _ in llama.generate(prompt, temp=0.0, repeat_penalty=1.0, reset=True):
@@ -103,21 +111,22 @@ def raw_prompt(engine, tokens: int = 512) -> float:
     return len(prompt) / (time.perf_counter() - start)
 
 
-def raw_speeds(model: Path, counts: tuple[int, ...], repeats: int = 2) -> tuple[dict[int, float], float]:
-    """Raw decode tokens/s per fixed thread count (median of ``repeats``), and prompt evaluation tokens/s with
-    the most threads."""
+def raw_speeds(model: Path, counts: tuple[int, ...], repeats: int = 2) -> tuple[dict[int, float], float, float]:
+    """Raw decode tokens/s per fixed thread count (median of ``repeats``), and with the most threads: prompt
+    evaluation tokens/s and decode tokens/s after a prompt of a chat turn's length."""
     from haruhi_tui.core.engine import open_gguf
 
-    speeds, prompt = {}, 0.0
+    speeds, prompt, at_context = {}, 0.0, 0.0
     for count in counts:
         engine = open_gguf(model, n_ctx=1024, n_threads=count)
         try:
             speeds[count] = statistics.median(raw_decode(engine) for _ in range(repeats))
             if count == max(counts):
                 prompt = statistics.median(raw_prompt(engine) for _ in range(repeats))
+                at_context = statistics.median(raw_decode(engine, context=CHAT_CONTEXT) for _ in range(repeats))
         finally:
             engine.close()
-    return speeds, prompt
+    return speeds, prompt, at_context
 
 
 async def drive_app(args, engine) -> list[dict]:
@@ -308,7 +317,7 @@ def main() -> None:
     engine = None
     for run in range(1, args.repeat + 1):
         load_before = load()
-        speeds, prompt_before = raw_speeds(model, counts)
+        speeds, prompt_before, context_before = raw_speeds(model, counts)
         raw = {c: [v] for c, v in speeds.items()}
         print("raw llama.cpp decode: " + ", ".join(f"{v[0]:.1f} tok/s with {c} thread(s)" for c, v in raw.items())
               + f"; prompt evaluation {prompt_before:.0f} tok/s", flush=True)
@@ -316,12 +325,16 @@ def main() -> None:
         rows = asyncio.run(drive_app(args, engine))
         chooser = engine.threads
         engine.close()
-        speeds, prompt_after = raw_speeds(model, counts)
+        speeds, prompt_after, context_after = raw_speeds(model, counts)
         for c, v in speeds.items():
             raw[c].append(v)
         text, s = report(run, rows, raw, (load_before, load()))
         text += (f"\n\nraw prompt evaluation with all cores, before / after the app: {prompt_before:.0f} / "
                  f"{prompt_after:.0f} tokens/s (what a turn left to evaluate at Enter costs: see the table)")
+        at_context = statistics.median([context_before, context_after])
+        text += (f"\n\nraw decode with all cores after a {CHAT_CONTEXT}-token prompt (a chat turn's context; "
+                 f"the target's figure above is after a 7-token one), before / after the app: {context_before:.1f} / "
+                 f"{context_after:.1f} tokens/s: streamed is {s['streamed'] / at_context:.0%} of it")
         text += (f"\n\nthe app's thread count: {'fixed' if chooser.fixed else 'measured'}, ended at {chooser.current}; "
                  f"{chooser.probes} tries of another count, {chooser.switches} switch(es)")
         print(text, flush=True)
