@@ -10,7 +10,6 @@ streams.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -41,33 +40,11 @@ class ChatTurns:
             raise ValueError("nothing to continue: the last message is not the character's")
         context = self.build_context(engine, self.messages[:-1])
         prefill = f"{harmony.CHANNEL}final{harmony.MESSAGE}" if engine.style == "harmony" else ""
-        before, analysis_before = reply.content, reply.analysis
-        added: list[str] = []
-        analysis: list[str] = []
-        last_save = time.monotonic()
-        status = "complete"
         self._save(reply, status="incomplete")
-        try:
-            for delta in engine.stream(context.text + prefill + before, sampling or self.settings.sampling(),
-                                       cancel=cancel):
-                (added if delta.channel == "final" else analysis).append(delta.text)
-                if on_delta is not None:
-                    on_delta(reply, delta)
-                if time.monotonic() - last_save >= save_interval:
-                    self._save(reply, content=before + "".join(added))
-                    last_save = time.monotonic()
-            if engine.last_stats.stop_reason == "cancelled":
-                status = "stopped"
-        except BaseException:
-            status = "error"
-            raise
-        finally:
-            stats = engine.last_stats
-            context.stats = stats
-            self.last_context = context
-            self._save(reply, content=(before + "".join(added)).rstrip(),
-                       analysis="\n".join(x for x in (analysis_before, "".join(analysis).strip()) if x),
-                       status=status, stats=stats.as_dict())
+        self.last_context = context
+        self._stream_into(reply, engine, context, context.text + prefill + reply.content, sampling=sampling,
+                          cancel=cancel, on_delta=on_delta, save_interval=save_interval, before=reply.content,
+                          analysis_before=reply.analysis)
         return reply
 
     def impersonate(self, engine: Engine, *, cancel: threading.Event | None = None,

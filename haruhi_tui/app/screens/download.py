@@ -13,14 +13,14 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, ProgressBar, Select, Static
 
+from haruhi_tui.app.screens.download_progress import DownloadProgress
 from haruhi_tui.app.services import Report
-from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.core.memory_fit import gib
 from haruhi_tui.services.hub import download
 from haruhi_tui.services.model_catalogue import CATALOGUE, CatalogueEntry, find_entry
 
 
-class DownloadDialog(ModalScreen[str | None]):
+class DownloadDialog(DownloadProgress, ModalScreen[str | None]):
     """A catalogue entry (it fills in repo and file) or a repo id and optional file; Enter starts
     :func:`haruhi_tui.services.hub.download` in a thread.
 
@@ -85,42 +85,15 @@ class DownloadDialog(ModalScreen[str | None]):
         # on the app, not this screen: Esc closes the dialog and the download goes on, reported when done
         self.app.run_worker(partial(self.fetch, repo, filename), thread=True, group="download", exclusive=True)
 
-    def _status(self, text: str, error: bool = False) -> None:
-        status = self.query_one("#download-status", Static)
-        status.update(text)
-        status.set_class(error, "problem")
-
     def fetch(self, repo: str, filename: str | None) -> None:
-        def progress(fraction: float | None, message: str) -> None:
-            self.app.call_from_thread(self._progress, fraction, message)
-
-        try:
-            path = download(repo, filename, self.dest, progress=progress)
-        except HaruhiError as exc:
-            self.app.call_from_thread(self._failed, str(exc))
-            return
-        except Exception as exc:  # a download must never take the app down
-            self.app.call_from_thread(self._failed, f"download of {repo} failed: {type(exc).__name__}: {exc}")
-            return
-        self.app.call_from_thread(self._done, path)
-
-    def _progress(self, fraction: float | None, message: str) -> None:
-        if not self.is_attached:
-            return
-        bar = self.query_one("#download-progress", ProgressBar)
-        if fraction is None:
-            bar.update(total=None)
-        else:
-            bar.update(total=1.0, progress=fraction)
-        self._status(message)
+        path = self._fetch(repo, lambda progress: download(repo, filename, self.dest, progress=progress))
+        if path is not None:
+            self.app.call_from_thread(self._done, path)
 
     def _failed(self, message: str) -> None:
         self.running, self.error = False, message
         self.report(message)
-        if not self.is_attached:
-            return
-        self.query_one("#download-progress", ProgressBar).update(total=1.0, progress=0)
-        self._status(message, error=True)
+        self._show_failure(message)
 
     def _done(self, path: Path) -> None:
         self.running = False

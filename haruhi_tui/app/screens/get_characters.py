@@ -14,8 +14,8 @@ from textual.widgets import Input, Label, OptionList, ProgressBar, Static
 from textual.widgets.option_list import Option
 
 from haruhi_tui.app.messages import CharactersChanged
+from haruhi_tui.app.screens.download_progress import DownloadProgress
 from haruhi_tui.app.services import Report
-from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.services.character_hub import HubCharacter, catalogue, get_characters
 from haruhi_tui.services.character_library import CharacterLibrary
 
@@ -23,10 +23,12 @@ NOTE = ("Enter downloads the highlighted one (resumable). ChatHaruhi's character
         "CC BY 4.0: see NOTICE.")
 
 
-class GetCharactersScreen(ModalScreen[list[str]]):
+class GetCharactersScreen(DownloadProgress, ModalScreen[list[str]]):
     """The 127 characters of the ChatHaruhi hub datasets; the ones in the library are marked and cannot be
     picked. Enter runs :func:`~haruhi_tui.services.character_hub.get_characters` in a thread (on the app, so
     Esc closes the list and the download goes on). Dismisses with the folders added."""
+
+    PROGRESS, STATUS = "get-progress", "get-status"
 
     BINDINGS = [Binding("escape", "close", "Close"),
                 Binding("down", "move(1)", "Next", show=False),
@@ -112,46 +114,24 @@ class GetCharactersScreen(ModalScreen[list[str]]):
         self._status(f"asking the hub about {character.display_name}…")
         self.app.run_worker(partial(self.fetch, character), thread=True, group="get-characters", exclusive=True)
 
-    def _status(self, text: str, error: bool = False) -> None:
-        status = self.query_one("#get-status", Static)
-        status.update(text)
-        status.set_class(error, "problem")
-
     def fetch(self, character: HubCharacter) -> None:
-        def progress(fraction: float | None, message: str) -> None:
-            self.app.call_from_thread(self._progress, fraction, message)
-
-        try:
+        def get(progress):
             result = get_characters([character], self.library, progress=progress)
             self.library.load()
-        except HaruhiError as exc:
-            self.app.call_from_thread(self._failed, str(exc))
-            return
-        except Exception as exc:  # a download must never take the app down
-            self.app.call_from_thread(self._failed, f"download of {character.display_name} failed: "
-                                                    f"{type(exc).__name__}: {exc}")
+            return result
+
+        result = self._fetch(character.display_name, get)
+        if result is None:
             return
         if result.missing:
             self.app.call_from_thread(self._failed, f"{character.display_name} is not on the hub (any more)")
             return
         self.app.call_from_thread(self._done, character)
 
-    def _progress(self, fraction: float | None, message: str) -> None:
-        if not self.is_attached:
-            return
-        bar = self.query_one("#get-progress", ProgressBar)
-        if fraction is None:
-            bar.update(total=None)
-        else:
-            bar.update(total=1.0, progress=fraction)
-        self._status(message)
-
     def _failed(self, message: str) -> None:
         self.running = False
         self.report(message)
-        if self.is_attached:
-            self.query_one("#get-progress", ProgressBar).update(total=1.0, progress=0)
-            self._status(message, error=True)
+        self._show_failure(message)
 
     def _done(self, character: HubCharacter) -> None:
         self.running = False
