@@ -7,7 +7,6 @@ order they speak in turn. ctrl+s starts the scene.
 
 from __future__ import annotations
 
-from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -16,7 +15,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, SelectionList, Static
 from textual.widgets.selection_list import Selection
 
-from haruhi_tui.app.widgets.message import character_color
+from haruhi_tui.app.widgets.message import character_label
 from haruhi_tui.services.character_library import CharacterLibrary
 
 
@@ -55,11 +54,7 @@ class GroupPicker(ModalScreen["list[str] | None"]):
         for c in self.characters:
             if needle and needle not in f"{c.name} {c.folder} {c.source_work}".casefold():
                 continue
-            label = Text(c.name, style=f"bold {character_color(c.folder)}")
-            if c.folder != c.name:
-                label.append(f"  {c.folder}", style="dim")
-            if c.source_work:
-                label.append(f"  · {c.source_work}", style="italic")
+            label = character_label(c)
             out.append(Selection(label, c.folder, c.folder in self.chosen))
         return out
 

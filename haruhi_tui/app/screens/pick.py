@@ -15,7 +15,7 @@ from textual.widgets.option_list import Option
 
 from haruhi_tui.app.messages import CharactersChanged
 from haruhi_tui.app.services import Report
-from haruhi_tui.app.widgets.message import character_color
+from haruhi_tui.app.widgets.message import character_label
 from haruhi_tui.core.fsutil import human_bytes
 from haruhi_tui.services.bundled_model import BUNDLED_NAME
 from haruhi_tui.services.character_library import CharacterLibrary
@@ -66,11 +66,7 @@ class CharacterPicker(ModalScreen[str | None]):
             hay = f"{c.name} {c.folder} {c.source_work} {origin}".casefold()
             if needle and needle not in hay:
                 continue
-            label = Text(c.name, style=f"bold {character_color(c.folder)}")
-            if c.folder != c.name:
-                label.append(f"  {c.folder}", style="dim")
-            if c.source_work:
-                label.append(f"  · {c.source_work}", style="italic")
+            label = character_label(c)
             if origin:
                 label.append(f"  [{origin}]", style="bold green")
             if c.first_line:

@@ -32,6 +32,16 @@ def character_color(folder: str) -> str:
     return PALETTE[zlib.crc32(folder.encode("utf-8")) % len(PALETTE)]
 
 
+def character_label(character) -> Text:
+    """A character as pickers list them: the name in its colour, the folder (where it differs) and the work."""
+    label = Text(character.name, style=f"bold {character_color(character.folder)}")
+    if character.folder != character.name:
+        label.append(f"  {character.folder}", style="dim")
+    if character.source_work:
+        label.append(f"  · {character.source_work}", style="italic")
+    return label
+
+
 class StreamingText(Static):
     """Plain text that grows as a reply streams in: repainted in place; when it needs more lines than it has,
     it grows by :attr:`SPARE` lines more than it needs, so the conversation is laid out again only every few
