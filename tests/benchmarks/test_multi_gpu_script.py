@@ -81,7 +81,8 @@ def test_figures_from_the_events_of_cpu_runs(tiny_gpt_oss, tmp_path):
                                                                      for s in (2, 3, 5)), 1)
     assert one["layout"] == two["layout"] == {"batch_size": 2, "grad_accum": 1, "gradient_checkpointing": True}
     assert (one["world_size"], two["world_size"]) == (1, 2) and one["status"] == two["status"] == "completed"
-    assert two["tokens_per_second_per_gpu_median"] == round(two["tokens_per_second_median"] / 2, 1)
+    # both rounded to 0.1 from the unrounded median: they agree within one rounding step
+    assert two["tokens_per_second_per_gpu_median"] == pytest.approx(two["tokens_per_second_median"] / 2, abs=0.1)
     assert one["epoch_minutes"] > 0 and one["profiles"]["profile-rank0"]["steps"] == 1
     (scaling,) = figures["scaling"]
     assert scaling["reference"] == "one" and scaling["scaling_median"] == round(
