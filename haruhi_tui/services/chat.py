@@ -350,43 +350,6 @@ class ChatSession(ChatRoleplay, ChatMemory, ChatTurns):
                           save_interval=save_interval)
         return reply
 
-    def _stream_into(self, reply: Message, engine: Engine, context: ContextSnapshot, prompt: str, *,
-                     sampling: Sampling | None, cancel: threading.Event | None, on_delta: DeltaCallback | None,
-                     save_interval: float, before: str = "", analysis_before: str = "") -> None:
-        """Stream the model's answer to ``prompt`` into ``reply`` (after its text ``before``: a continued
-        reply), saved every ``save_interval`` seconds; it ends ``complete``, ``stopped`` (``cancel`` was set)
-        or ``error``, with the generation's stats."""
-        final: list[str] = []
-        analysis: list[str] = []
-
-        def texts() -> tuple[str, str]:
-            text = before + "".join(final)
-            thought = "\n".join(x for x in (analysis_before, "".join(analysis).strip()) if x)
-            return text, thought
-
-        last_save = time.monotonic()
-        status = "complete"
-        try:
-            for delta in engine.stream(prompt, sampling or self.settings.sampling(), cancel=cancel):
-                (final if delta.channel == "final" else analysis).append(delta.text)
-                if on_delta is not None:
-                    on_delta(reply, delta)
-                if time.monotonic() - last_save >= save_interval:
-                    text, thought = texts()
-                    self._save(reply, content=text, analysis=thought)
-                    last_save = time.monotonic()
-            if engine.last_stats.stop_reason == "cancelled":
-                status = "stopped"
-        except BaseException:
-            status = "error"
-            raise
-        finally:
-            stats = engine.last_stats
-            context.stats = stats
-            text, thought = texts()
-            self._save(reply, content=text.rstrip() if before else text.strip(), analysis=thought, status=status,
-                       stats=stats.as_dict())
-
     def can_reply(self) -> bool:
         """Whether there is something to reply to (a user message last; in a group chat, anything said)."""
         return self.leaf is not None and self.leaf.role == "user"

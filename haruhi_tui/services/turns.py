@@ -3,13 +3,14 @@ user's next line (impersonate), delete a message; and the chat's own sampling se
 prompt carries: :mod:`.memory`.
 
 :class:`ChatTurns` is a part of :class:`~haruhi_tui.services.chat.ChatSession` (a mixin): it works on the
-session's branch, store and prompt building, and saves a continued reply the way a reply is saved while it
-streams.
+session's branch, store and prompt building; :meth:`ChatTurns._stream_into` is the one streaming loop that
+saves a reply (new or continued) while it streams.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -46,6 +47,45 @@ class ChatTurns:
                           cancel=cancel, on_delta=on_delta, save_interval=save_interval, before=reply.content,
                           analysis_before=reply.analysis)
         return reply
+
+    def _stream_into(self, reply: Message, engine: Engine, context: Any, prompt: str, *,
+                     sampling: Sampling | None, cancel: threading.Event | None,
+                     on_delta: Callable[[Message, Delta], None] | None, save_interval: float, before: str = "",
+                     analysis_before: str = "") -> None:
+        """Stream the model's answer to ``prompt`` into ``reply`` (after its text ``before``: a continued
+        reply), saved every ``save_interval`` seconds (``context``: the prompt's ContextSnapshot, which gets the
+        generation's stats); it ends ``complete``, ``stopped`` (``cancel`` was set)
+        or ``error``, with the generation's stats."""
+        final: list[str] = []
+        analysis: list[str] = []
+
+        def texts() -> tuple[str, str]:
+            text = before + "".join(final)
+            thought = "\n".join(x for x in (analysis_before, "".join(analysis).strip()) if x)
+            return text, thought
+
+        last_save = time.monotonic()
+        status = "complete"
+        try:
+            for delta in engine.stream(prompt, sampling or self.settings.sampling(), cancel=cancel):
+                (final if delta.channel == "final" else analysis).append(delta.text)
+                if on_delta is not None:
+                    on_delta(reply, delta)
+                if time.monotonic() - last_save >= save_interval:
+                    text, thought = texts()
+                    self._save(reply, content=text, analysis=thought)
+                    last_save = time.monotonic()
+            if engine.last_stats.stop_reason == "cancelled":
+                status = "stopped"
+        except BaseException:
+            status = "error"
+            raise
+        finally:
+            stats = engine.last_stats
+            context.stats = stats
+            text, thought = texts()
+            self._save(reply, content=text.rstrip() if before else text.strip(), analysis=thought, status=status,
+                       stats=stats.as_dict())
 
     def impersonate(self, engine: Engine, *, cancel: threading.Event | None = None,
                     sampling: Sampling | None = None, on_delta: Callable[[str], None] | None = None) -> str:
