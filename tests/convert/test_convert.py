@@ -89,6 +89,7 @@ def test_encoders_match_ggml_reference_bit_for_bit():
     assert np.array_equal(quant.dequantize_mxfp4(packed, 256).numpy(), gguf.quants.dequantize(packed, quant.QT.MXFP4))
 
 
+@pytest.mark.slow
 def test_openai_mxfp4_layout_repacks_losslessly(tiny_gpt_oss_mxfp4):
     from tiny_models import mxfp4_dequantize
 
@@ -310,6 +311,7 @@ def test_llama_and_qwen_merge_exactly(monkeypatch, capsys, tmp_path, kind):
 
 # -- chat through the embedded template ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_gguf_chats_with_the_harmony_template(reference):
     from llama_cpp import Llama, llama_cpp
 
@@ -573,6 +575,7 @@ def _edit_json(path: Path, **values) -> None:
     ("base", lambda d: (d / "tokenizer.json").write_text('{"model": "bpe"}', encoding="utf-8")),
     ("base", lambda d: (d / "tokenizer_config.json").write_text("{", encoding="utf-8")),
 ])
+@pytest.mark.slow
 def test_config_files_with_values_of_the_wrong_type_are_one_line_errors(monkeypatch, capsys, tiny_gpt_oss, lora,
                                                                         tmp_path, where, edit):
     """Each gave a traceback (ValueError, AttributeError, TypeError, re.error, JSONDecodeError)."""
@@ -607,6 +610,7 @@ def test_a_damaged_safetensors_file_is_named(monkeypatch, capsys, tiny_gpt_oss, 
     assert code == 1 and problem in err and weights.name in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_the_gguf_has_the_usual_permissions(monkeypatch, capsys, tiny_gpt_oss, tmp_path):
     code, err = run_cli(monkeypatch, capsys, "-b", tiny_gpt_oss, "-o", tmp_path / "m.gguf", "-t", "f32")
     assert code == 0, err

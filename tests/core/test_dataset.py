@@ -53,6 +53,7 @@ def test_build_writes_three_files_and_a_report(built):
     assert stats["train_samples"] > 5000 and stats["val_samples"] > 1000
 
 
+@pytest.mark.slow
 def test_every_sample_has_system_and_ends_with_assistant_no_scene_in_both(built):
     out, _ = built
     train = json.loads((out / "haruhi_train.json").read_text())
@@ -71,6 +72,7 @@ def test_every_sample_has_system_and_ends_with_assistant_no_scene_in_both(built)
     assert {s["character"] for s in val} >= {"春日", "韦小宝", "Harry", "加藤"}
 
 
+@pytest.mark.slow
 def test_own_scene_text_never_in_system_prompt(built, characters_dir):
     out, _ = built
     val = json.loads((out / "haruhi_val.json").read_text())
@@ -109,6 +111,7 @@ def test_scene_turns_roles_and_narration():
     ]
 
 
+@pytest.mark.slow
 def test_built_files_load_back_through_both_loaders(built):
     out, _ = built
     val = load_sharegpt(out / "haruhi_val.json")
@@ -147,6 +150,7 @@ def test_human_gpt_aliases_and_jsonl(tmp_path):
     assert [m["role"] for m in sample.messages] == ["user", "assistant"]
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line_and_nonzero(tmp_path, characters_dir):
     proc = haruhi_cli("data", "build", "-c", str(tmp_path / "missing"), "-o", str(tmp_path / "o"))
     assert proc.returncode == 1 and proc.stderr.startswith("error: characters folder not found")
@@ -177,6 +181,7 @@ def test_tiny_history_budget_still_starts_every_sample_with_a_user_turn(characte
         assert sample.messages[-1]["role"] == "assistant"
 
 
+@pytest.mark.slow
 def test_no_validation_reply_is_a_training_target(built):
     """ChatHaruhi's scene files overlap; the split keeps scenes that share dialogue together, so no validation
     reply (12+ characters) is a training target of the same character, with or without the same user turn."""
@@ -202,6 +207,7 @@ def test_no_validation_reply_is_a_training_target(built):
     assert f"12+ characters also in training: 0 of {len(checked):,} (0.00 %)" in " ".join(proc.stdout.split())
 
 
+@pytest.mark.slow
 def test_prompts_never_hold_the_dialogue_they_are_scored_on(built, characters_dir):
     """A validation sample's prompt holds no scene of its own dialogue; training prompts hold no validation scene."""
     out, _ = built
