@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from app_support import SIZE, make_app, pick_character, send, wait_for
+from app_support import SIZE, make_app, open_download_dialog, pick_character, send, wait_for
 from textual.widgets import Input, OptionList
 
 from haruhi_tui.app.screens.cards import ExportChatDialog, PathDialog
@@ -128,11 +128,7 @@ async def test_download_dialog_shows_progress_then_the_model_is_in_the_picker(ch
                                                                               monkeypatch):
     app = make_app(characters_dir, tmp_path / "s.db", engine=None, model=tmp_path / "none.gguf")
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, CharacterPicker), what="the picker")
-        await pilot.press("escape")
-        app.action_download_model()
-        await wait_for(pilot, lambda: isinstance(app.screen, DownloadDialog), what="the download dialog")
-        dialog = app.screen
+        dialog = await open_download_dialog(pilot, app)
         seen: list[str] = []
         original = dialog._progress
         monkeypatch.setattr(dialog, "_progress", lambda f, m: (seen.append(m), original(f, m)))

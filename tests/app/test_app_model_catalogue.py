@@ -4,11 +4,9 @@ it from a hub on 127.0.0.1 into the models folder (real app, pilot, no generatio
 from __future__ import annotations
 
 import pytest
-from app_support import SIZE, make_app, wait_for
+from app_support import SIZE, make_app, open_download_dialog, wait_for
 from textual.widgets import Input, Select
 
-from haruhi_tui.app.screens.download import DownloadDialog
-from haruhi_tui.app.screens.pick import CharacterPicker
 from haruhi_tui.services.model_catalogue import CATALOGUE, find_entry
 
 
@@ -18,11 +16,7 @@ async def test_picking_a_catalogue_entry_downloads_it(characters_dir, tmp_path, 
     hub.repos[entry.repo] = {entry.file: b"\x01" * 50_000}
     app = make_app(characters_dir, tmp_path / "s.db", engine=None, model=tmp_path / "none.gguf")
     async with app.run_test(size=SIZE) as pilot:
-        await wait_for(pilot, lambda: isinstance(app.screen, CharacterPicker), what="the picker")
-        await pilot.press("escape")
-        app.action_download_model()
-        await wait_for(pilot, lambda: isinstance(app.screen, DownloadDialog), what="the download dialog")
-        dialog = app.screen
+        dialog = await open_download_dialog(pilot, app)
         await pilot.pause()
         select = dialog.query_one("#catalogue", Select)
         assert [value for _, value in select._options if value is not Select.NULL] == [e.id for e in CATALOGUE]

@@ -40,6 +40,18 @@ async def pick_character(pilot, app: HaruhiApp, name: str) -> None:
                    what="a new chat")
 
 
+async def open_download_dialog(pilot, app: HaruhiApp):
+    """Close the character picker the app opens with and open the model download dialog; returns it."""
+    from haruhi_tui.app.screens.download import DownloadDialog
+    from haruhi_tui.app.screens.pick import CharacterPicker
+
+    await wait_for(pilot, lambda: isinstance(app.screen, CharacterPicker), what="the picker")
+    await pilot.press("escape")
+    app.action_download_model()
+    await wait_for(pilot, lambda: isinstance(app.screen, DownloadDialog), what="the download dialog")
+    return app.screen
+
+
 async def send(pilot, app: HaruhiApp, text: str, wait: bool = True) -> None:
     from haruhi_tui.app.widgets import PromptInput
 
