@@ -80,18 +80,23 @@ def load() -> str:
 CHAT_CONTEXT = 850
 
 
-def raw_decode(engine, tokens: int = 128, context: int = 0) -> float:
+def context_tokens(llama, context: int) -> list[int]:
+    """A prompt of ``context`` tokens made of the benchmark's lines (BOS first)."""
+    return llama.tokenize(("".join(LINES) * 40).encode(), add_bos=True)[:context]
+
+
+def raw_decode(engine, tokens: int = 128, context: int = 0, repeat_penalty: float = 1.0) -> float:
     """llama.cpp's own speed: greedy decode of ``tokens`` tokens after a short prompt (or one of ``context``
     tokens: each decoded token then attends to as many keys as in a chat turn), no UI, no parsing (with the
     thread count the engine's llama.cpp context has)."""
     llama = engine.llama
     if context:
-        prompt = llama.tokenize(("".join(LINES) * 40).encode(), add_bos=True)[:context]
+        prompt = context_tokens(llama, context)
     else:
         prompt = llama.tokenize("凉宫春日说：".encode(), add_bos=True)
     llama.reset()
     start, n = 0.0, 0
-    for _ in llama.generate(prompt, temp=0.0, repeat_penalty=1.0, reset=True):
+    for _ in llama.generate(prompt, temp=0.0, repeat_penalty=repeat_penalty, reset=True):
         n += 1
         if n == 1:
             start = time.perf_counter()

@@ -26,26 +26,15 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2)
     args = p.parse_args()
 
-    from bench_chat import LINES
+    from bench_chat import context_tokens, raw_decode
 
     from haruhi_tui.core.engine import Sampling, open_gguf
     from haruhi_tui.services.bundled_model import bundled_gguf_path
 
     engine = open_gguf(bundled_gguf_path(), n_ctx=4096, n_threads=args.threads)
     llama = engine.llama
-    tokens = llama.tokenize(("".join(LINES) * 40).encode(), add_bos=True)[: args.context]
+    tokens = context_tokens(llama, args.context)
     prompt = llama.detokenize(tokens[1:]).decode("utf-8", "ignore")
-
-    def raw(penalty: float) -> float:
-        llama.reset()
-        start, n = 0.0, 0
-        for _ in llama.generate(tokens, temp=0.0, repeat_penalty=penalty, reset=True):
-            n += 1
-            if n == 1:
-                start = time.perf_counter()
-            if n > args.tokens:
-                break
-        return args.tokens / (time.perf_counter() - start)
 
     def streamed(penalty: float) -> float:
         times: list[float] = []
@@ -58,7 +47,8 @@ def main() -> None:
     print(f"{len(tokens)}-token prompt, {args.tokens} tokens, threads {threads}")
     for penalty in (1.0, 1.1):
         for _ in range(args.repeat):
-            print(f"repeat penalty {penalty}: raw Llama.generate {raw(penalty):.1f} tok/s, "
+            raw = raw_decode(engine, args.tokens, args.context, penalty)
+            print(f"repeat penalty {penalty}: raw Llama.generate {raw:.1f} tok/s, "
                   f"Engine.stream {streamed(penalty):.1f} tok/s")
     engine.close()
 

@@ -21,7 +21,8 @@ from haruhi_tui.core.errors import HaruhiError
 from haruhi_tui.core.fsutil import read_json
 from haruhi_tui.core.safetensors_header import read_header
 
-ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+#: The safetensors dtypes haruhi-convert reads, as torch dtypes (sizes and the header check:
+#: :mod:`haruhi_tui.core.safetensors_header`).
 TORCH_DTYPE = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
@@ -51,7 +52,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorInfo]:
     """Tensor descriptions of one ``.safetensors`` file, checked against the file's size."""
     tensors: dict[str, TensorInfo] = {}
     for name, entry in read_header(path).items():
-        if entry.dtype not in ITEMSIZE:
+        if entry.dtype not in TORCH_DTYPE:
             raise HaruhiError(f"{path}: tensor {name} has dtype {entry.dtype}, which haruhi-convert cannot read")
         tensors[name] = TensorInfo(name, entry.dtype, entry.shape, path, entry.offset, entry.nbytes)
     return tensors

@@ -80,7 +80,7 @@ class DownloadDialog(DownloadProgress, ModalScreen[str | None]):
             self.query_one("#repo", Input).focus()
             return
         self.running, self.error = True, ""
-        self.query_one("#download-progress", ProgressBar).update(total=None, progress=0)
+        self.progress_bar.update(total=None, progress=0)
         self._status(f"asking the hub about {repo}…")
         # on the app, not this screen: Esc closes the dialog and the download goes on, reported when done
         self.app.run_worker(partial(self.fetch, repo, filename), thread=True, group="download", exclusive=True)

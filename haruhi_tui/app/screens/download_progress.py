@@ -20,6 +20,10 @@ class DownloadProgress:
     PROGRESS = "download-progress"
     STATUS = "download-status"
 
+    @property
+    def progress_bar(self) -> ProgressBar:
+        return self.query_one(f"#{self.PROGRESS}", ProgressBar)  # type: ignore[attr-defined]
+
     def _status(self, text: str, error: bool = False) -> None:
         status = self.query_one(f"#{self.STATUS}", Static)  # type: ignore[attr-defined]
         status.update(text)
@@ -28,16 +32,15 @@ class DownloadProgress:
     def _progress(self, fraction: float | None, message: str) -> None:
         if not self.is_attached:  # type: ignore[attr-defined]
             return
-        bar = self.query_one(f"#{self.PROGRESS}", ProgressBar)  # type: ignore[attr-defined]
         if fraction is None:
-            bar.update(total=None)
+            self.progress_bar.update(total=None)
         else:
-            bar.update(total=1.0, progress=fraction)
+            self.progress_bar.update(total=1.0, progress=fraction)
         self._status(message)
 
     def _show_failure(self, message: str) -> None:
         if self.is_attached:  # type: ignore[attr-defined]
-            self.query_one(f"#{self.PROGRESS}", ProgressBar).update(total=1.0, progress=0)  # type: ignore
+            self.progress_bar.update(total=1.0, progress=0)
             self._status(message, error=True)
 
     def _fetch(self, what: str, fetch: Callable[[Progress], T]) -> T | None:

@@ -110,7 +110,7 @@ class GetCharactersScreen(DownloadProgress, ModalScreen[list[str]]):
             self._status("one download at a time: wait for this one to finish")
             return
         self.running = True
-        self.query_one("#get-progress", ProgressBar).update(total=None, progress=0)
+        self.progress_bar.update(total=None, progress=0)
         self._status(f"asking the hub about {character.display_name}…")
         self.app.run_worker(partial(self.fetch, character), thread=True, group="get-characters", exclusive=True)
 
@@ -141,6 +141,6 @@ class GetCharactersScreen(DownloadProgress, ModalScreen[list[str]]):
         if not self.is_attached:
             self.app.notify(f"{character.display_name} is in the character list now (ctrl+n)", timeout=10)
             return
-        self.query_one("#get-progress", ProgressBar).update(total=1.0, progress=1.0)
+        self.progress_bar.update(total=1.0, progress=1.0)
         self._status(f"{character.display_name} added: Esc, then pick them from the list")
         self._refresh()
