@@ -4,19 +4,24 @@ path through pyproject's pytest ``pythonpath``)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from fake_hub import hub  # noqa: F401  - the hub on 127.0.0.1 fixture (tests/support/fake_hub.py)
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_CHARACTERS = ROOT.parent / "shared" / "chatharuhi" / "characters"
+#: The 32 real ChatHaruhi characters the tests read: beside the clone (as CI has them) or where
+#: $HARUHI_TEST_CHARACTERS points. The product never reads either.
+SHARED_CHARACTERS = Path(os.environ.get("HARUHI_TEST_CHARACTERS")
+                         or ROOT.parent / "shared" / "chatharuhi" / "characters")
 
 
 @pytest.fixture(scope="session")
 def characters_dir() -> Path:
     """The real ChatHaruhi characters (read-only). CI clones the project with ../shared beside it."""
-    assert SHARED_CHARACTERS.is_dir(), f"expected the ChatHaruhi data at {SHARED_CHARACTERS}"
+    assert SHARED_CHARACTERS.is_dir(), (f"expected the ChatHaruhi characters at {SHARED_CHARACTERS} (put them "
+                                        "there or set HARUHI_TEST_CHARACTERS to their folder)")
     return SHARED_CHARACTERS
 
 
