@@ -4,11 +4,16 @@
 # fine-tune on all of haruhi_val, compare (final-channel text and LLaMA-Factory's raw way).
 #
 # The bundled Q4_K_M GGUF is too big for one device call (64 MiB each): on the CPU machine it is gzipped and split
-# into .gpu/gemma/c0..c3/part0N (see benchmarks/results/gemma-loop/README.md); each call carries one part:
+# into .gpu/gemma/c0..c3/part0N (see benchmarks/results/gemma-loop/README.md); each call carries one part, and each
+# stage below fits one call (10 minutes) on an nvidia-h200-x2 lease:
 #   benchmarks/gpu/loop_gemma.sh part      # copies the carried .gpu/gemma/c*/part* to /tmp/gemma-parts
-#   benchmarks/gpu/loop_gemma.sh all GPU_A GPU_B   # after the last part: setup, train on GPU_A+GPU_B, eval
-# `all` needs the wheels of multi_gpu.sh installed in /tmp/site (a stage of that script ran first on the machine)
-# and .gpu/data (characters.tgz). Results land in $OUT/gemma-loop.tgz and $OUT/gemma-loop.json.
+#   benchmarks/gpu/loop_gemma.sh setup     # after the last part: the HF model from the GGUF, the data build
+#   benchmarks/gpu/loop_gemma.sh train GPU_A GPU_B   # one epoch on two GPUs (about 7 minutes on H200s)
+#   benchmarks/gpu/loop_gemma.sh eval GPU_A GPU_B    # base on GPU_A and fine-tune on GPU_B, scores, comparison
+#   benchmarks/gpu/loop_gemma.sh all GPU_A GPU_B     # setup, train, eval in one go (a longer call)
+# They need the wheels of multi_gpu.sh installed in /tmp/site (a stage of that script ran first on the machine)
+# and .gpu/data (characters.tgz). Results land in $OUT/gemma-loop.tgz, $OUT/gemma-loop.json and the adapter in
+# $OUT/adapter_model.safetensors.
 set -uo pipefail
 stage=${1:?stage: part or all}
 W=/tmp/haruhi-loop
@@ -24,8 +29,7 @@ case "$stage" in
   part)
     mkdir -p /tmp/gemma-parts && cp .gpu/gemma/c*/part0* /tmp/gemma-parts/ && ls -la /tmp/gemma-parts
     ;;
-  all)
-    a=${2:-0}; b=${3:-1}
+  setup)
     {
       echo "== setup $(date -u +%FT%TZ)"
       cat /tmp/gemma-parts/part0* | gunzip > $W/gemma-3-270m-q4_k_m.gguf
@@ -33,11 +37,24 @@ case "$stage" in
       haruhi models to-hf $W/gemma-3-270m-q4_k_m.gguf $W/gemma-hf --dtype bfloat16
       [ -d $W/characters ] || tar xzf .gpu/data/characters.tgz -C $W
       haruhi data build -c $W/characters -o $W/data --speaker Megumi=加藤 | tail -4
+    } >> $W/logs/loop.log 2>&1
+    tail -n 8 $W/logs/loop.log
+    ;;
+  train)
+    a=${2:-0}; b=${3:-1}
+    {
       echo "== train $(date -u +%FT%TZ) (GPUs $a,$b)"
       CUDA_VISIBLE_DEVICES=$a,$b haruhi train --base $W/gemma-hf --dataset $W/data/haruhi_train.json --engine unsloth \
         --gpus 2 --epochs 1 --max-length 2048 --batch-size 8 --grad-accum 1 --lr 2e-4 --lora-r 16 --lora-alpha 32 \
         --save-steps 500 --output $W/run-gemma > $W/logs/train.log 2>&1
       echo "train exit $?"; tail -n 5 $W/logs/train.log
+    } >> $W/logs/loop.log 2>&1
+    tail -n 8 $W/logs/loop.log
+    ;;
+  eval|all)
+    a=${2:-0}; b=${3:-1}
+    [ "$stage" = all ] && { bash "$0" setup && bash "$0" train "$a" "$b"; }
+    {
       echo "== eval $(date -u +%FT%TZ)"
       CUDA_VISIBLE_DEVICES=$a haruhi eval --model $W/gemma-hf --dataset $W/data/haruhi_val.json --max-new-tokens 64 \
         --out $W/eval-base > $W/logs/eval-base.log 2>&1 &
@@ -50,8 +67,8 @@ case "$stage" in
       (cd $W && haruhi eval compare eval-base-lfraw eval-ft-lfraw --out $W/compare-lfraw > $W/logs/compare-lfraw.txt 2>&1)
       tail -n 40 $W/logs/compare-final.txt
       echo "== done $(date -u +%FT%TZ)"
-    } > $W/logs/loop.log 2>&1
-    cat $W/logs/loop.log | tail -n 70
+    } >> $W/logs/loop.log 2>&1
+    tail -n 70 $W/logs/loop.log
     python3 - "$W" "$OUT/gemma-loop.json" <<'EOF'
 import json, sys, pathlib
 w, out = pathlib.Path(sys.argv[1]), sys.argv[2]
@@ -67,6 +84,7 @@ pathlib.Path(out).write_text(json.dumps(record, ensure_ascii=False, indent=1), e
 EOF
     tar czf $OUT/gemma-loop.tgz -C $W logs run-gemma/events.jsonl run-gemma/adapter/adapter_config.json \
       compare-final compare-lfraw data/stats.json 2>/dev/null
+    cp $W/run-gemma/adapter/adapter_model.safetensors "$OUT"/ 2>/dev/null
     ;;
 esac
 echo "stage $stage took $(( $(date +%s) - t0 )) s"
