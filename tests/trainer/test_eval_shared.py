@@ -345,3 +345,41 @@ def test_cuda_flash_and_graphs_in_bf16_agree_with_the_batched_engine(tiny_window
     # bf16 is not batch-invariant (a near tie can flip a token): most replies agree in full, nearly all start alike
     assert sum(got[i] == expected[i] for i in got) >= 0.5 * len(got)
     assert sum(got[i][0][:1] == expected[i][0][:1] for i in got) >= 0.9 * len(got)
+
+
+@cuda
+@pytest.mark.slow
+def test_cuda_graph_replay_survives_reuse_of_freed_memory(tiny_window):
+    """A captured decode step reads only tensors that live as long as it does: after the allocator hands freed
+    memory to new tensors full of large numbers, a replay still gives the eager step's logits (a freed
+    ``cu_q`` once made full runs fault with an illegal memory access)."""
+    import torch
+
+    from trainer.generation.continuous import ContinuousEngine
+    from trainer.generation.decode_graphs import DecodeGraphs
+    from trainer.generation.hf import HFGenerator
+    from trainer.generation.slot_attention import SlotCache, make_batch, register_slot_attention
+
+    model = HFGenerator.load(tiny_window, device="cuda", dtype="bf16", engine="continuous").model
+    engine = ContinuousEngine(model, slots=6, prefill_tokens=256)
+    engine._choose_kernel()
+    assert engine.kernel == "flash", engine.notes
+    cache = SlotCache(layers=engine.layers, slots=6, capacity=64, kv_heads=engine.kv_heads, head_dim=engine.head_dim,
+                      dtype=model.dtype, device=model.device)
+    model.set_attn_implementation(register_slot_attention())
+    with torch.inference_mode():
+        prompt = [(slot, 0, 20 + slot) for slot in range(6)]
+        engine._step(make_batch(cache, "flash", prompt, model.device, ids=[7 + i % 50 for i in range(135)],
+                                logits=[True] * 6))
+        graphs = DecodeGraphs(engine._step, cache, "flash", [2, 4, 8], model.device)
+        junk = [torch.full((n,), 2 ** 30, dtype=torch.int32, device="cuda") for n in range(1, 3000)]
+        del junk
+        junk = [torch.full((n,), 2 ** 30, dtype=torch.int32, device="cuda") for n in range(1, 3000)]
+        rows = [(4, 24), (1, 21), (5, 25)]
+        ids = [11, 12, 13]
+        replayed = graphs.run(ids, [s for s, _ in rows], [p for _, p in rows]).float().clone()
+        torch.cuda.synchronize()
+        eager = engine._step(make_batch(cache, "flash", [(s, p, 1) for s, p in rows], model.device, ids=ids,
+                                        logits=[True] * 3)).float()
+    assert len(junk) == 2999
+    assert (replayed - eager).abs().max().item() <= 2e-2 * max(eager.abs().max().item(), 1.0)

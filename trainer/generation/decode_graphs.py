@@ -10,6 +10,7 @@ Rows a bucket has beyond the live ones are idle: they write to and read from the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -52,6 +53,21 @@ def batch_from_staging(staging, cache: SlotCache, kernel: str, rows: int, cu_q) 
                      decode=True, spans=None, read=cache.capacity)
 
 
+@dataclass
+class _Captured:
+    """One bucket's graph and every tensor it reads or writes outside its private pool.
+
+    A graph holds no references: a static input that only the capture's closure held (``cu_q`` once) is freed
+    after the capture, its memory handed to other tensors, and a replay then reads their values as sequence
+    offsets and faults (an illegal memory access in full runs, not in short ones). So they all live here."""
+
+    graph: object
+    staging: object   # device: the step's int64 vector
+    host: object      # pinned host copy of it
+    cu_q: object      # device: query offsets 0..rows (fixed)
+    logits: object    # the graph's output
+
+
 class DecodeGraphs:
     """One captured decode step per bucket; :meth:`run` replays the smallest bucket that holds the rows."""
 
@@ -60,7 +76,7 @@ class DecodeGraphs:
         import torch
 
         self.cache, self.kernel, self.device = cache, kernel, device
-        self.graphs: dict[int, tuple[object, object, object, object]] = {}
+        self.graphs: dict[int, _Captured] = {}
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream(device)
         for rows in sorted(buckets, reverse=True):  # largest first: the shared pool is sized by it
@@ -84,7 +100,7 @@ class DecodeGraphs:
             error = (logits.float() - eager.float()).abs().max().item()
             if not error <= 1e-3 * max(eager.float().abs().max().item(), 1.0):
                 raise RuntimeError(f"the captured decode step differs from the eager one by {error:g}")
-            self.graphs[rows] = (graph, staging, host, logits)
+            self.graphs[rows] = _Captured(graph, staging, host, cu_q, logits)
         self.buckets = sorted(self.graphs)
 
     def fits(self, rows: int) -> bool:
@@ -95,8 +111,8 @@ class DecodeGraphs:
         import torch
 
         rows = next(b for b in self.buckets if b >= len(ids))
-        graph, staging, host, logits = self.graphs[rows]
-        host.copy_(torch.from_numpy(staging_vector(self.cache, rows, ids, slots, positions)))
-        staging.copy_(host, non_blocking=True)
-        graph.replay()
-        return logits[: len(ids)]
+        captured = self.graphs[rows]
+        captured.host.copy_(torch.from_numpy(staging_vector(self.cache, rows, ids, slots, positions)))
+        captured.staging.copy_(captured.host, non_blocking=True)
+        captured.graph.replay()
+        return captured.logits[: len(ids)]
