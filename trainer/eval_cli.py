@@ -91,7 +91,7 @@ def register(app: typer.Typer) -> None:
         engine: str = typer.Option(
             "auto", "--engine",
             help="transformers engine: 'continuous' (shared prefixes, no padding), 'batched' (left-padded batches) "
-                 "or 'auto' (continuous on the CPU; batched on a GPU, where continuous is still being verified)."),
+                 "or 'auto' (continuous for gpt-oss and Gemma 3, batched for other models)."),
     ) -> None:
         if ctx.invoked_subcommand is not None:
             return
