@@ -176,7 +176,7 @@ def test_decode_step_layout_of_cuda_graphs(tiny_window, small_val):
     from trainer.generation.slot_attention import SlotCache, make_batch, register_slot_attention
 
     assert buckets_for(40) == [1, 2, 4, 8, 16, 32, 40] and buckets_for(8, smallest=8) == [8]
-    generator = HFGenerator.load(tiny_window, engine="continuous")
+    generator = HFGenerator.load(tiny_window, device="cpu", engine="continuous")
     model = generator.model
     engine = ContinuousEngine(model, slots=3, prefill_tokens=512)
     requests = _requests(generator, small_val, 3)[:3]
