@@ -1,6 +1,8 @@
 """The llama.cpp engine: open a GGUF with friendly errors, render prompts in the model's style, stream replies.
 
-Streaming is our own token loop over ``Llama.generate`` rather than ``create_completion``, because:
+Streaming is our own token loop over ``Llama.eval`` and :class:`~haruhi_tui.core.token_sampler.TokenSampler`
+(the sampling of ``Llama.generate`` without its cost per vocabulary entry) rather than ``create_completion``,
+because:
 
 * gpt-oss output must be detokenized *with* special tokens so :class:`~haruhi_tui.core.harmony.HarmonyStreamParser`
   sees ``<|channel|>`` and can keep the analysis channel apart from what the character says (the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import itertools
 import os
 import threading
 import time
@@ -42,6 +45,7 @@ from .gguf_info import GGUFInfo, check_fits, read_gguf_info
 from .harmony import Delta
 from .prompt_format import Conversation, Style, opened_by_user, render_text, stop_strings, to_messages
 from .reply_stream import ReplyStream
+from .token_sampler import TokenSampler
 
 DEFAULT_N_CTX = 8192
 PREFILL_CHUNK = 64  # tokens per llama_decode in prefill: a reply that arrives waits for at most one chunk
@@ -85,6 +89,7 @@ class Sampling:
     repeat_penalty: float = 1.1
     max_tokens: int = 512
     seed: int | None = None
+    min_tokens: int = 0  # the reply may not end before this many tokens (the chat benchmark's long replies)
 
 
 class Engine:
@@ -281,18 +286,25 @@ class Engine:
         special = self.style == "harmony"
         reply = ReplyStream(self.style, self.stops())
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        llama = self.llama
         stats.reused_tokens = self._reuse_prefix(tokens)
         if s.seed is not None:
-            self.llama.set_seed(s.seed)
+            llama.set_seed(s.seed)
         threads = self._use_threads(self.threads.current)
-        generator = self.llama.generate(
-            tokens, temp=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
-            repeat_penalty=s.repeat_penalty, reset=True,
-        )
+        stops = [x for x in self.stops() if x]
+
+        def ends(token: int) -> bool:
+            text = self.token_text(token, special)
+            return self.is_end_of_generation(token) or any(stop in text for stop in stops)
+
+        sampler = TokenSampler(llama, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
+                               repeat_penalty=s.repeat_penalty, seed=llama._seed, min_tokens=s.min_tokens, ends=ends)
         first_at = last_at = 0.0
         stats.stop_reason = "length"
         try:
-            for n, token in enumerate(generator, start=1):
+            llama.eval(tokens[stats.reused_tokens:])
+            for n in itertools.count(1):
+                token = sampler.sample()
                 stats.generated_tokens = n
                 if cancel is not None and cancel.is_set():  # checked first: a stop during the prompt wins
                     stats.stop_reason = "cancelled"
@@ -323,10 +335,9 @@ class Engine:
                 if n >= max_tokens:
                     break
                 threads = self._use_threads(self.threads.pick())  # for the next decode step
-            else:
-                stats.stop_reason = "end"
+                llama.eval([token])
         finally:
-            generator.close()
+            sampler.close()
             stats.threads = self.threads.current
             if first_at:
                 stats.decode_seconds = time.perf_counter() - first_at
