@@ -38,7 +38,7 @@ try:  # llama.cpp's libraries before numpy's (gguf_info and prompt_format below 
 except Exception:  # not installed or broken: open_gguf says so when a model is opened
     pass
 
-from . import harmony
+from . import harmony, openmp
 from .decode_threads import ThreadChooser, candidate_counts
 from .errors import ModelError
 from .gguf_info import GGUFInfo, check_fits, read_gguf_info
@@ -206,6 +206,7 @@ class Engine:
             time.sleep(0.002)
 
     def _release(self) -> None:
+        openmp.release_threads()  # the next computation may be in another thread (see core.openmp)
         with self._state:
             self._holder = ""
             self._lock.release()
