@@ -80,6 +80,17 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}){mem}, {platform.system()} {platform.release()}"
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by the whole machine and by this process (Linux; zeros elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        busy = sum(int(x) for i, x in enumerate(fields[:8]) if i not in (3, 4))  # all but idle and iowait
+        mine = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        return busy / os.sysconf("SC_CLK_TCK"), (int(mine[11]) + int(mine[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0
+
+
 def load() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -87,8 +98,9 @@ def load() -> str:
         return "?"
 
 
-#: Prompt tokens of the raw decode measured "at a chat's context" (a turn here has 800-950).
-CHAT_CONTEXT = 850
+#: Prompt tokens of the raw decode measured "at a chat's context" (with 96-token replies the six turns here
+#: have 830-1,290 prompt tokens, median ~1,110).
+CHAT_CONTEXT = 1100
 
 
 def context_tokens(llama, context: int) -> list[int]:
@@ -131,6 +143,7 @@ def raw_speeds(model: Path, counts: tuple[int, ...], tokens: int, context: int,
                repeats: int = 2) -> tuple[dict[int, float], float, float]:
     """Raw decode tokens/s of ``tokens`` tokens per fixed thread count (median of ``repeats``), and with the
     most threads: prompt evaluation tokens/s and decode tokens/s after a prompt of ``context`` tokens."""
+    from haruhi_tui.core import openmp
     from haruhi_tui.core.engine import open_gguf
 
     speeds, prompt, at_context = {}, 0.0, 0.0
@@ -143,6 +156,7 @@ def raw_speeds(model: Path, counts: tuple[int, ...], tokens: int, context: int,
                 at_context = statistics.median(raw_decode(engine, tokens, context) for _ in range(repeats))
         finally:
             engine.close()
+            openmp.release_threads()  # this thread's OpenMP pool would slow the app's (see core.openmp)
     return speeds, prompt, at_context
 
 
@@ -161,19 +175,21 @@ async def drive_app(args, engine) -> list[dict]:
                 raise TimeoutError("the app did not get there in time")
             await asyncio.sleep(POLL)  # plain sleeps: the pilot's pause walks the whole screen every time
 
-    ui_samples: list[tuple[float, float]] = []
+    ui_samples: list[tuple[float, float, float, float]] = []
 
-    async def sample_ui_thread():  # (wall, CPU time of this thread, which is the app's)
+    async def sample_ui_thread():  # (wall, CPU time of this thread, which is the app's; machine's; process's)
         while True:
-            ui_samples.append((time.perf_counter(), time.thread_time()))
+            ui_samples.append((time.perf_counter(), time.thread_time(), *cpu_seconds()))
             await asyncio.sleep(POLL)
 
-    def ui_cpu_share(start: float, end: float) -> float:
-        """The UI thread's CPU time over wall time between the first and the last sample in [start, end]."""
+    def cpu_shares(start: float, end: float) -> tuple[float, float]:
+        """Between the first and the last sample in [start, end], in cores: the UI thread's CPU time, and
+        what other programs on the machine used (the machine's CPU time less this process's)."""
         inside = [s for s in ui_samples if start <= s[0] <= end]
         if len(inside) < 2:
-            return float("nan")
-        return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+            return float("nan"), float("nan")
+        (w0, ui0, all0, me0), (w1, ui1, all1, me1) = inside[0], inside[-1]
+        return (ui1 - ui0) / (w1 - w0), max(0.0, (all1 - all0) - (me1 - me0)) / (w1 - w0)
 
     sampling = Sampling(temperature=args.temperature, max_tokens=args.reply_tokens or args.max_tokens,
                         min_tokens=args.reply_tokens, repeat_penalty=1.1, seed=0)
@@ -215,7 +231,7 @@ async def drive_app(args, engine) -> list[dict]:
             plain = [s.scene_id for s in builder.select_scenes(line, sticky_ids=previous)]
             scores = builder.index.scores(line)
             previous = chosen
-            ui_share = ui_cpu_share(view.first_shown_at, view.last_shown_at)
+            ui_share, others = cpu_shares(view.first_shown_at, view.last_shown_at)
             rate = ((stats.generated_tokens - 1) / streamed
                     if streamed > 0 and stats.generated_tokens > 1 else float("nan"))
             rows.append({
@@ -230,6 +246,7 @@ async def drive_app(args, engine) -> list[dict]:
                 "streamed_tok_s": rate,
                 "engine_tok_s": stats.tokens_per_second,
                 "ui_cpu_share": ui_share,
+                "others_cpu": others,
                 "ui_ms_per_token": 1000 * ui_share / rate,
                 "scenes": chosen,
                 "relevance": sum(scores.get(place[s], 0.0) for s in chosen),
@@ -239,7 +256,8 @@ async def drive_app(args, engine) -> list[dict]:
             r = rows[-1]
             print(f"turn {turn}: typed in {typed:.1f} s, {r['first_token_s']:.3f} s to first token, "
                   f"{r['streamed_tok_s']:.1f} tok/s on screen ({stats.threads} thread(s)), UI thread "
-                  f"{100 * r['ui_cpu_share']:.1f}% of a core while streaming, {stats.reused_tokens}/"
+                  f"{100 * r['ui_cpu_share']:.1f}% of a core while streaming (other programs "
+                  f"{100 * r['others_cpu']:.0f}%), {stats.reused_tokens}/"
                   f"{stats.prompt_tokens} prompt tokens from cache, {stats.generated_tokens} generated", flush=True)
         sampler.cancel()
         await pilot.press("ctrl+q")
@@ -258,6 +276,7 @@ def summarize(rows: list[dict], raw_all: float) -> dict:
         "first_worst": max((r["first_token_s"] for r in follow), default=float("nan")),
         "ui_share": statistics.median(r["ui_cpu_share"] for r in counted) if counted else float("nan"),
         "ui_ms": statistics.median(r["ui_ms_per_token"] for r in counted) if counted else float("nan"),
+        "others": max((r["others_cpu"] for r in counted), default=float("nan")),
     }
 
 
@@ -277,11 +296,12 @@ def report(run: int, rows: list[dict], raw: dict[int, list[float]], loads: tuple
         f"- first token on follow-up turns: median {s['first_median']:.3f} s, **worst {s['first_worst']:.3f} s** "
         f"(target <= {FIRST_TOKEN_TARGET:.0f} s: {ok_first}); turn 1 (cold persona prompt): "
         f"{rows[0]['first_token_s']:.3f} s",
-        f"- UI thread while a reply streams: {s['ui_share']:.1%} of a core, {s['ui_ms']:.2f} ms a token (median)",
+        f"- UI thread while a reply streams: {s['ui_share']:.1%} of a core, {s['ui_ms']:.2f} ms a token (median); "
+        f"other programs on the machine: up to {s['others']:.0%} of a core (\"others %\", per turn)",
         "",
         "| turn | typed (s) | prompt tok | from cache | left at Enter | generated | threads | first token (s) "
-        "| on-screen tok/s | engine tok/s | UI % | scenes (relevance; plain rule's set?) | reply |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| on-screen tok/s | engine tok/s | UI % | others % | scenes (relevance; plain rule's set?) | reply |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
         scenes = ", ".join(x.split("/")[-1].removesuffix(".txt").replace("Haruhi_", "") for x in r["scenes"])
@@ -291,8 +311,8 @@ def report(run: int, rows: list[dict], raw: dict[int, list[float]], loads: tuple
                      f"{r['prompt_tokens'] - r['reused_tokens']} | "
                      f"{r['generated_tokens']} | {r['threads']} | {r['first_token_s']:.3f} | "
                      f"{r['streamed_tok_s']:.1f} | "
-                     f"{r['engine_tok_s']:.1f} | {100 * r['ui_cpu_share']:.1f} | {scenes} ({r['relevance']:.1f}; "
-                     f"{same}) | {reply} |")
+                     f"{r['engine_tok_s']:.1f} | {100 * r['ui_cpu_share']:.1f} | {100 * r['others_cpu']:.0f} | "
+                     f"{scenes} ({r['relevance']:.1f}; {same}) | {reply} |")
     return "\n".join(lines), s
 
 
