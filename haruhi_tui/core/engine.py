@@ -396,6 +396,10 @@ def open_gguf(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | 
     context. ``style`` overrides :func:`detect_model_style` (e.g. to treat a chat model as a script).
     Without ``n_threads`` the thread count is measured while decoding (:mod:`~haruhi_tui.core.decode_threads`);
     with it, that count is used throughout (and for prompts unless ``n_threads_batch`` says otherwise).
+    On the CPU, attention is llama.cpp's flash attention (llama-cpp-python turns it off unless asked): on the
+    2-core machine with Gemma 3 270M it decoded 4 % faster after a short prompt, 7 % after a chat turn's
+    1,100 tokens, and evaluated prompts 11 % faster. GPU offload keeps llama-cpp-python's default (not
+    measured here).
     """
     info = read_gguf_info(path)
     if info.context_length:
@@ -409,10 +413,13 @@ def open_gguf(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | 
         quiet_llama_logs()
     try:
         counts = (n_threads,) if n_threads else candidate_counts(default_threads())
+        import llama_cpp
+
+        on_cpu = n_gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload()
         llama = Llama(
             model_path=str(info.path), n_ctx=n_ctx, n_threads=counts[0],
             n_threads_batch=n_threads_batch or counts[0], n_batch=n_batch,
-            n_gpu_layers=n_gpu_layers, verbose=verbose,
+            n_gpu_layers=n_gpu_layers, flash_attn=on_cpu, verbose=verbose,
         )
     except (ValueError, RuntimeError, OSError) as exc:
         text = str(exc)
