@@ -6,16 +6,24 @@ character, and types a few lines as a person would (``--typing-cps`` characters 
 once; 0 pastes the line), so the app can evaluate the prompt while the line is typed. For every reply it
 measures, on the UI side (when the text reaches the message widget):
 
-* streamed tokens/s: (generated tokens - 1) / (time of the last shown piece - time of the first);
+* streamed tokens/s: (generated tokens - 1) / (time of the last shown piece - time of the first), i.e. from
+  the first token on screen to the last (the first piece is shown at once, the rest at most 4 times a
+  second, the last when the reply ends);
 * first-token latency: Enter -> first piece shown;
 * what the UI thread spent while the reply streamed (CPU time of the app's thread: every millisecond of it
-  is taken from llama.cpp's threads, which decode on every core);
+  is taken from llama.cpp's threads, which decode on every core), and what other programs used;
 * the scenes the prompt got, their BM25 relevance to the line, and whether the set is the one the plain
   sticky rule picks for the line (what the app chose before prompts were evaluated while typing).
 
-Raw llama.cpp decode (a bare ``Llama.generate`` loop, no app) is measured in the same run, before and after
-the app, with every core and with half of them; the targets compare against every core. The machine may
-be shared: compare within one run and look at the load average; ``--repeat`` runs it all again.
+Every reply is ``--reply-tokens`` tokens long (the engine's ``min_tokens`` = ``max_tokens``): the bundled
+base Gemma ends its replies after ~8 tokens, which measures the ramp-up of a reply, not streaming.
+
+Raw llama.cpp decode (a bare greedy ``Llama.generate`` loop, repeat penalty 1.0, no app) is measured the
+same way as the app's replies: over as many tokens, from the first token to the last; after a 7-token
+prompt (the issue's baseline) and after a prompt as long as a chat turn's (``--context``). The targets
+compare against it with every core, measured after every turn, in the same process while the app waits for
+the next line: the machine is shared, and its speed drifts by 10-20 % within minutes. Raw decode before and
+after the app, with every core and with half of them, is shown too; ``--repeat`` runs it all again.
 
     python benchmarks/bench_chat.py --turns 6                 # haruhi, results in benchmarks/results/chat.md
     python benchmarks/bench_chat.py --turns 8 --repeat 3 --typing-cps 0
@@ -49,6 +57,9 @@ LINES = [
 ]
 STREAM_TARGET = 0.90  # streamed tokens/s as a share of raw llama.cpp decode with every core
 FIRST_TOKEN_TARGET = 1.0  # seconds, worst follow-up turn
+#: Seconds between the benchmark's own looks at the app (its CPU samples, its waits): every wake-up of the
+#: app's thread is taken from llama.cpp's, so the benchmark looks rarely.
+POLL = 0.2
 
 
 def machine() -> str:
@@ -69,6 +80,17 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}){mem}, {platform.system()} {platform.release()}"
 
 
+def cpu_seconds() -> tuple[float, float]:
+    """CPU seconds used so far by the whole machine and by this process (Linux; zeros elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        busy = sum(int(x) for i, x in enumerate(fields[:8]) if i not in (3, 4))  # all but idle and iowait
+        mine = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        return busy / os.sysconf("SC_CLK_TCK"), (int(mine[11]) + int(mine[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0.0
+
+
 def load() -> str:
     try:
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -76,8 +98,9 @@ def load() -> str:
         return "?"
 
 
-#: Prompt tokens of the raw decode measured "at a chat's context" (a turn here has 800-950).
-CHAT_CONTEXT = 850
+#: Prompt tokens of the raw decode measured "at a chat's context" (with 96-token replies the six turns here
+#: have 830-1,290 prompt tokens, median ~1,110).
+CHAT_CONTEXT = 1100
 
 
 def context_tokens(llama, context: int) -> list[int]:
@@ -85,24 +108,23 @@ def context_tokens(llama, context: int) -> list[int]:
     return llama.tokenize(("".join(LINES) * 40).encode(), add_bos=True)[:context]
 
 
-def raw_decode(engine, tokens: int = 128, context: int = 0, repeat_penalty: float = 1.0) -> float:
+def raw_decode(engine, tokens: int = 96, context: int = 0, repeat_penalty: float = 1.0) -> float:
     """llama.cpp's own speed: greedy decode of ``tokens`` tokens after a short prompt (or one of ``context``
     tokens: each decoded token then attends to as many keys as in a chat turn), no UI, no parsing (with the
-    thread count the engine's llama.cpp context has)."""
+    thread count the engine's llama.cpp context has); tokens/s from the first token to the last."""
     llama = engine.llama
     if context:
         prompt = context_tokens(llama, context)
     else:
         prompt = llama.tokenize("凉宫春日说：".encode(), add_bos=True)
-    llama.reset()
-    start, n = 0.0, 0
+    start, n = 0.0, 0  # Llama.generate keeps what the cache holds of the prompt: only decoding is timed
     for _ in llama.generate(prompt, temp=0.0, repeat_penalty=repeat_penalty, reset=True):
         n += 1
         if n == 1:
             start = time.perf_counter()
-        if n > tokens:
+        if n == tokens:
             break
-    return tokens / (time.perf_counter() - start)
+    return (tokens - 1) / (time.perf_counter() - start)
 
 
 def raw_prompt(engine, tokens: int = 512) -> float:
@@ -116,25 +138,53 @@ def raw_prompt(engine, tokens: int = 512) -> float:
     return len(prompt) / (time.perf_counter() - start)
 
 
-def raw_speeds(model: Path, counts: tuple[int, ...], repeats: int = 2) -> tuple[dict[int, float], float, float]:
-    """Raw decode tokens/s per fixed thread count (median of ``repeats``), and with the most threads: prompt
-    evaluation tokens/s and decode tokens/s after a prompt of a chat turn's length."""
+class TurnBaseline:
+    """Raw decode with every core, measured between two turns of the app (in the same process, seconds from
+    the reply it is compared with, so that the machine is the same): after the short prompt and at a chat
+    turn's context, each on an engine of its own that keeps its prompt cached."""
+
+    def __init__(self, model: Path, threads: int, tokens: int, context: int) -> None:
+        from haruhi_tui.core.engine import open_gguf
+
+        self.tokens, self.context = tokens, context
+        self.short = open_gguf(model, n_ctx=tokens + 64, n_threads=threads)
+        self.long = open_gguf(model, n_ctx=context + tokens + 64, n_threads=threads)
+
+    def measure(self) -> tuple[float, float]:
+        from haruhi_tui.core import openmp
+
+        try:
+            return raw_decode(self.short, self.tokens), raw_decode(self.long, self.tokens, self.context)
+        finally:
+            openmp.release_threads()
+
+    def close(self) -> None:
+        self.short.close()
+        self.long.close()
+
+
+def raw_speeds(model: Path, counts: tuple[int, ...], tokens: int, context: int,
+               repeats: int = 2) -> tuple[dict[int, float], float, float]:
+    """Raw decode tokens/s of ``tokens`` tokens per fixed thread count (median of ``repeats``), and with the
+    most threads: prompt evaluation tokens/s and decode tokens/s after a prompt of ``context`` tokens."""
+    from haruhi_tui.core import openmp
     from haruhi_tui.core.engine import open_gguf
 
     speeds, prompt, at_context = {}, 0.0, 0.0
     for count in counts:
-        engine = open_gguf(model, n_ctx=1024, n_threads=count)
+        engine = open_gguf(model, n_ctx=context + tokens + 64, n_threads=count)
         try:
-            speeds[count] = statistics.median(raw_decode(engine) for _ in range(repeats))
+            speeds[count] = statistics.median(raw_decode(engine, tokens) for _ in range(repeats))
             if count == max(counts):
                 prompt = statistics.median(raw_prompt(engine) for _ in range(repeats))
-                at_context = statistics.median(raw_decode(engine, context=CHAT_CONTEXT) for _ in range(repeats))
+                at_context = statistics.median(raw_decode(engine, tokens, context) for _ in range(repeats))
         finally:
             engine.close()
+            openmp.release_threads()  # this thread's OpenMP pool would slow the app's (see core.openmp)
     return speeds, prompt, at_context
 
 
-async def drive_app(args, engine) -> list[dict]:
+async def drive_app(args, engine, baseline: TurnBaseline) -> list[dict]:
     from textual import events
 
     from haruhi_tui.app.app import HaruhiApp
@@ -147,20 +197,26 @@ async def drive_app(args, engine) -> list[dict]:
         while not predicate():
             if time.monotonic() > deadline:
                 raise TimeoutError("the app did not get there in time")
-            await asyncio.sleep(0.05)  # plain sleeps: the pilot's pause walks the whole screen every time
+            await asyncio.sleep(POLL)  # plain sleeps: the pilot's pause walks the whole screen every time
 
-    ui_samples: list[tuple[float, float]] = []
+    ui_samples: list[tuple[float, float, float, float]] = []
 
-    async def sample_ui_thread():  # (wall, CPU time of this thread, which is the app's)
+    async def sample_ui_thread():  # (wall, CPU time of this thread, which is the app's; machine's; process's)
         while True:
-            ui_samples.append((time.perf_counter(), time.thread_time()))
-            await asyncio.sleep(0.05)
+            ui_samples.append((time.perf_counter(), time.thread_time(), *cpu_seconds()))
+            await asyncio.sleep(POLL)
 
-    def ui_cpu(start: float, end: float) -> float:
+    def cpu_shares(start: float, end: float) -> tuple[float, float]:
+        """Between the first and the last sample in [start, end], in cores: the UI thread's CPU time, and
+        what other programs on the machine used (the machine's CPU time less this process's)."""
         inside = [s for s in ui_samples if start <= s[0] <= end]
-        return inside[-1][1] - inside[0][1] if len(inside) > 1 else float("nan")
+        if len(inside) < 2:
+            return float("nan"), float("nan")
+        (w0, ui0, all0, me0), (w1, ui1, all1, me1) = inside[0], inside[-1]
+        return (ui1 - ui0) / (w1 - w0), max(0.0, (all1 - all0) - (me1 - me0)) / (w1 - w0)
 
-    sampling = Sampling(temperature=args.temperature, max_tokens=args.max_tokens, repeat_penalty=1.1, seed=0)
+    sampling = Sampling(temperature=args.temperature, max_tokens=args.reply_tokens or args.max_tokens,
+                        min_tokens=args.reply_tokens, repeat_penalty=1.1, seed=0)
     home = tempfile.mkdtemp(prefix="bench_chat_")
     os.environ["HARUHI_HOME"] = home
     app = HaruhiApp(characters_dir=args.characters, db_path=Path(home) / "s.db", engine=engine, sampling=sampling,
@@ -199,7 +255,9 @@ async def drive_app(args, engine) -> list[dict]:
             plain = [s.scene_id for s in builder.select_scenes(line, sticky_ids=previous)]
             scores = builder.index.scores(line)
             previous = chosen
-            cpu = ui_cpu(view.first_shown_at, view.last_shown_at)
+            ui_share, others = cpu_shares(view.first_shown_at, view.last_shown_at)
+            rate = ((stats.generated_tokens - 1) / streamed
+                    if streamed > 0 and stats.generated_tokens > 1 else float("nan"))
             rows.append({
                 "turn": turn,
                 "typed_s": typed,
@@ -209,62 +267,74 @@ async def drive_app(args, engine) -> list[dict]:
                 "threads": stats.threads,
                 "pieces_shown": view.deltas_shown,
                 "first_token_s": view.first_shown_at - enter_at if view.first_shown_at else float("nan"),
-                "streamed_tok_s": ((stats.generated_tokens - 1) / streamed
-                                   if streamed > 0 and stats.generated_tokens > 1 else float("nan")),
+                "streamed_tok_s": rate,
                 "engine_tok_s": stats.tokens_per_second,
-                "ui_cpu_share": cpu / streamed if streamed > 0 else float("nan"),
-                "ui_ms_per_token": 1000 * cpu / max(1, stats.generated_tokens - 1),
+                "ui_cpu_share": ui_share,
+                "others_cpu": others,
+                "ui_ms_per_token": 1000 * ui_share / rate,
                 "scenes": chosen,
                 "relevance": sum(scores.get(place[s], 0.0) for s in chosen),
                 "plain_rule_same_set": sorted(plain) == sorted(chosen),
                 "reply": view.content,
             })
             r = rows[-1]
+            r["raw_short"], r["raw_context"] = baseline.measure()  # the app is idle until the next line
             print(f"turn {turn}: typed in {typed:.1f} s, {r['first_token_s']:.3f} s to first token, "
                   f"{r['streamed_tok_s']:.1f} tok/s on screen ({stats.threads} thread(s)), UI thread "
-                  f"{100 * r['ui_cpu_share']:.1f}% of a core while streaming, {stats.reused_tokens}/"
-                  f"{stats.prompt_tokens} prompt tokens from cache, {stats.generated_tokens} generated", flush=True)
+                  f"{100 * r['ui_cpu_share']:.1f}% of a core while streaming (other programs "
+                  f"{100 * r['others_cpu']:.0f}%), {stats.reused_tokens}/"
+                  f"{stats.prompt_tokens} prompt tokens from cache, {stats.generated_tokens} generated; raw decode "
+                  f"now {r['raw_short']:.1f} / {r['raw_context']:.1f} tok/s (short prompt / chat context)",
+                  flush=True)
         sampler.cancel()
         await pilot.press("ctrl+q")
     return rows
 
 
-def summarize(rows: list[dict], raw_all: float) -> dict:
+def summarize(rows: list[dict]) -> dict:
     counted = [r for r in rows if r["generated_tokens"] > 1 and r["streamed_tok_s"] > 0]
     streamed = sum(r["generated_tokens"] - 1 for r in counted) / sum(
         (r["generated_tokens"] - 1) / r["streamed_tok_s"] for r in counted)
     follow = [r for r in rows[1:] if r["generated_tokens"] > 0]
+    raw_short = statistics.median(r["raw_short"] for r in rows)
+    raw_context = statistics.median(r["raw_context"] for r in rows)
     return {
         "streamed": streamed,
-        "share": streamed / raw_all,
+        "raw_short": raw_short,
+        "raw_context": raw_context,
+        "share": streamed / raw_short,
+        "share_context": streamed / raw_context,
         "first_median": statistics.median(r["first_token_s"] for r in follow) if follow else float("nan"),
         "first_worst": max((r["first_token_s"] for r in follow), default=float("nan")),
         "ui_share": statistics.median(r["ui_cpu_share"] for r in counted) if counted else float("nan"),
         "ui_ms": statistics.median(r["ui_ms_per_token"] for r in counted) if counted else float("nan"),
+        "others": max((r["others_cpu"] for r in counted), default=float("nan")),
     }
 
 
-def report(run: int, rows: list[dict], raw: dict[int, list[float]], loads: tuple[str, str]) -> tuple[str, dict]:
-    all_cores = max(raw)
-    raw_all = statistics.median(raw[all_cores])
-    s = summarize(rows, raw_all)
-    raw_text = ", ".join(f"{statistics.median(v):.1f} with {c} thread(s) (before / after the app: "
-                         f"{' / '.join(f'{x:.1f}' for x in v)})" for c, v in sorted(raw.items(), reverse=True))
+def report(run: int, rows: list[dict], threads: int, context: int, loads: tuple[str, str]) -> tuple[str, dict]:
+    s = summarize(rows)
     ok = "met" if s["share"] >= STREAM_TARGET else "NOT met"
     ok_first = "met" if s["first_worst"] <= FIRST_TOKEN_TARGET else "NOT met"
+    prompts = statistics.median(r["prompt_tokens"] for r in rows)
     lines = [
         f"### Run {run} (load average before / after: {loads[0]} / {loads[1]})",
         "",
         f"- streamed to the screen: **{s['streamed']:.1f} tokens/s = {s['share']:.0%} of raw llama.cpp decode "
-        f"with all {all_cores} cores** (target >= {STREAM_TARGET:.0%}: {ok}); raw decode: {raw_text}",
+        f"with all {threads} cores** ({s['raw_short']:.1f} tokens/s after a 7-token prompt, median of the "
+        f"measurements between the turns; target >= {STREAM_TARGET:.0%}: {ok}); **{s['share_context']:.0%} of raw "
+        f"decode at a chat turn's context** ({s['raw_context']:.1f} tokens/s after a {context}-token prompt; the "
+        f"turns' prompts: median {prompts:.0f} tokens)",
         f"- first token on follow-up turns: median {s['first_median']:.3f} s, **worst {s['first_worst']:.3f} s** "
         f"(target <= {FIRST_TOKEN_TARGET:.0f} s: {ok_first}); turn 1 (cold persona prompt): "
         f"{rows[0]['first_token_s']:.3f} s",
-        f"- UI thread while a reply streams: {s['ui_share']:.1%} of a core, {s['ui_ms']:.2f} ms a token (median)",
+        f"- UI thread while a reply streams: {s['ui_share']:.1%} of a core, {s['ui_ms']:.2f} ms a token (median); "
+        f"other programs on the machine: up to {s['others']:.0%} of a core (\"others %\", per turn)",
         "",
         "| turn | typed (s) | prompt tok | from cache | left at Enter | generated | threads | first token (s) "
-        "| on-screen tok/s | engine tok/s | UI % | scenes (relevance; plain rule's set?) | reply |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| on-screen tok/s | engine tok/s | raw tok/s (short / context) | UI % | others % "
+        "| scenes (relevance; plain rule's set?) | reply |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     for r in rows:
         scenes = ", ".join(x.split("/")[-1].removesuffix(".txt").replace("Haruhi_", "") for x in r["scenes"])
@@ -273,9 +343,9 @@ def report(run: int, rows: list[dict], raw: dict[int, list[float]], loads: tuple
         lines.append(f"| {r['turn']} | {r['typed_s']:.1f} | {r['prompt_tokens']} | {r['reused_tokens']} | "
                      f"{r['prompt_tokens'] - r['reused_tokens']} | "
                      f"{r['generated_tokens']} | {r['threads']} | {r['first_token_s']:.3f} | "
-                     f"{r['streamed_tok_s']:.1f} | "
-                     f"{r['engine_tok_s']:.1f} | {100 * r['ui_cpu_share']:.1f} | {scenes} ({r['relevance']:.1f}; "
-                     f"{same}) | {reply} |")
+                     f"{r['streamed_tok_s']:.1f} | {r['engine_tok_s']:.1f} | "
+                     f"{r['raw_short']:.1f} / {r['raw_context']:.1f} | {100 * r['ui_cpu_share']:.1f} | "
+                     f"{100 * r['others_cpu']:.0f} | {scenes} ({r['relevance']:.1f}; {same}) | {reply} |")
     return "\n".join(lines), s
 
 
@@ -301,7 +371,11 @@ def main() -> None:
     p.add_argument("--characters", type=Path, default=bundled_characters_dir())
     p.add_argument("--character", default="haruhi")
     p.add_argument("--turns", type=int, default=6)
-    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--reply-tokens", type=int, default=96,
+                   help="every reply is this long (default 96); 0: replies end where the model ends them")
+    p.add_argument("--max-tokens", type=int, default=128, help="the longest reply with --reply-tokens 0")
+    p.add_argument("--context", type=int, default=CHAT_CONTEXT,
+                   help=f"prompt tokens of the raw decode at a chat turn's context (default {CHAT_CONTEXT})")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--n-ctx", type=int, default=4096)
     p.add_argument("--threads", type=int, default=None,
@@ -322,24 +396,29 @@ def main() -> None:
     engine = None
     for run in range(1, args.repeat + 1):
         load_before = load()
-        speeds, prompt_before, context_before = raw_speeds(model, counts)
+        tokens = args.reply_tokens or args.max_tokens
+        speeds, prompt_before, context_before = raw_speeds(model, counts, tokens, args.context)
         raw = {c: [v] for c, v in speeds.items()}
         print("raw llama.cpp decode: " + ", ".join(f"{v[0]:.1f} tok/s with {c} thread(s)" for c, v in raw.items())
               + f"; prompt evaluation {prompt_before:.0f} tok/s", flush=True)
         engine = open_gguf(model, n_ctx=args.n_ctx, n_threads=args.threads)
-        rows = asyncio.run(drive_app(args, engine))
+        baseline = TurnBaseline(model, max(counts), tokens, args.context)
+        try:
+            rows = asyncio.run(drive_app(args, engine, baseline))
+        finally:
+            baseline.close()
         chooser = engine.threads
         engine.close()
-        speeds, prompt_after, context_after = raw_speeds(model, counts)
+        speeds, prompt_after, context_after = raw_speeds(model, counts, tokens, args.context)
         for c, v in speeds.items():
             raw[c].append(v)
-        text, s = report(run, rows, raw, (load_before, load()))
+        text, s = report(run, rows, max(counts), args.context, (load_before, load()))
+        raw_text = ", ".join(f"{' / '.join(f'{x:.1f}' for x in v)} with {c} thread(s)"
+                             for c, v in sorted(raw.items(), reverse=True))
+        text += (f"\n\nraw llama.cpp decode before / after the app, after a 7-token prompt: {raw_text}; after a "
+                 f"{args.context}-token prompt with all cores: {context_before:.1f} / {context_after:.1f} tokens/s")
         text += (f"\n\nraw prompt evaluation with all cores, before / after the app: {prompt_before:.0f} / "
                  f"{prompt_after:.0f} tokens/s (what a turn left to evaluate at Enter costs: see the table)")
-        at_context = statistics.median([context_before, context_after])
-        text += (f"\n\nraw decode with all cores after a {CHAT_CONTEXT}-token prompt (a chat turn's context; "
-                 f"the target's figure above is after a 7-token one), before / after the app: {context_before:.1f} / "
-                 f"{context_after:.1f} tokens/s: streamed is {s['streamed'] / at_context:.0%} of it")
         text += (f"\n\nthe app's thread count: {'fixed' if chooser.fixed else 'measured'}, ended at {chooser.current}; "
                  f"{chooser.probes} tries of another count, {chooser.switches} switch(es)")
         print(text, flush=True)
@@ -347,8 +426,11 @@ def main() -> None:
         summaries.append(s)
 
     shares = [s["share"] for s in summaries]
+    context_shares = [s["share_context"] for s in summaries]
     worst = [s["first_worst"] for s in summaries]
     command = "python benchmarks/bench_chat.py " + " ".join(sys.argv[1:])
+    replies = (f"every reply {args.reply_tokens} tokens (min_tokens = max_tokens)" if args.reply_tokens
+               else f"replies as the model ends them, max_tokens {args.max_tokens}")
     typing = f"typed at {args.typing_cps:g} characters/s, Enter at once" if args.typing_cps > 0 else "pasted"
     text = "\n".join([
         "# Chat speed (benchmarks/bench_chat.py)",
@@ -359,11 +441,14 @@ def main() -> None:
         f"- versions: Python {platform.python_version()}, llama-cpp-python {llama_cpp.__version__}, "
         f"textual {textual.__version__}",
         f"- model: {engine.name} ({model.name}), {engine.style} style, n_ctx {engine.n_ctx}, "
-        f"character {args.character}, greedy={args.temperature == 0}, max_tokens {args.max_tokens}, lines {typing}, "
+        f"character {args.character}, greedy={args.temperature == 0}, repeat penalty 1.1, "
+        f"{replies}, lines {typing}, "
         f"decode threads {args.threads or 'measured (' + ' or '.join(map(str, counts)) + ')'}",
         "",
         f"**Streamed / raw decode with every core: {', '.join(f'{x:.0%}' for x in shares)}** (target >= "
-        f"{STREAM_TARGET:.0%}); **worst first token on follow-ups: {', '.join(f'{x:.2f} s' for x in worst)}** "
+        f"{STREAM_TARGET:.0%}); at a chat turn's context ({args.context}-token prompt), the like-for-like "
+        f"figure: **{', '.join(f'{x:.0%}' for x in context_shares)}**; "
+        f"**worst first token on follow-ups: {', '.join(f'{x:.2f} s' for x in worst)}** "
         f"(target <= {FIRST_TOKEN_TARGET:.0f} s). Other work on the machine slows every number: see the load "
         "averages.",
         "",

@@ -1,6 +1,8 @@
 """The llama.cpp engine: open a GGUF with friendly errors, render prompts in the model's style, stream replies.
 
-Streaming is our own token loop over ``Llama.generate`` rather than ``create_completion``, because:
+Streaming is our own token loop over ``Llama.eval`` and :class:`~haruhi_tui.core.token_sampler.TokenSampler`
+(the sampling of ``Llama.generate`` without its cost per vocabulary entry) rather than ``create_completion``,
+because:
 
 * gpt-oss output must be detokenized *with* special tokens so :class:`~haruhi_tui.core.harmony.HarmonyStreamParser`
   sees ``<|channel|>`` and can keep the analysis channel apart from what the character says (the
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import itertools
 import os
 import threading
 import time
@@ -35,13 +38,14 @@ try:  # llama.cpp's libraries before numpy's (gguf_info and prompt_format below 
 except Exception:  # not installed or broken: open_gguf says so when a model is opened
     pass
 
-from . import harmony
+from . import harmony, openmp
 from .decode_threads import ThreadChooser, candidate_counts
 from .errors import ModelError
 from .gguf_info import GGUFInfo, check_fits, read_gguf_info
 from .harmony import Delta
 from .prompt_format import Conversation, Style, opened_by_user, render_text, stop_strings, to_messages
 from .reply_stream import ReplyStream
+from .token_sampler import TokenSampler
 
 DEFAULT_N_CTX = 8192
 PREFILL_CHUNK = 64  # tokens per llama_decode in prefill: a reply that arrives waits for at most one chunk
@@ -85,6 +89,7 @@ class Sampling:
     repeat_penalty: float = 1.1
     max_tokens: int = 512
     seed: int | None = None
+    min_tokens: int = 0  # the reply may not end before this many tokens (the chat benchmark's long replies)
 
 
 class Engine:
@@ -201,6 +206,7 @@ class Engine:
             time.sleep(0.002)
 
     def _release(self) -> None:
+        openmp.release_threads()  # the next computation may be in another thread (see core.openmp)
         with self._state:
             self._holder = ""
             self._lock.release()
@@ -281,18 +287,25 @@ class Engine:
         special = self.style == "harmony"
         reply = ReplyStream(self.style, self.stops())
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        llama = self.llama
         stats.reused_tokens = self._reuse_prefix(tokens)
         if s.seed is not None:
-            self.llama.set_seed(s.seed)
+            llama.set_seed(s.seed)
         threads = self._use_threads(self.threads.current)
-        generator = self.llama.generate(
-            tokens, temp=s.temperature, top_p=s.top_p, top_k=s.top_k, min_p=s.min_p,
-            repeat_penalty=s.repeat_penalty, reset=True,
-        )
+        stops = [x for x in self.stops() if x]
+
+        def ends(token: int) -> bool:
+            text = self.token_text(token, special)
+            return self.is_end_of_generation(token) or any(stop in text for stop in stops)
+
+        sampler = TokenSampler(llama, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
+                               repeat_penalty=s.repeat_penalty, seed=llama._seed, min_tokens=s.min_tokens, ends=ends)
         first_at = last_at = 0.0
         stats.stop_reason = "length"
         try:
-            for n, token in enumerate(generator, start=1):
+            llama.eval(tokens[stats.reused_tokens:])
+            for n in itertools.count(1):
+                token = sampler.sample()
                 stats.generated_tokens = n
                 if cancel is not None and cancel.is_set():  # checked first: a stop during the prompt wins
                     stats.stop_reason = "cancelled"
@@ -323,10 +336,9 @@ class Engine:
                 if n >= max_tokens:
                     break
                 threads = self._use_threads(self.threads.pick())  # for the next decode step
-            else:
-                stats.stop_reason = "end"
+                llama.eval([token])
         finally:
-            generator.close()
+            sampler.close()
             stats.threads = self.threads.current
             if first_at:
                 stats.decode_seconds = time.perf_counter() - first_at
@@ -384,6 +396,10 @@ def open_gguf(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | 
     context. ``style`` overrides :func:`detect_model_style` (e.g. to treat a chat model as a script).
     Without ``n_threads`` the thread count is measured while decoding (:mod:`~haruhi_tui.core.decode_threads`);
     with it, that count is used throughout (and for prompts unless ``n_threads_batch`` says otherwise).
+    On the CPU, attention is llama.cpp's flash attention (llama-cpp-python turns it off unless asked): on the
+    2-core machine with Gemma 3 270M it decoded 4 % faster after a short prompt, 7 % after a chat turn's
+    1,100 tokens, and evaluated prompts 11 % faster. GPU offload keeps llama-cpp-python's default (not
+    measured here).
     """
     info = read_gguf_info(path)
     if info.context_length:
@@ -397,10 +413,13 @@ def open_gguf(path: str | Path, *, n_ctx: int = DEFAULT_N_CTX, n_threads: int | 
         quiet_llama_logs()
     try:
         counts = (n_threads,) if n_threads else candidate_counts(default_threads())
+        import llama_cpp
+
+        on_cpu = n_gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload()
         llama = Llama(
             model_path=str(info.path), n_ctx=n_ctx, n_threads=counts[0],
             n_threads_batch=n_threads_batch or counts[0], n_batch=n_batch,
-            n_gpu_layers=n_gpu_layers, verbose=verbose,
+            n_gpu_layers=n_gpu_layers, flash_attn=on_cpu, verbose=verbose,
         )
     except (ValueError, RuntimeError, OSError) as exc:
         text = str(exc)

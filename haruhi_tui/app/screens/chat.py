@@ -422,14 +422,16 @@ class ChatScreen(MessageActions):
 
 
 class _DeltaBatcher:
-    """Groups streamed pieces into at most ~10 screen updates a second (the first one at once).
+    """Groups streamed pieces into at most 4 screen updates a second (the first one at once).
 
     llama.cpp decodes on every core, so each millisecond the UI spends on an update is taken from it; an
     update per token cost 8-15 ms of UI time a token (relayout and streaming Markdown), a third of a core at
-    ~35 tokens/s. Ten plain-text updates a second read as a smooth stream and cost 3-4 % of a core.
+    ~35 tokens/s. A plain-text update costs the UI 1-5 ms (a repaint, on the 2-core machine): ten a second
+    took 3-3.5 % of a core while a reply streamed at 40-55 tokens/s, four a second 2 % (a few words each,
+    which still reads as a stream).
     """
 
-    INTERVAL = 0.1
+    INTERVAL = 0.25
 
     def __init__(self, screen: ChatScreen) -> None:
         self.screen = screen

@@ -140,9 +140,13 @@ class ChatView(Screen[None]):
         self.query_one("#status", Static).update(text)
 
     def show_progress(self, visible: bool, fraction: float | None = None) -> None:
+        """The model's loading bar; hidden, it is given a total, so that it does not animate (an indeterminate
+        bar repaints 15 times a second, hidden or not, and each wake-up of the UI is taken from decoding)."""
         bar = self.query_one("#model-progress", ProgressBar)
         bar.display = visible
-        if fraction is None:
+        if not visible:
+            bar.update(total=1.0, progress=0.0)
+        elif fraction is None:
             bar.update(total=None)
         else:
             bar.update(total=1.0, progress=fraction)
