@@ -33,7 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 # openai/gpt-oss-20b
 HIDDEN, FF, HEADS, KV_HEADS, HEAD_DIM, EXPERTS, TOP_K, VOCAB = 2880, 2880, 64, 8, 64, 32, 4, 201088

@@ -5,7 +5,9 @@ haruhi_tui.core.engine.open_gguf), without the screen: a SQLite session, the cha
 retrieved scenes, harmony rendering, streaming and parsing. For every turn it records the prompt size, how
 much of it came from llama.cpp's KV cache, the time to the first generated token and the decode rate.
 Turn 1 is cold (the whole persona prompt is evaluated); later turns are warm (the persona prefix is reused).
-A raw llama.cpp decode loop (no session, no parsing) is measured too, for comparison.
+Two baselines, for comparison: llama-cpp-python's own decode loop (``Llama.generate``, no session, no
+parsing: "raw"), and llama.cpp's time inside ``llama_decode`` during the turns (``llama_perf_context``:
+generated tokens / decode time, the ceiling of any loop around llama.cpp, "llama_decode").
 
 Targets of issue 9 (gpt-oss-20b on one H100): decode >= 150 tokens/s, warm first token <= 150 ms.
 
@@ -86,6 +88,8 @@ def main() -> None:
     p.add_argument("--n-ctx", type=int, default=8192)
     p.add_argument("--n-batch", type=int, default=512, help="prompt batch (the app's default is 512)")
     p.add_argument("--n-gpu-layers", type=int, default=-1, help="-1: all layers on the GPU; 0: CPU only")
+    p.add_argument("--flash-attn", choices=("auto", "on", "off"), default="auto",
+                   help="llama.cpp flash attention (auto: what the app uses, on)")
     p.add_argument("--verbose", action="store_true", help="llama.cpp's own log on stderr")
     p.add_argument("--out", type=Path, required=True, help="report path without suffix: writes OUT.json and OUT.md")
     args = p.parse_args()
@@ -96,17 +100,21 @@ def main() -> None:
     args.model = model
     loaded = time.perf_counter()
     engine = open_gguf(model, n_ctx=args.n_ctx, n_batch=args.n_batch, n_gpu_layers=args.n_gpu_layers,
-                       verbose=args.verbose)
+                       flash_attn={"auto": None, "on": True, "off": False}[args.flash_attn], verbose=args.verbose)
     load_s = time.perf_counter() - loaded
     offload = bool(llama_cpp.llama_supports_gpu_offload())
     raw = [raw_decode(engine, args.max_tokens) for _ in range(3)]
     print(f"loaded in {load_s:.1f} s (GPU offload {'on' if offload and args.n_gpu_layers else 'off'}); "
           f"raw decode {statistics.median(raw):.1f} tok/s", flush=True)
+    ctx = engine.llama._ctx.ctx
+    llama_cpp.llama_perf_context_reset(ctx)
     rows = run_turns(engine, args)
+    perf = llama_cpp.llama_perf_context(ctx)  # time inside llama_decode for the turns' single-token steps
     warm = [r for r in rows[1:] if r["generated_tokens"] > 0]
     decode_rates = [r["decode_tok_s"] for r in rows if r["generated_tokens"] > 1]
     summary = {
         "raw_decode_tok_s": round(statistics.median(raw), 1),
+        "llama_decode_tok_s": round(1000 * perf.n_eval / perf.t_eval_ms, 1) if perf.t_eval_ms else None,
         "session_decode_tok_s_median": round(statistics.median(decode_rates), 1) if decode_rates else None,
         "cold_first_token_ms": rows[0]["first_token_ms"] if rows else None,
         "cold_prompt_tokens": rows[0]["prompt_tokens"] if rows else None,
@@ -122,7 +130,8 @@ def main() -> None:
         "command": "python benchmarks/bench_decode.py " + " ".join(sys.argv[1:]),
         "versions": {"python": platform.python_version(), "llama_cpp_python": llama_cpp.__version__},
         "model": {"file": model.name, "architecture": engine.info.architecture, "style": engine.style,
-                  "n_ctx": engine.n_ctx, "n_batch": args.n_batch, "n_gpu_layers": args.n_gpu_layers,
+                  "n_ctx": engine.n_ctx, "n_batch": args.n_batch, "flash_attn": args.flash_attn,
+                  "n_gpu_layers": args.n_gpu_layers,
                   "gpu_offload_supported": offload, "threads": default_threads()},
         "character": args.character, "max_tokens": args.max_tokens, "summary": summary, "turns": rows,
     }

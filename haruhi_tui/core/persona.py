@@ -13,7 +13,10 @@ Scenes are retrieved for the current message but *sticky*: a chat keeps its scen
 relevant and swaps them only on a change of topic, which keeps the system block (and the KV cache)
 stable across most turns. They change more often than the persona, the pins and the summary, so they come
 after them, and scenes that stay keep their places ahead of new ones (``scene_order``): a change of topic
-re-evaluates only from the first scene that left. World info (:mod:`~haruhi_tui.core.lore_scan`) comes last
+re-evaluates only from the first scene that left. When the line being typed changes the scenes too late for
+that to be evaluated before Enter, the chat holds the system block's scenes for one turn and tells the new
+ones beside the message (``held_scene_ids``); the next prompt puts them in place, evaluated while the next
+line is typed. World info (:mod:`~haruhi_tui.core.lore_scan`) comes last
 in the system block because it changes most often (none in most chats, where the scenes are last), and its
 entries stay a few messages after they fire. A note at a depth moves with the conversation, so it costs the
 re-reading of the last few messages only. Notes are written into the user turn they sit beside as a
@@ -142,6 +145,8 @@ class PersonaPrompt:
     turns: list[Turn]
     blocks: list[Block]
     scene_ids: list[str] = field(default_factory=list)
+    #: The scenes of the system block, in order: ``scene_ids`` unless scenes were held (see ``build``).
+    system_scene_ids: list[str] = field(default_factory=list)
     dropped_turns: int = 0
     persona: UserPersona | None = None
     lore: LoreActivation = field(default_factory=LoreActivation)
@@ -237,6 +242,7 @@ class PersonaBuilder:
         exclude_scene_ids: Iterable[str] = (),
         sticky_scene_ids: Sequence[str] = (),
         scene_order: Sequence[str] = (),
+        held_scene_ids: Sequence[str] = (),
         pins: Sequence[str] = (),
         summary: str = "",
         user_name: str | None = None,
@@ -250,6 +256,9 @@ class PersonaBuilder:
         ``query`` is what scenes are retrieved for (default: the message, else the last history turn);
         ``exclude_scene_ids`` keeps a sample's own scene out of its prompt (no leakage in datasets);
         ``sticky_scene_ids`` and ``scene_order``: see :meth:`select_scenes`.
+        ``held_scene_ids`` (the chat, when the line changed the scenes at its last keystrokes): the system block
+        keeps exactly these scenes, the ones llama.cpp holds, and a chosen scene not among them is told beside
+        the message (before the line, as the notes are), so the history after the system block stays cached.
         ``persona`` is who the user plays (default: the character's usual interlocutor, or ``user_name``);
         ``lorebooks`` are the chat's, checked before the character's own ``lorebook.json``, over
         ``scan_turns`` (the whole conversation; default ``history`` and ``message``); ``authors_note`` goes
@@ -287,20 +296,21 @@ class PersonaBuilder:
             query = source.text if source else ""
         scenes = self.select_scenes(query, exclude_ids=exclude_scene_ids, sticky_ids=sticky_scene_ids,
                                     scene_order=scene_order)
-        scenes_text = ""
-        if scenes:
-            texts = (self._scene_texts[self._scene_pos[s.scene_id]] for s in scenes)
-            scenes_text = macros(SCENES_HEADER + "\n" + SCENE_SEPARATOR.join(texts))  # a card's {{user}}:「…」
-            blocks.append(
-                Block("scenes", f"Classic scenes ({len(scenes)})", scenes_text, self.count_tokens(scenes_text))
-            )
+        held = [self.character.scenes[self._scene_pos[i]] for i in held_scene_ids if i in self._scene_pos]
+        in_system = held or scenes
+        late = [s for s in scenes if s not in held] if held else []
+        scenes_text = self._scenes_text(in_system, macros)
+        if scenes_text:
+            blocks.append(Block("scenes", f"Classic scenes ({len(in_system)})", scenes_text,
+                                self.count_tokens(scenes_text)))
+        late_text = self._scenes_text(late, macros)
 
         scan = list(scan_turns) if scan_turns is not None else [*history, *([message] if message else [])]
         lore = self._lore(lorebooks, scan, macros)
         lore_text = ""
-        in_system = [a for pos in LORE_SYSTEM_ORDER for a in lore.at(pos)]
-        if in_system:
-            lore_text = LORE_HEADER + "\n" + "\n".join(a.content for a in in_system)
+        lore_in_system = [a for pos in LORE_SYSTEM_ORDER for a in lore.at(pos)]
+        if lore_in_system:
+            lore_text = LORE_HEADER + "\n" + "\n".join(a.content for a in lore_in_system)
         if lore.entries or lore.cut:
             blocks.append(self._lore_block(lore, lore_text))
 
@@ -320,6 +330,9 @@ class PersonaBuilder:
             turns.append(message)
         insertions, note_blocks = self._notes(authors_note, lore, macros)
         blocks.extend(block for block in note_blocks if block.kind != "post_history")
+        if late_text and message is not None:
+            blocks.append(Block("scenes", f"Classic scenes beside the message ({len(late)})", late_text,
+                                self.count_tokens(late_text)))
         if message is not None:
             blocks.append(Block("message", "Current message", message.as_line(), self.count_tokens(message.as_line())))
         blocks.extend(block for block in note_blocks if block.kind == "post_history")
@@ -328,13 +341,18 @@ class PersonaBuilder:
             character=c.name,
             user=persona.name,
             system=system,
-            turns=fold_notes(turns, insertions),
+            turns=_told_before_last(fold_notes(turns, insertions), late_text if message is not None else ""),
             blocks=blocks,
             scene_ids=[s.scene_id for s in scenes],
+            system_scene_ids=[s.scene_id for s in in_system],
             dropped_turns=dropped,
             persona=persona,
             lore=lore,
         )
+
+    def _scenes_text(self, scenes: Sequence[Scene], macros: Callable[[str], str]) -> str:
+        texts = [self._scene_texts[self._scene_pos[s.scene_id]] for s in scenes]
+        return macros(SCENES_HEADER + "\n" + SCENE_SEPARATOR.join(texts)) if texts else ""  # a card's {{user}}:「…」
 
     def _persona(self, persona: UserPersona | None, user_name: str | None, message: Turn | None) -> UserPersona:
         """Who the user plays, with ``{{user}}``/``{{char}}`` in the description resolved."""
@@ -466,6 +484,11 @@ def fold_notes(turns: Sequence[Turn], insertions: Sequence[tuple[int, str]]) -> 
     if n in alone:
         out.append(Turn("user", "\n".join(alone[n]), ""))
     return out
+
+
+def _told_before_last(turns: list[Turn], text: str) -> list[Turn]:
+    """``text`` (scenes held out of the system block) as the first lines of the last turn, the message's."""
+    return [*turns[:-1], Turn("user", text + "\n\n" + turns[-1].as_line(), "")] if text else turns
 
 
 def _resolved(turn: Turn, macros: Callable[[str], str]) -> Turn:

@@ -29,6 +29,7 @@ from haruhi_tui.core.prompt_format import Conversation
 from haruhi_tui.services.greeting import store_greeting
 from haruhi_tui.store import Chat, Message, Pin, Store, StoreError
 
+from .held_scenes import ChatHeldScenes
 from .memory import ChatMemory
 from .roleplay import ChatRoleplay
 from .turns import ChatTurns
@@ -79,7 +80,7 @@ class _Pending:
     updates: set[int] = field(default_factory=set)
 
 
-class ChatSession(ChatRoleplay, ChatMemory, ChatTurns):
+class ChatSession(ChatRoleplay, ChatMemory, ChatTurns, ChatHeldScenes):
     """One chat: the current branch (root to leaf), its character, settings and persona builder."""
 
     def __init__(self, store: Store, character: Character, chat: Chat, *,
@@ -94,6 +95,7 @@ class ChatSession(ChatRoleplay, ChatMemory, ChatTurns):
         self.messages: list[Message] = store.branch(chat.id) if chat.id > 0 else []
         self.last_context: ContextSnapshot | None = None
         self.scene_order: list[str] = []  # scene order of the prompt llama.cpp evaluated last (reply or warm-up)
+        self._init_held_scenes()
         self._builders: dict[tuple[int, str], tuple[Engine, PersonaBuilder]] = {}
         self.pins: list[Pin] = _quiet(lambda: store.pins(chat.id), []) if chat.id > 0 else []
         self._window_start: int | None = None  # id of the oldest message in the history window
@@ -207,17 +209,20 @@ class ChatSession(ChatRoleplay, ChatMemory, ChatTurns):
         return self._token_cache[key]
 
     def build_prompt(self, engine: Engine | None = None, branch: list[Message] | None = None, *,
-                     probe: bool = False, query: str | None = None) -> PersonaPrompt:
+                     probe: bool = False, query: str | None = None, held_scene_ids: list[str] | None = None
+                     ) -> PersonaPrompt:
         """The prompt for replying to the last user message of ``branch`` (default: the current branch), not
         rendered (no ``engine``: see :meth:`builder`); ``probe`` leaves the history window where it was; scenes
-        picked for ``query`` (default: that message) and kept in :attr:`scene_order`."""
+        picked for ``query`` (default: that message) and kept in :attr:`scene_order`; ``held_scene_ids``: see
+        :meth:`PersonaBuilder.build`."""
         branch = self.messages if branch is None else branch
         persona, builder = self.persona, self.builder(engine)  # the persona first: the user's name follows it
         style = engine.style if engine is not None else "chat"
         window_start, (turns, turn, left_out) = self._window_start, self._conversation(branch, style, builder)
         self._window_start = window_start if probe else self._window_start
         prompt = builder.build(turns, turn, query=query, sticky_scene_ids=self.chat.scene_ids,
-                               scene_order=self.scene_order or self.chat.scene_ids, user_name=self.settings.user_name,
+                               scene_order=self.scene_order or self.chat.scene_ids,
+                               held_scene_ids=held_scene_ids or (), user_name=self.settings.user_name,
                                pins=[p.text for p in self.pins], summary=self.summary_to_send(left_out),
                                persona=persona, lorebooks=self.chat_lorebooks(), authors_note=self.authors_note,
                                scan_turns=self.spoken_turns(style, branch))
@@ -238,14 +243,20 @@ class ChatSession(ChatRoleplay, ChatMemory, ChatTurns):
         return turns, (self._turn(message, style) if message is not None else None), left_out
 
     def build_context(self, engine: Engine, branch: list[Message] | None = None, *,
-                      query: str | None = None) -> ContextSnapshot:
+                      query: str | None = None, hold_scenes: bool = False) -> ContextSnapshot:
         """The prompt for replying to the last user message of ``branch`` (default: the current branch; scenes
         picked for ``query``, default that message), rendered for ``engine``; with no user message pending, the
-        prompt as it stands (for the context view)."""
+        prompt as it stands (for the context view). ``hold_scenes`` (a reply about to start): see
+        :meth:`_held_scenes`."""
         prompt = self.build_prompt(engine, branch, query=query)
-        text = engine.render(Conversation.from_prompt(prompt), reasoning_effort=self.settings.reasoning_effort)  # type: ignore[arg-type]
+        text = self._render(engine, prompt)
+        if hold_scenes:
+            prompt, text = self._held_scenes(engine, branch, query, prompt, text)
         tokens = len(engine.tokenize_prompt(text))
         return ContextSnapshot(prompt, text, engine.style, tokens, engine.path.name)
+
+    def _render(self, engine: Engine, prompt: PersonaPrompt) -> str:
+        return engine.render(Conversation.from_prompt(prompt), reasoning_effort=self.settings.reasoning_effort)  # type: ignore[arg-type]
 
     # -- saving ----------------------------------------------------------------------------------
     def _error(self, message: str) -> None:
@@ -334,8 +345,8 @@ class ChatSession(ChatRoleplay, ChatMemory, ChatTurns):
         """
         if not self.can_reply():
             raise ValueError("nothing to reply to: send a message first")
-        context = self.build_context(engine)
-        self.scene_order = list(context.prompt.scene_ids)
+        context = self.build_context(engine, hold_scenes=self.warmed_up)
+        self.note_evaluated(context.prompt)
         self._keep_scenes(context.prompt.scene_ids)
         model = label or engine.path.name
         if self.chat.model != str(engine.path):

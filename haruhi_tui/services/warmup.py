@@ -5,7 +5,10 @@ system block, and everything after the first scene that changed (other scenes, t
 evaluated again: seconds on a small CPU. Done while the line is typed, that cost is mostly gone by Enter.
 The prompt is built exactly as the reply will build it, so llama.cpp's cache holds the reply's prompt up
 to where the line still differs; the warmed prompt's scene order becomes the chat's ``scene_order``, so
-the next prompt keeps the scenes that stay in the same places.
+the next prompt keeps the scenes that stay in the same places. A line that changes the topic has its new
+scenes told beside it while the system block keeps the last reply's (``hold_scenes``): the history stays
+cached, and a scene that changes at the line's last keystrokes costs only itself and the line at Enter. The
+next line's warm-up moves them into the system block.
 
 In a group chat the prompt is the speaker's (:mod:`.group_chat`): a line is warmed up as the member who
 will answer it only when that is the member the chat's prompt is built for now (the app sets that after each
@@ -47,9 +50,9 @@ def warm(session: ChatSession, engine: Engine, draft: str,
     branch = [*session.messages, typed]
     if isinstance(session, GroupSession) and session.next_speaker(branch).folder != session.speaker.folder:
         return None  # the line goes to another member: the prompt would be theirs (the speaker is not ours to set)
-    context = session.build_context(engine, branch, query=draft_query(text))
+    context = session.build_context(engine, branch, query=draft_query(text), hold_scenes=True)
     if session.leaf is leaf:  # no reply started meanwhile (it sets its own order)
-        session.scene_order = list(context.prompt.scene_ids)
+        session.note_evaluated(context.prompt, warm_up=True)
     return context, engine.prefill(context.text, stop)
 
 

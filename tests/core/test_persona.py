@@ -1,5 +1,5 @@
 from haruhi_tui.core.characters import load_character
-from haruhi_tui.core.persona import PersonaBuilder, PromptBudget, Turn, estimate_tokens
+from haruhi_tui.core.persona import SCENES_HEADER, PersonaBuilder, PromptBudget, Turn, estimate_tokens
 from haruhi_tui.core.prompt_format import Conversation, render_text, reply_text, to_messages
 
 
@@ -59,6 +59,29 @@ def test_a_change_of_topic_keeps_the_scenes_that_stay_in_their_places(characters
     sticky = [ids[1], ids[0]]
     kept = b.select_scenes("棒球比赛", sticky_ids=sticky)
     assert [s.scene_id for s in kept] == sticky
+
+
+def test_held_scenes_keep_the_system_block_and_the_new_ones_are_told_beside_the_line(characters_dir):
+    """A change of topic at the line's last keystrokes: the system block keeps the scenes llama.cpp holds (so the
+    history after it stays cached), the newly chosen scenes go before the line, and every chosen scene is in."""
+    b = _haruhi(characters_dir)
+    history = [Turn("user", "棒球比赛我们一定能赢吗", "阿虚"), Turn("assistant", "当然能赢！", "春日")]
+    before = b.build(history[:1], None, query="棒球比赛")
+    held = before.system_scene_ids
+    line = Turn("user", "电脑研究社的电脑", "阿虚")
+    plain = b.build(history, line, sticky_scene_ids=held)
+    assert set(plain.scene_ids).isdisjoint(held) and plain.system_scene_ids == plain.scene_ids
+    told = b.build(history, line, sticky_scene_ids=held, held_scene_ids=held)
+    assert told.scene_ids == plain.scene_ids  # the same choice: relevance is unchanged
+    assert told.system_scene_ids == held and told.system.startswith(before.system.split(SCENES_HEADER)[0])
+    assert before.system.split(SCENES_HEADER)[1] in told.system  # the held scenes' text, as llama.cpp has it
+    assert told.turns[:-1] == plain.turns[:-1]  # the history is word for word the same
+    last = told.turns[-1]
+    assert last.role == "user" and last.text.startswith(SCENES_HEADER) and last.text.endswith(line.as_line())
+    for scene in b.select_scenes("电脑研究社的电脑", sticky_ids=held):
+        assert scene.text().splitlines()[0] in last.text and scene.text().splitlines()[0] not in told.system
+    assert [blk.title for blk in told.blocks if blk.kind == "scenes"] == [
+        f"Classic scenes ({len(held)})", f"Classic scenes beside the message ({len(told.scene_ids)})"]
 
 
 def test_a_draft_names_a_topic_only_with_two_real_words():

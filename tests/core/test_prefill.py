@@ -52,6 +52,56 @@ def test_a_change_of_topic_is_evaluated_before_enter_with_the_scenes_the_line_ge
     assert stats.reused_tokens == stats.prompt_tokens - 1 and reply.status == "complete"
 
 
+OPENING = ["你好，今天SOS团有什么活动？", "那我们要去哪里找外星人？", "我觉得你想太多了。", "好吧好吧，那我该做什么？"]
+LONGER = Sampling(temperature=0.0, max_tokens=48, min_tokens=48, repeat_penalty=1.0)  # a history worth keeping
+
+
+def _chat_with_history(engine, haruhi) -> ChatSession:
+    session = ChatSession.start(Store(MEMORY), haruhi)
+    for line in OPENING:
+        session.send(engine, line, sampling=LONGER)
+    return session
+
+
+@pytest.mark.slow
+def test_a_topic_changed_while_typing_is_told_beside_the_line_and_moves_in_place_with_the_next(engine, haruhi):
+    """A line that changes the topic keeps the last reply's system block, history and all, in the cache: its new
+    scenes are told beside it, so a change at its last keystrokes costs at Enter only the changed scene and the
+    line. The next line's warm-up puts the scenes in the system block while it is typed."""
+    session = _chat_with_history(engine, haruhi)
+    before = list(session.chat.scene_ids)
+    line = "你为什么总是这么有精神？"
+    fresh = sorted(s.scene_id for s in session.builder(engine).select_scenes(line, sticky_ids=before))
+    assert set(fresh).isdisjoint(before)
+    warmed, _ = warm(session, engine, line[:-3])  # the scenes change again at the last keystrokes
+    assert warmed.prompt.system_scene_ids == before
+    warmed, evaluated = warm(session, engine, line)
+    assert warmed.prompt.system_scene_ids == before and sorted(warmed.prompt.scene_ids) == fresh
+    history_tokens = sum(b.tokens for b in warmed.prompt.blocks if b.kind == "history")
+    assert 0 < evaluated < history_tokens  # the history stayed cached
+    session.send(engine, line, sampling=GREEDY)
+    stats = engine.last_stats
+    assert stats.reused_tokens == stats.prompt_tokens - 1
+    assert session.last_context.prompt.system_scene_ids == before and sorted(session.chat.scene_ids) == fresh
+    following = "明天还要继续吗？"  # the same topic: the scenes stay
+    warmed, _ = warm(session, engine, following)
+    assert sorted(warmed.prompt.system_scene_ids) == fresh and warmed.prompt.scene_ids == warmed.prompt.system_scene_ids
+    session.send(engine, following, sampling=GREEDY)
+    stats = engine.last_stats
+    assert stats.reused_tokens == stats.prompt_tokens - 1 and sorted(session.chat.scene_ids) == fresh
+
+
+@pytest.mark.slow
+def test_without_a_warm_up_a_change_of_topic_puts_its_scenes_in_place_at_once(engine, haruhi):
+    """Holding the scenes only moves their cost to the next turn when nothing evaluates it meanwhile (the
+    command-line chat): there the new scenes go straight into the system block."""
+    session = _chat_with_history(engine, haruhi)
+    session.send(engine, "你为什么总是这么有精神？", sampling=GREEDY)
+    prompt = session.last_context.prompt
+    assert prompt.system_scene_ids == prompt.scene_ids == session.chat.scene_ids
+    assert not any("beside" in b.title for b in prompt.blocks)
+
+
 @pytest.mark.slow
 def test_a_draft_too_short_to_name_a_topic_keeps_the_cached_scenes(engine, haruhi):
     session = ChatSession.start(Store(MEMORY), haruhi)
