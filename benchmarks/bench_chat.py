@@ -252,6 +252,8 @@ async def drive_app(args, engine, baseline: TurnBaseline) -> list[dict]:
             enter_at = time.perf_counter()
             app.post_message(events.Key("enter", None))
             await wait(lambda: screen.turns_done > before)
+            # what the reply's worker does after it (settling moved scenes) must not overlap raw decode below
+            await wait(lambda: not any(w.group == "generate" and not w.is_finished for w in app.workers))
             view = screen.views()[-1]
             stats = engine.last_stats
             streamed = view.last_shown_at - view.first_shown_at

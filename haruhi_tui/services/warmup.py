@@ -7,8 +7,8 @@ The prompt is built exactly as the reply will build it, so llama.cpp's cache hol
 to where the line still differs; the warmed prompt's scene order becomes the chat's ``scene_order``, so
 the next prompt keeps the scenes that stay in the same places. A line that changes the topic has its new
 scenes told beside it while the system block keeps the last reply's (``hold_scenes``): the history stays
-cached, and a scene that changes at the line's last keystrokes costs only itself and the line at Enter. The
-next line's warm-up moves them into the system block.
+cached, and a scene that changes at the line's last keystrokes costs only itself and the line at Enter.
+:func:`settle` moves them into the system block while the reply is read (the next line's warm-up would too).
 
 In a group chat the prompt is the speaker's (:mod:`.group_chat`): a line is warmed up as the member who
 will answer it only when that is the member the chat's prompt is built for now (the app sets that after each
@@ -54,6 +54,20 @@ def warm(session: ChatSession, engine: Engine, draft: str,
     if session.leaf is leaf:  # no reply started meanwhile (it sets its own order)
         session.note_evaluated(context.prompt, warm_up=True)
     return context, engine.prefill(context.text, stop)
+
+
+def settle(session: ChatSession, engine: Engine, stop: Callable[[], bool] | None = None) -> int:
+    """After a reply whose line told its scenes beside it (:mod:`.held_scenes`), evaluate the start of the next
+    prompt, those scenes in the system block and the reply in the history, while the reply is read: the next
+    line then adds only itself. Gives way as :func:`warm` does. Returns how many tokens it evaluated (0: the
+    scenes were in place)."""
+    last = session.last_context
+    if last is None or last.prompt.system_scene_ids == last.prompt.scene_ids or session.can_reply() \
+            or isinstance(session, GroupSession):  # a group's next prompt is the next speaker's
+        return 0
+    context = session.build_context(engine, query="")  # no line yet: the chat's scenes stay
+    session.note_evaluated(context.prompt, warm_up=True)
+    return engine.prefill(context.text, stop)
 
 
 def scenes_for(session: ChatSession, engine: Engine, draft: str) -> set[str]:

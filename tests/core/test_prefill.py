@@ -13,7 +13,7 @@ from haruhi_tui.core.decode_threads import candidate_counts
 from haruhi_tui.core.engine import Sampling, default_threads, open_gguf
 from haruhi_tui.services.bundled_model import default_gguf
 from haruhi_tui.services.chat import ChatSession
-from haruhi_tui.services.warmup import warm
+from haruhi_tui.services.warmup import settle, warm
 from haruhi_tui.store import MEMORY, Store
 
 GREEDY = Sampling(temperature=0.0, max_tokens=16, repeat_penalty=1.0)
@@ -64,10 +64,10 @@ def _chat_with_history(engine, haruhi) -> ChatSession:
 
 
 @pytest.mark.slow
-def test_a_topic_changed_while_typing_is_told_beside_the_line_and_moves_in_place_with_the_next(engine, haruhi):
+def test_a_topic_changed_while_typing_is_told_beside_the_line_and_settles_while_the_reply_is_read(engine, haruhi):
     """A line that changes the topic keeps the last reply's system block, history and all, in the cache: its new
     scenes are told beside it, so a change at its last keystrokes costs at Enter only the changed scene and the
-    line. The next line's warm-up puts the scenes in the system block while it is typed."""
+    line. While the reply is read, the scenes move into the system block, and the next line adds only itself."""
     session = _chat_with_history(engine, haruhi)
     before = list(session.chat.scene_ids)
     line = "你为什么总是这么有精神？"
@@ -83,12 +83,12 @@ def test_a_topic_changed_while_typing_is_told_beside_the_line_and_moves_in_place
     stats = engine.last_stats
     assert stats.reused_tokens == stats.prompt_tokens - 1
     assert session.last_context.prompt.system_scene_ids == before and sorted(session.chat.scene_ids) == fresh
-    following = "明天还要继续吗？"  # the same topic: the scenes stay
-    warmed, _ = warm(session, engine, following)
-    assert sorted(warmed.prompt.system_scene_ids) == fresh and warmed.prompt.scene_ids == warmed.prompt.system_scene_ids
+    assert settle(session, engine) > 0  # while the reply is read: the scenes move into the system block
+    following = "明天还要继续吗？"  # the same topic: the scenes stay; sent at once, with no warm-up
     session.send(engine, following, sampling=GREEDY)
-    stats = engine.last_stats
-    assert stats.reused_tokens == stats.prompt_tokens - 1 and sorted(session.chat.scene_ids) == fresh
+    stats, prompt = engine.last_stats, session.last_context.prompt
+    assert sorted(prompt.system_scene_ids) == fresh and prompt.scene_ids == prompt.system_scene_ids
+    assert stats.evaluated_tokens <= len(engine.tokenize_prompt(following)) + 8  # the line and its frame only
 
 
 @pytest.mark.slow

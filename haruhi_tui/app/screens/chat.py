@@ -184,6 +184,7 @@ class ChatScreen(MessageActions):
             if not cancel.is_set() and reply.status == "complete":
                 self._fold_memory(session, engine, cancel)
             self.post_message(self.TurnDone(reply))
+            self.warm_up.settle(session, engine)  # while the reply is read (a reply or a warm-up gets the model)
         except (HaruhiError, ValueError) as exc:
             leaf = session.leaf if session.leaf and session.leaf.role == "assistant" else None
             self.post_message(self.TurnDone(leaf, str(exc)))

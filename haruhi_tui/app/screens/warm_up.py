@@ -3,6 +3,8 @@
 
 Typing on stops a prompt being evaluated only when the newest line gets other scenes (otherwise most of it
 is still to be had); Enter stops it, as any reply does (:meth:`~haruhi_tui.core.engine.Engine.prefill`).
+After a reply whose line told its new scenes beside it, the reply's worker moves them into the system block
+while the reply is read (:func:`~haruhi_tui.services.warmup.settle`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ class DraftWarmUp:
 
     def stop(self) -> None:
         self.stopped.set()
+
+    def settle(self, session: ChatSession, engine: Engine) -> None:
+        """After a reply, in its worker thread: :func:`~haruhi_tui.services.warmup.settle`."""
+        try:
+            warmup.settle(session, engine, self.stopped.is_set)
+        except Exception:  # noqa: BLE001 - only a head start: the next reply reports what is wrong
+            pass
 
     def _run(self, session: ChatSession, engine: Engine) -> None:
         screen = self.screen
