@@ -246,7 +246,7 @@ class ChatSession(ChatRoleplay, ChatMemory, ChatTurns, ChatHeldScenes):
                       query: str | None = None, hold_scenes: bool = False) -> ContextSnapshot:
         """The prompt for replying to the last user message of ``branch`` (default: the current branch; scenes
         picked for ``query``, default that message), rendered for ``engine``; with no user message pending, the
-        prompt as it stands (for the context view). ``hold_scenes`` (a reply about to start): see
+        prompt as it stands (for the context view). ``hold_scenes`` (a reply or a warm-up): see
         :meth:`_held_scenes`."""
         prompt = self.build_prompt(engine, branch, query=query)
         text = self._render(engine, prompt)
