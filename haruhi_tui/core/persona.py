@@ -298,7 +298,7 @@ class PersonaBuilder:
                                     scene_order=scene_order)
         held = [self.character.scenes[self._scene_pos[i]] for i in held_scene_ids if i in self._scene_pos]
         in_system = held or scenes
-        late = [s for s in scenes if s not in held] if held else []
+        late = [s for s in scenes if s not in held] if held and message is not None else []  # told beside it
         scenes_text = self._scenes_text(in_system, macros)
         if scenes_text:
             blocks.append(Block("scenes", f"Classic scenes ({len(in_system)})", scenes_text,
@@ -330,7 +330,7 @@ class PersonaBuilder:
             turns.append(message)
         insertions, note_blocks = self._notes(authors_note, lore, macros)
         blocks.extend(block for block in note_blocks if block.kind != "post_history")
-        if late_text and message is not None:
+        if late_text:
             blocks.append(Block("scenes", f"Classic scenes beside the message ({len(late)})", late_text,
                                 self.count_tokens(late_text)))
         if message is not None:
@@ -341,7 +341,7 @@ class PersonaBuilder:
             character=c.name,
             user=persona.name,
             system=system,
-            turns=_told_before_last(fold_notes(turns, insertions), late_text if message is not None else ""),
+            turns=_told_before_last(fold_notes(turns, insertions), late_text),
             blocks=blocks,
             scene_ids=[s.scene_id for s in scenes],
             system_scene_ids=[s.scene_id for s in in_system],
